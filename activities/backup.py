@@ -1,0 +1,324 @@
+"""Backup activities: dump a tenant database, verify the archive, apply retention."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+import psycopg
+import zstandard
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.heartbeat import Heartbeater
+from activities.pg import connect, find_client_tools, libpq_env, server_major
+from activities.storage import LocalStorage
+from activities.subprocesses import kill_group, tail
+from tenancy.errors import (
+    BACKUP_VERIFICATION_FAILED,
+    DUMP_FAILED,
+    TENANT_DATABASE_MISSING,
+    InvalidInput,
+    fail,
+)
+from tenancy.log import get_logger
+from tenancy.models import (
+    BackupManifest,
+    DumpRequest,
+    DumpResult,
+    RetentionRequest,
+    RetentionResult,
+)
+from tenancy.naming import parse_backup_name
+from tenancy.retention import BackupEntry, plan_keep_newest
+from tenancy.settings import Settings
+
+CHUNK = 1 << 20  # 1 MiB: memory stays flat whatever the size of the tenant
+
+_TABLES_SQL = """
+SELECT n.nspname AS schema, c.relname AS name
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%%' AND n.nspname NOT LIKE 'pg_temp%%'
+ORDER BY 1, 2
+"""
+
+
+@dataclass
+class Progress:
+    bytes: int = 0
+
+
+class _HashingWriter:
+    """Writes through to the sink while counting and hashing exactly the stored bytes."""
+
+    def __init__(self, sink: BinaryIO, progress: Progress) -> None:
+        self.sink = sink
+        self.progress = progress
+        self.hasher = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.hasher.update(data)
+        self.sink.write(data)
+        self.progress.bytes += len(data)
+        return len(data)
+
+
+def _pump(source: BinaryIO, sink: BinaryIO, compression: str, level: int, progress: Progress) -> str:
+    """Copy pg_dump's output to storage (through zstd when asked) in fixed-size chunks; return the sha256."""
+    writer = _HashingWriter(sink, progress)
+    if compression == "zstd":
+        compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+        with compressor.stream_writer(writer, closefd=False) as compressed:  # type: ignore[arg-type]
+            while chunk := source.read(CHUNK):
+                compressed.write(chunk)
+    else:
+        while chunk := source.read(CHUNK):
+            writer.write(chunk)
+    return writer.hasher.hexdigest()
+
+
+def _hash_file(path: Path, progress: Progress) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            hasher.update(chunk)
+            progress.bytes += len(chunk)
+    return hasher.hexdigest()
+
+
+def _list_archive(pg_restore: Path, path: Path, compression: str) -> tuple[int, str, list[str]]:
+    """Run `pg_restore --list` on the archive (decompressing zstd into its stdin); return code, stderr, lines."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        if compression == "zstd":
+            proc = subprocess.Popen(
+                [str(pg_restore), "--list"], stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True
+            )
+            assert proc.stdin is not None
+            try:
+                with path.open("rb") as handle, zstandard.ZstdDecompressor().stream_reader(handle) as reader:
+                    while chunk := reader.read(CHUNK):
+                        proc.stdin.write(chunk)
+            except BrokenPipeError:
+                pass  # pg_restore stops reading once it has the table of contents
+            except zstandard.ZstdError as exc:
+                kill_group(proc)
+                return 1, f"zstd: {exc}", []
+            finally:
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()
+        else:
+            proc = subprocess.Popen(
+                [str(pg_restore), "--list", str(path)], stdout=out, stderr=err, start_new_session=True
+            )
+        code = proc.wait()
+        out.seek(0)
+        err.seek(0)
+        return code, err.read().decode(errors="replace"), out.read().decode(errors="replace").splitlines()
+
+
+class BackupActivities:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.storage = LocalStorage(settings.storage_root)
+
+    def _log(self, tenant_id: str):
+        info = activity.info()
+        return get_logger(
+            "activities.backup",
+            tenant_id=tenant_id,
+            workflow_id=info.workflow_id,
+            run_id=info.workflow_run_id,
+            activity=info.activity_type,
+            attempt=info.attempt,
+        )
+
+    @activity.defn
+    async def dump_database(self, req: DumpRequest) -> DumpResult:
+        """pg_dump in custom format, streamed to storage under a temporary name and renamed when complete.
+
+        Row counts are taken in the very snapshot pg_dump dumps (an exported snapshot), so a restore can later be
+        checked against them exactly. A dump cannot resume mid-stream: a retried attempt starts over.
+        """
+        log = self._log(req.tenant_id)
+        started = datetime.now(UTC)
+        try:
+            conn = await connect(self.settings.effective_database_url, req.database_name, autocommit=True)
+        except psycopg.OperationalError as exc:
+            if f'database "{req.database_name}" does not exist' in str(exc):
+                raise fail(
+                    TENANT_DATABASE_MISSING,
+                    f"database {req.database_name!r} of tenant {req.tenant_id!r} does not exist",
+                ) from None
+            raise
+        progress = Progress()
+        async with conn, Heartbeater(lambda: {"bytes_written": progress.bytes}):
+            tools = find_client_tools(server_major(conn.info.server_version), self.settings.pg_bin_dir)
+            server_version = (await (await conn.execute("SHOW server_version")).fetchone())[0].split()[0]
+            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            snapshot = (await (await conn.execute("SELECT pg_export_snapshot()")).fetchone())[0]
+            gzip_level = req.compression_level if req.compression == "gzip" else 0
+            args = [
+                str(tools.pg_dump),
+                "--format=custom",
+                f"--compress={gzip_level}",
+                f"--snapshot={snapshot}",
+                "--no-password",
+            ]
+            log.info("dump started", database=req.database_name, tool=str(tools.pg_dump), backup=req.backup_name)
+            loop = asyncio.get_running_loop()
+            with (
+                tempfile.TemporaryFile() as stderr,
+                self.storage.open_for_write(req.tenant_id, req.backup_name) as sink,
+            ):
+                proc = subprocess.Popen(
+                    args,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    env=libpq_env(self.settings.effective_database_url, req.database_name),
+                    start_new_session=True,
+                )
+                assert proc.stdout is not None
+                pump = loop.run_in_executor(
+                    None, _pump, proc.stdout, sink, req.compression, req.compression_level, progress
+                )
+                try:
+                    row_counts = await self._count_rows(conn)
+                    sha256 = await asyncio.shield(pump)
+                    code = await asyncio.to_thread(proc.wait)
+                except BaseException:
+                    # Cancelled (or failed): kill pg_dump, let the copy thread drain, and the partial file goes.
+                    kill_group(proc)
+                    await asyncio.wait([pump])
+                    log.warning("dump stopped before completion", bytes_written=progress.bytes)
+                    raise
+                finally:
+                    proc.stdout.close()
+                if code != 0:
+                    stderr.seek(0)
+                    raise ApplicationError(
+                        f"pg_dump of {req.database_name!r} exited with {code}: {tail(stderr.read())}",
+                        type=DUMP_FAILED,
+                    )
+            await conn.execute("COMMIT")
+        size = self.storage.backup_path(req.tenant_id, req.backup_name).stat().st_size
+        log.info("dump finished", backup=req.backup_name, size_bytes=size, sha256=sha256)
+        return DumpResult(
+            tenant_id=req.tenant_id,
+            database_name=req.database_name,
+            backup_name=req.backup_name,
+            compression=req.compression,
+            compression_level=req.compression_level,
+            size_bytes=size,
+            sha256=sha256,
+            server_version=server_version,
+            tool_version=tools.version,
+            started_at=started,
+            finished_at=datetime.now(UTC),
+            row_counts=row_counts,
+        )
+
+    @staticmethod
+    async def _count_rows(conn: psycopg.AsyncConnection) -> dict[str, int]:
+        from psycopg import sql
+
+        counts: dict[str, int] = {}
+        tables = await (await conn.execute(_TABLES_SQL)).fetchall()
+        for schema, name in tables:
+            query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+            counts[f"{schema}.{name}"] = (await (await conn.execute(query)).fetchone())[0]
+        return counts
+
+    @activity.defn
+    async def verify_backup(self, dump: DumpResult) -> BackupManifest:
+        """Re-read the stored archive (size and sha256 must match what was written), let pg_restore read its
+        table of contents, then write the manifest that marks the backup verified."""
+        log = self._log(dump.tenant_id)
+        path = self.storage.backup_path(dump.tenant_id, dump.backup_name)
+        if not path.is_file():
+            raise fail(BACKUP_VERIFICATION_FAILED, f"backup {dump.backup_name!r} is missing from storage")
+        progress = Progress()
+        async with Heartbeater(lambda: {"bytes_read": progress.bytes}):
+            size = path.stat().st_size
+            sha256 = await asyncio.to_thread(_hash_file, path, progress)
+            if size != dump.size_bytes or sha256 != dump.sha256:
+                raise fail(
+                    BACKUP_VERIFICATION_FAILED,
+                    f"backup {dump.backup_name!r} does not match what was written "
+                    f"(size {size} vs {dump.size_bytes}, sha256 {sha256[:12]}… vs {dump.sha256[:12]}…)",
+                )
+            major = int(dump.server_version.split(".")[0])
+            tools = find_client_tools(major, self.settings.pg_bin_dir)
+            code, err, lines = await asyncio.to_thread(_list_archive, tools.pg_restore, path, dump.compression)
+        if code != 0:
+            raise fail(
+                BACKUP_VERIFICATION_FAILED,
+                f"pg_restore cannot read backup {dump.backup_name!r}: {tail(err)}",
+            )
+        entries = [line for line in lines if line.strip() and not line.startswith(";")]
+        # A TOC line reads "<id>; <oid> <oid> TABLE DATA <schema> <table> <owner>".
+        data_lines = [line for line in entries if " TABLE DATA " in line]
+        missing = [
+            table
+            for table in dump.row_counts
+            if not any(" TABLE DATA {} {} ".format(*table.split(".", 1)) in line for line in data_lines)
+        ]
+        if missing:
+            raise fail(
+                BACKUP_VERIFICATION_FAILED,
+                f"backup {dump.backup_name!r} has no data for table(s) {', '.join(sorted(missing)[:5])}",
+            )
+        manifest = BackupManifest(
+            **dump.model_dump(),
+            verified=True,
+            verified_at=datetime.now(UTC),
+            toc_entries=len(entries),
+            workflow_id=activity.info().workflow_id,
+        )
+        self.storage.write_manifest(manifest)
+        log.info("backup verified", backup=dump.backup_name, toc_entries=len(entries))
+        return manifest
+
+    @activity.defn
+    async def discard_backup(self, tenant_id: str, backup_name: str) -> None:
+        """Remove a backup that failed verification, so it is never mistaken for a good copy."""
+        self.storage.delete_backup(tenant_id, backup_name)
+        self._log(tenant_id).warning("backup discarded", backup=backup_name)
+
+    @activity.defn
+    async def apply_retention(self, req: RetentionRequest) -> RetentionResult:
+        """Keep the N newest verified backups of the tenant and delete the older ones."""
+        log = self._log(req.tenant_id)
+        entries = []
+        for name in self.storage.list_backups(req.tenant_id):
+            manifest = self.storage.read_manifest(req.tenant_id, name)
+            entries.append(
+                BackupEntry(
+                    name=name,
+                    taken_at=parse_backup_name(req.tenant_id, name),
+                    verified=bool(manifest and manifest.verified),
+                )
+            )
+        try:
+            plan = plan_keep_newest(entries, req.keep)
+        except InvalidInput as exc:
+            raise fail("InvalidInput", str(exc)) from None
+        kept = [b.name for b in plan.keep]
+        if req.newest_backup not in kept:
+            # Never delete around a backup we did not just verify: something is off with names or clocks.
+            raise fail(
+                BACKUP_VERIFICATION_FAILED,
+                f"retention refused: the new backup {req.newest_backup!r} would not be among the kept ones",
+            )
+        for entry in plan.delete:
+            self.storage.delete_backup(req.tenant_id, entry.name)
+            log.info("backup deleted by retention", backup=entry.name, keep=req.keep)
+        return RetentionResult(kept=kept, deleted=[b.name for b in plan.delete])

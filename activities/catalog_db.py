@@ -1,0 +1,184 @@
+"""The control-plane catalog: tenants and their operation locks, in a PostgreSQL database of its own.
+
+Plain async functions over psycopg, used by the catalog activities, the command line, the demo and the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from activities.pg import connect
+from tenancy.models import LockOutcome, Tenant
+from tenancy.naming import database_name, validate_tenant_id
+from tenancy.settings import Settings
+
+# Each entry upgrades the schema by one version; never edit a released entry, append a new one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE tenants (
+        id            text PRIMARY KEY CHECK (id ~ '^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$'),
+        name          text NOT NULL,
+        plan          text NOT NULL,
+        status        text NOT NULL CHECK (status IN
+                        ('provisioning','active','inactive','suspended','deprovisioned','failed')),
+        owner_email   text NOT NULL,
+        database_name text NOT NULL UNIQUE,
+        settings      jsonb NOT NULL DEFAULT '{}'::jsonb,
+        created_at    timestamptz NOT NULL DEFAULT now(),
+        updated_at    timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE tenant_locks (
+        tenant_id   text PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+        operation   text NOT NULL,
+        workflow_id text NOT NULL,
+        run_id      text NOT NULL,
+        acquired_at timestamptz NOT NULL DEFAULT now()
+    );
+    """,
+]
+
+# Any constant: serialises concurrent schema upgrades of the catalog.
+_MIGRATION_LOCK_KEY = 7_411_902_315
+
+
+class Catalog:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.admin_url = settings.effective_database_url
+
+    async def _connect(self) -> psycopg.AsyncConnection:
+        return await connect(self.admin_url, self.settings.catalog_database, row_factory=dict_row)
+
+    async def migrate(self) -> int:
+        """Create the catalog database and bring its schema to the newest version; idempotent."""
+        async with await connect(self.admin_url, autocommit=True) as admin:
+            exists = await (
+                await admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [self.settings.catalog_database])
+            ).fetchone()
+            if not exists:
+                try:
+                    await admin.execute(
+                        sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.settings.catalog_database))
+                    )
+                except psycopg.errors.DuplicateDatabase:
+                    pass  # created meanwhile by another process
+        async with await self._connect() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK_KEY])
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            row = await (await conn.execute("SELECT coalesce(max(version), 0) AS v FROM schema_migrations")).fetchone()
+            current = row["v"] if row else 0
+            for version, statement in enumerate(MIGRATIONS, start=1):
+                if version > current:
+                    await conn.execute(statement)
+                    await conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", [version])
+            return len(MIGRATIONS)
+
+    async def get_tenant(self, tenant_id: str) -> Tenant | None:
+        async with await self._connect() as conn:
+            row = await (await conn.execute("SELECT * FROM tenants WHERE id = %s", [tenant_id])).fetchone()
+        return Tenant.model_validate(row) if row else None
+
+    async def list_tenants(self, status: str | None = None) -> list[Tenant]:
+        query = "SELECT * FROM tenants" + (" WHERE status = %s" if status else "") + " ORDER BY id"
+        async with await self._connect() as conn:
+            rows = await (await conn.execute(query, [status] if status else [])).fetchall()
+        return [Tenant.model_validate(r) for r in rows]
+
+    async def create_tenant(
+        self,
+        tenant_id: str,
+        name: str,
+        *,
+        plan: str = "free",
+        owner_email: str = "owner@example.com",
+        settings: dict[str, Any] | None = None,
+        create_database: bool = True,
+    ) -> Tenant:
+        """Record an active tenant and create its empty database (until provisioning has a workflow)."""
+        validate_tenant_id(tenant_id)
+        dbname = database_name(self.settings.database_prefix, tenant_id)
+        if create_database:
+            async with await connect(self.admin_url, autocommit=True) as admin:
+                await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        async with await self._connect() as conn:
+            row = await (
+                await conn.execute(
+                    "INSERT INTO tenants (id, name, plan, status, owner_email, database_name, settings) "
+                    "VALUES (%s, %s, %s, 'active', %s, %s, %s) RETURNING *",
+                    [tenant_id, name, plan, owner_email, dbname, Jsonb(settings or {})],
+                )
+            ).fetchone()
+            await conn.commit()
+        return Tenant.model_validate(row)
+
+    async def drop_tenant(self, tenant_id: str) -> None:
+        """Remove a tenant's database and catalog row (test and demo clean-up; deprovisioning comes later)."""
+        tenant = await self.get_tenant(tenant_id)
+        dbname = tenant.database_name if tenant else database_name(self.settings.database_prefix, tenant_id)
+        async with await connect(self.admin_url, autocommit=True) as admin:
+            await admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+        async with await self._connect() as conn:
+            await conn.execute("DELETE FROM tenants WHERE id = %s", [tenant_id])
+            await conn.commit()
+
+    async def database_exists(self, dbname: str) -> bool:
+        async with await connect(self.admin_url) as admin:
+            row = await (await admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [dbname])).fetchone()
+        return row is not None
+
+    async def acquire_lock(
+        self,
+        tenant_id: str,
+        operation: str,
+        workflow_id: str,
+        run_id: str,
+        holder_is_gone: Callable[[str, str], Awaitable[bool]],
+    ) -> LockOutcome:
+        """Take the tenant's operation lock, or say who holds it.
+
+        The lock belongs to a workflow run, not to a worker: a crashed worker's run goes on elsewhere and still
+        releases it. A lock whose run has ended without releasing it (terminated, timed out) is taken over.
+        """
+        async with await self._connect() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO tenant_locks (tenant_id, operation, workflow_id, run_id) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (tenant_id) DO NOTHING",
+                [tenant_id, operation, workflow_id, run_id],
+            )
+            row = await (
+                await conn.execute("SELECT * FROM tenant_locks WHERE tenant_id = %s FOR UPDATE", [tenant_id])
+            ).fetchone()
+            assert row is not None
+            if row["workflow_id"] == workflow_id:
+                return LockOutcome(acquired=True)
+            if await holder_is_gone(row["workflow_id"], row["run_id"]):
+                await conn.execute(
+                    "UPDATE tenant_locks SET operation = %s, workflow_id = %s, run_id = %s, acquired_at = now() "
+                    "WHERE tenant_id = %s",
+                    [operation, workflow_id, run_id, tenant_id],
+                )
+                return LockOutcome(
+                    acquired=True, holder_workflow_id=row["workflow_id"], holder_operation=row["operation"]
+                )
+            return LockOutcome(acquired=False, holder_workflow_id=row["workflow_id"], holder_operation=row["operation"])
+
+    async def release_lock(self, tenant_id: str, workflow_id: str) -> bool:
+        async with await self._connect() as conn:
+            cur = await conn.execute(
+                "DELETE FROM tenant_locks WHERE tenant_id = %s AND workflow_id = %s", [tenant_id, workflow_id]
+            )
+            await conn.commit()
+            return cur.rowcount > 0
+
+    async def lock_holder(self, tenant_id: str) -> dict[str, Any] | None:
+        async with await self._connect() as conn:
+            return await (await conn.execute("SELECT * FROM tenant_locks WHERE tenant_id = %s", [tenant_id])).fetchone()

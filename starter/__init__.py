@@ -1,0 +1,1 @@
+"""The `tenants` command line, the embedded stack and starter scripts."""

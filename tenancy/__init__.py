@@ -1,0 +1,1 @@
+"""Shared contracts of tenant-lifecycle: settings, models, naming rules, errors and pure policies."""

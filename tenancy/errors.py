@@ -1,0 +1,64 @@
+"""Error types that cross the workflow boundary.
+
+Workflows and activities raise temporalio ApplicationError with one of these types; the command line turns them
+into one clear line. Non-retryable types are bad input or states that a retry cannot fix.
+"""
+
+from __future__ import annotations
+
+from temporalio.exceptions import ApplicationError
+
+INVALID_INPUT = "InvalidInput"
+TENANT_NOT_FOUND = "TenantNotFound"
+TENANT_BUSY = "TenantBusy"
+TENANT_DATABASE_MISSING = "TenantDatabaseMissing"
+BACKUP_VERIFICATION_FAILED = "BackupVerificationFailed"
+CLIENT_TOOLS_MISSING = "ClientToolsMissing"
+DUMP_FAILED = "DumpFailed"
+
+NON_RETRYABLE = [
+    INVALID_INPUT,
+    TENANT_NOT_FOUND,
+    TENANT_BUSY,
+    TENANT_DATABASE_MISSING,
+    BACKUP_VERIFICATION_FAILED,
+    CLIENT_TOOLS_MISSING,
+]
+
+
+def fail(error_type: str, message: str) -> ApplicationError:
+    """A typed, non-retryable error for the caller to raise."""
+    return ApplicationError(message, type=error_type, non_retryable=True)
+
+
+class InvalidInput(ValueError):
+    """Bad input caught before anything is started (command line, request validation)."""
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 20:
+        chain.append(current)
+        current = getattr(current, "cause", None) or current.__cause__
+    return chain
+
+
+def failure_message(exc: BaseException) -> str:
+    """The most specific message in a Temporal failure chain (workflow → child → activity → application)."""
+    chain = _chain(exc)
+    for item in reversed(chain):
+        if isinstance(item, ApplicationError) and item.message:
+            return item.message
+    for item in reversed(chain):
+        if str(item):
+            return str(item)
+    return type(exc).__name__
+
+
+def failure_type(exc: BaseException) -> str | None:
+    """The ApplicationError type deepest in a Temporal failure chain, if any."""
+    for item in reversed(_chain(exc)):
+        if isinstance(item, ApplicationError) and item.type:
+            return item.type
+    return None

@@ -1,0 +1,121 @@
+"""Pydantic models exchanged by the command line, workflows and activities."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+TenantStatus = Literal["provisioning", "active", "inactive", "suspended", "deprovisioned", "failed"]
+
+
+class Tenant(BaseModel):
+    id: str
+    name: str
+    plan: str
+    status: TenantStatus
+    owner_email: str
+    database_name: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    updated_at: datetime
+
+
+class BackupTenantInput(BaseModel):
+    tenant_id: str
+    keep: int = 7
+    compression: Literal["gzip", "zstd", "none"] = "gzip"
+    compression_level: int = 6
+    lock_wait_seconds: int = 0
+
+
+class DumpRequest(BaseModel):
+    tenant_id: str
+    database_name: str
+    backup_name: str
+    compression: Literal["gzip", "zstd", "none"]
+    compression_level: int
+
+
+class DumpResult(BaseModel):
+    tenant_id: str
+    database_name: str
+    backup_name: str
+    format: Literal["custom"] = "custom"
+    compression: str
+    compression_level: int
+    size_bytes: int
+    sha256: str
+    server_version: str
+    tool_version: str
+    started_at: datetime
+    finished_at: datetime
+    row_counts: dict[str, int]
+
+
+class BackupManifest(DumpResult):
+    verified: bool
+    verified_at: datetime | None = None
+    toc_entries: int = 0
+    workflow_id: str | None = None
+
+
+class RetentionRequest(BaseModel):
+    tenant_id: str
+    keep: int
+    # The backup this run just verified: retention refuses to run if it is not among the kept.
+    newest_backup: str
+
+
+class RetentionResult(BaseModel):
+    kept: list[str]
+    deleted: list[str]
+
+
+class BackupTenantResult(BaseModel):
+    tenant_id: str
+    backup_name: str
+    path: str
+    size_bytes: int
+    sha256: str
+    compression: str
+    row_counts: dict[str, int]
+    deleted_by_retention: list[str]
+    kept: list[str]
+
+
+class LockRequest(BaseModel):
+    tenant_id: str
+    operation: str
+    workflow_id: str
+    run_id: str
+
+
+class LockOutcome(BaseModel):
+    acquired: bool
+    holder_workflow_id: str | None = None
+    holder_operation: str | None = None
+
+
+class FleetBackupInput(BaseModel):
+    keep: int = 7
+    compression: Literal["gzip", "zstd", "none"] = "gzip"
+    compression_level: int = 6
+    concurrency: int = 4
+    lock_wait_seconds: int = 0
+
+
+class TenantOutcome(BaseModel):
+    tenant_id: str
+    ok: bool
+    workflow_id: str
+    backup_name: str | None = None
+    error: str | None = None
+
+
+class FleetBackupResult(BaseModel):
+    total: int
+    succeeded: int
+    failed: int
+    outcomes: list[TenantOutcome]

@@ -1,0 +1,75 @@
+"""Naming rules: tenant ids, database names, backup file names. Pure functions."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from tenancy.errors import InvalidInput
+
+TENANT_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
+TIMESTAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
+BACKUP_EXTENSIONS = {"gzip": "dump", "none": "dump", "zstd": "dump.zst"}
+MANIFEST_SUFFIX = ".json"
+PARTIAL_PREFIX = "."
+PARTIAL_SUFFIX = ".partial"
+_BACKUP_NAME_RE = re.compile(
+    r"^tenant_(?P<tenant>[a-z0-9-]+)_(?P<ts>\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})\.(?P<ext>dump|dump\.zst)$"
+)
+
+
+def validate_tenant_id(tenant_id: str) -> str:
+    """A tenant id is a slug: lowercase letters, digits and inner hyphens, 1 to 40 characters."""
+    if not isinstance(tenant_id, str) or not TENANT_ID_RE.fullmatch(tenant_id):
+        raise InvalidInput(
+            f"invalid tenant id {tenant_id!r}: use 1-40 lowercase letters, digits and hyphens (not at the start or end)"
+        )
+    return tenant_id
+
+
+def database_name(prefix: str, tenant_id: str) -> str:
+    validate_tenant_id(tenant_id)
+    name = f"{prefix}{tenant_id}"
+    if len(name.encode()) > MAX_IDENTIFIER_BYTES:
+        raise InvalidInput(f"database name {name!r} is longer than PostgreSQL's {MAX_IDENTIFIER_BYTES} bytes")
+    return name
+
+
+def backup_name(tenant_id: str, taken_at: datetime, compression: str) -> str:
+    """`tenant_<id>_<YYYY-MM-DD_HH-MM-SS>.<ext>`, in UTC, as the original system named its files."""
+    validate_tenant_id(tenant_id)
+    stamp = taken_at.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
+    return f"tenant_{tenant_id}_{stamp}.{BACKUP_EXTENSIONS[compression]}"
+
+
+def parse_backup_name(tenant_id: str, name: str) -> datetime:
+    """The time a backup of this tenant was taken, from its name; InvalidInput for any other name."""
+    match = _BACKUP_NAME_RE.fullmatch(name)
+    if not match or match["tenant"] != tenant_id:
+        raise InvalidInput(f"{name!r} is not the name of a backup of tenant {tenant_id!r}")
+    return datetime.strptime(match["ts"], TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+
+
+def is_backup_name(tenant_id: str, name: str) -> bool:
+    try:
+        parse_backup_name(tenant_id, name)
+    except InvalidInput:
+        return False
+    return True
+
+
+def manifest_name(backup: str) -> str:
+    return backup + MANIFEST_SUFFIX
+
+
+def partial_name(final_name: str) -> str:
+    """Name a file has while it is being written: hidden and never mistaken for a backup."""
+    return f"{PARTIAL_PREFIX}{final_name}{PARTIAL_SUFFIX}"
+
+
+def workflow_id(operation: str, tenant_id: str | None, at: datetime) -> str:
+    """Meaningful workflow ids: `<operation>-<tenant>-<UTC time>`, e.g. backup-acme-20260115T020000Z."""
+    stamp = at.astimezone(UTC).strftime("%Y%m%dT%H%M%S") + f"{at.microsecond // 1000:03d}Z"
+    parts = [operation, tenant_id, stamp] if tenant_id else [operation, stamp]
+    return "-".join(parts)

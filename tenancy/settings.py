@@ -1,0 +1,83 @@
+"""Settings, read from TENANTS_* environment variables and an optional .env file."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Compression = Literal["gzip", "zstd", "none"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TENANTS_", env_file=".env", extra="ignore")
+
+    # PostgreSQL server that holds the tenant databases (an admin connection). Empty: the embedded server.
+    database_url: str | None = None
+    # Database of the control-plane catalog, on the same server.
+    catalog_database: str = "tenants_catalog"
+    # Tenant databases are named <prefix><tenant id>.
+    database_prefix: str = "tenant_"
+    # Port of the embedded PostgreSQL started when no database URL is set.
+    embedded_pg_port: int = 54329
+
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    temporal_ui_url: str = "http://localhost:8233"
+    task_queue: str = "tenant-lifecycle"
+
+    # Where backups go: a folder path or a file:// URL.
+    storage_url: str = ".tenants/backups"
+    # Local state of the embedded stack (Temporal's database file, PostgreSQL data folder).
+    state_dir: Path = Path(".tenants")
+
+    compression: Compression = "gzip"
+    # gzip: 0-9 (6 is the original system's advice); zstd: 1-22 (3 is zstd's own default).
+    compression_level: int | None = None
+    keep: int = Field(default=7, ge=1)
+    fleet_concurrency: int = Field(default=4, ge=1, le=64)
+    # How long a mutating operation waits for another one on the same tenant; 0 fails at once.
+    lock_wait_seconds: int = Field(default=0, ge=0)
+    # A folder with pg_dump/pg_restore to use before any other.
+    pg_bin_dir: Path | None = None
+
+    log_level: str = "INFO"
+    log_format: Literal["console", "json"] = "console"
+
+    @field_validator("compression_level")
+    @classmethod
+    def _level_in_range(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= 22:
+            raise ValueError("compression level must be between 0 and 22")
+        return value
+
+    @property
+    def effective_compression_level(self) -> int:
+        if self.compression_level is not None:
+            if self.compression == "gzip":
+                return min(self.compression_level, 9)
+            return self.compression_level
+        return {"gzip": 6, "zstd": 3, "none": 0}[self.compression]
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"postgresql://postgres@127.0.0.1:{self.embedded_pg_port}/postgres"
+
+    @cached_property
+    def storage_root(self) -> Path:
+        url = self.storage_url
+        if url.startswith("file://"):
+            return Path(urlparse(url).path).resolve()
+        if "://" in url:
+            raise ValueError(f"unsupported storage URL {url!r}: use a folder path or a file:// URL")
+        return Path(url).expanduser().resolve()
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,117 @@
+"""Session-scoped real servers (Temporal dev server, PostgreSQL) and per-test workers on fresh task queues.
+
+PostgreSQL: TENANTS_TEST_DATABASE_URL when set (the machine's server), else an embedded server started here.
+Every database and role the suite creates carries a unique prefix and is dropped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from activities.catalog_db import Catalog
+from starter.demo import seed_tenant_data
+from starter.services import EmbeddedPostgres, free_port, temporal_binary
+from tenancy.log import configure_logging
+from tenancy.models import Tenant
+from tenancy.search import TENANT_ID
+from tenancy.settings import Settings
+from worker import build_worker
+
+configure_logging("WARNING")
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        search_attributes=[TENANT_ID],
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    url = os.environ.get("TENANTS_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", free_port(), durable=False)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+async def settings(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Settings]:
+    unique = f"tlt{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        _env_file=None,
+        database_url=pg_url,
+        catalog_database=f"{unique}_catalog",
+        database_prefix=f"{unique}_",
+        storage_url=str(tmp_path_factory.mktemp("backups")),
+        state_dir=tmp_path_factory.mktemp("state"),
+    )
+    await Catalog(settings).migrate()
+    yield settings
+    # Leave the server as we found it: drop every database this session created.
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [unique + "%"])]
+        for name in names:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+async def task_queue(temporal_env: WorkflowEnvironment, settings: Settings) -> AsyncIterator[str]:
+    """A worker with every workflow and activity, on a task queue of this test's own."""
+    queue = f"tq-{uuid.uuid4().hex[:10]}"
+    async with build_worker(temporal_env.client, settings, queue):
+        yield queue
+
+
+@pytest.fixture
+def catalog(settings: Settings) -> Catalog:
+    return Catalog(settings)
+
+
+TenantFactory = Callable[..., Awaitable[Tenant]]
+
+
+@pytest.fixture
+async def make_tenant(catalog: Catalog, settings: Settings) -> AsyncIterator[TenantFactory]:
+    created: list[str] = []
+
+    async def make(prefix: str = "t", entries: int = 500, **kwargs: object) -> Tenant:
+        tenant_id = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        tenant = await catalog.create_tenant(tenant_id, f"Tenant {tenant_id}", **kwargs)  # type: ignore[arg-type]
+        created.append(tenant_id)
+        if entries:
+            await seed_tenant_data(settings.effective_database_url, tenant.database_name, entries)
+        return tenant
+
+    yield make
+    for tenant_id in created:
+        await catalog.drop_tenant(tenant_id)
+
+
+@pytest.fixture
+def backups_of(settings: Settings) -> Callable[[str], list[Path]]:
+    def files(tenant_id: str) -> list[Path]:
+        folder = settings.storage_root / "tenants" / tenant_id
+        return sorted(folder.iterdir()) if folder.is_dir() else []
+
+    return files

@@ -1,0 +1,103 @@
+"""BackupTenantWorkflow: dump → verify → retention, under the tenant's operation lock."""
+
+from __future__ import annotations
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.backup import BackupActivities
+    from activities.catalog import CatalogActivities
+    from tenancy.errors import INVALID_INPUT, InvalidInput, fail
+    from tenancy.models import (
+        BackupTenantInput,
+        BackupTenantResult,
+        DumpRequest,
+        RetentionRequest,
+    )
+    from tenancy.naming import backup_name
+    from tenancy.retention import validate_keep
+    from workflows.options import LONG, QUICK
+    from workflows.tenant_lock import tenant_lock
+
+from temporalio.workflow import ActivityCancellationType
+
+
+def validate_backup_input(req: BackupTenantInput) -> None:
+    try:
+        validate_keep(req.keep)
+    except InvalidInput as exc:
+        raise fail(INVALID_INPUT, str(exc)) from None
+    top = 9 if req.compression == "gzip" else 22
+    if not 0 <= req.compression_level <= top:
+        raise fail(INVALID_INPUT, f"{req.compression} level must be between 0 and {top}")
+
+
+@workflow.defn
+class BackupTenantWorkflow:
+    def __init__(self) -> None:
+        self._phase = "starting"
+        self._backup_name: str | None = None
+
+    @workflow.query
+    def progress(self) -> dict[str, str | None]:
+        return {"phase": self._phase, "backup_name": self._backup_name}
+
+    @workflow.run
+    async def run(self, req: BackupTenantInput) -> BackupTenantResult:
+        validate_backup_input(req)
+        self._phase = "looking up tenant"
+        tenant = await workflow.execute_activity_method(CatalogActivities.get_tenant, req.tenant_id, **QUICK)
+        # Named from the workflow's clock: a retried dump writes the same file again, never a second one.
+        name = backup_name(tenant.id, workflow.now(), req.compression)
+        self._backup_name = name
+
+        self._phase = "waiting for the tenant lock"
+        async with tenant_lock(tenant.id, "backup", req.lock_wait_seconds):
+            self._phase = "dumping"
+            dump = await workflow.execute_activity_method(
+                BackupActivities.dump_database,
+                DumpRequest(
+                    tenant_id=tenant.id,
+                    database_name=tenant.database_name,
+                    backup_name=name,
+                    compression=req.compression,
+                    compression_level=req.compression_level,
+                ),
+                # Wait for pg_dump to be killed and the partial file removed before the run ends.
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                **LONG,
+            )
+
+            self._phase = "verifying"
+            try:
+                manifest = await workflow.execute_activity_method(
+                    BackupActivities.verify_backup,
+                    dump,
+                    cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                    **LONG,
+                )
+            except ActivityError:
+                # A backup that fails verification is removed and retention does not run.
+                await workflow.execute_activity_method(BackupActivities.discard_backup, args=[tenant.id, name], **QUICK)
+                raise
+
+            self._phase = "applying retention"
+            retention = await workflow.execute_activity_method(
+                BackupActivities.apply_retention,
+                RetentionRequest(tenant_id=tenant.id, keep=req.keep, newest_backup=name),
+                **QUICK,
+            )
+
+        self._phase = "done"
+        return BackupTenantResult(
+            tenant_id=tenant.id,
+            backup_name=name,
+            path=f"tenants/{tenant.id}/{name}",
+            size_bytes=manifest.size_bytes,
+            sha256=manifest.sha256,
+            compression=manifest.compression,
+            row_counts=manifest.row_counts,
+            deleted_by_retention=retention.deleted,
+            kept=retention.kept,
+        )

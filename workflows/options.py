@@ -1,0 +1,34 @@
+"""Timeouts and retry policies shared by the workflows."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio.common import RetryPolicy
+
+from tenancy.errors import NON_RETRYABLE
+
+# Catalog look-ups and locks: quick, retried on transient database errors.
+QUICK = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        maximum_interval=timedelta(seconds=20),
+        maximum_attempts=10,
+        non_retryable_error_types=NON_RETRYABLE,
+    ),
+}
+
+# Long work on the data (dump, verify): heartbeats every 2 s, so a dead worker is noticed within 30 s and a
+# cancellation reaches the activity within a few seconds.
+LONG = {
+    "start_to_close_timeout": timedelta(hours=6),
+    "heartbeat_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=10),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(minutes=5),
+        maximum_attempts=3,
+        non_retryable_error_types=NON_RETRYABLE,
+    ),
+}

@@ -1,0 +1,42 @@
+"""The tenant's operation lock, taken around every mutating operation (backup now; restore and maintenance)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.catalog import CatalogActivities
+    from tenancy.errors import TENANT_BUSY, fail
+    from tenancy.models import LockRequest
+    from workflows.options import QUICK
+
+POLL = timedelta(seconds=5)
+
+
+@asynccontextmanager
+async def tenant_lock(tenant_id: str, operation: str, wait_seconds: int) -> AsyncIterator[None]:
+    """Hold the tenant's lock for the block. Waits up to `wait_seconds` for another run to finish, then fails
+    with a non-retryable TenantBusy naming the run that holds it."""
+    info = workflow.info()
+    request = LockRequest(tenant_id=tenant_id, operation=operation, workflow_id=info.workflow_id, run_id=info.run_id)
+    waited = timedelta(0)
+    while True:
+        outcome = await workflow.execute_activity_method(CatalogActivities.acquire_tenant_lock, request, **QUICK)
+        if outcome.acquired:
+            break
+        if waited >= timedelta(seconds=wait_seconds):
+            raise fail(
+                TENANT_BUSY,
+                f"tenant {tenant_id!r} is busy: {outcome.holder_operation} run {outcome.holder_workflow_id} "
+                "is in progress; try again when it has finished",
+            )
+        await workflow.sleep(POLL)
+        waited += POLL
+    try:
+        yield
+    finally:
+        await workflow.execute_activity_method(CatalogActivities.release_tenant_lock, request, **QUICK)
