@@ -36,7 +36,7 @@ from tenancy.models import (
     RetentionRequest,
     RetentionResult,
 )
-from tenancy.naming import parse_backup_name
+from tenancy.naming import backup_name, parse_backup_name
 from tenancy.retention import BackupEntry, plan_keep_newest
 from tenancy.settings import Settings
 
@@ -149,6 +149,8 @@ class BackupActivities:
         checked against them exactly. A dump cannot resume mid-stream: a retried attempt starts over.
         """
         log = self._log(req.tenant_id)
+        self._remove_previous_attempt(req.tenant_id)
+        name = await self._fresh_name(req.tenant_id, req.compression)
         started = datetime.now(UTC)
         try:
             conn = await connect(self.settings.effective_database_url, req.database_name, autocommit=True)
@@ -160,7 +162,7 @@ class BackupActivities:
                 ) from None
             raise
         progress = Progress()
-        async with conn, Heartbeater(lambda: {"bytes_written": progress.bytes}):
+        async with conn, Heartbeater(lambda: {"backup_name": name, "bytes_written": progress.bytes}):
             tools = find_client_tools(server_major(conn.info.server_version), self.settings.pg_bin_dir)
             server_version = (await (await conn.execute("SHOW server_version")).fetchone())[0].split()[0]
             await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -173,11 +175,11 @@ class BackupActivities:
                 f"--snapshot={snapshot}",
                 "--no-password",
             ]
-            log.info("dump started", database=req.database_name, tool=str(tools.pg_dump), backup=req.backup_name)
+            log.info("dump started", database=req.database_name, tool=str(tools.pg_dump), backup=name)
             loop = asyncio.get_running_loop()
             with (
                 tempfile.TemporaryFile() as stderr,
-                self.storage.open_for_write(req.tenant_id, req.backup_name) as sink,
+                self.storage.open_for_write(req.tenant_id, name) as sink,
             ):
                 proc = subprocess.Popen(
                     args,
@@ -209,12 +211,12 @@ class BackupActivities:
                         type=DUMP_FAILED,
                     )
             await conn.execute("COMMIT")
-        size = self.storage.backup_path(req.tenant_id, req.backup_name).stat().st_size
-        log.info("dump finished", backup=req.backup_name, size_bytes=size, sha256=sha256)
+        size = self.storage.backup_path(req.tenant_id, name).stat().st_size
+        log.info("dump finished", backup=name, size_bytes=size, sha256=sha256)
         return DumpResult(
             tenant_id=req.tenant_id,
             database_name=req.database_name,
-            backup_name=req.backup_name,
+            backup_name=name,
             compression=req.compression,
             compression_level=req.compression_level,
             size_bytes=size,
@@ -225,6 +227,27 @@ class BackupActivities:
             finished_at=datetime.now(UTC),
             row_counts=row_counts,
         )
+
+    async def _fresh_name(self, tenant_id: str, compression: str) -> str:
+        """Named after the moment the dump starts. The tenant lock keeps dumps of one tenant apart, but two may
+        still start within the same second: the second waits for a name of its own rather than overwrite."""
+        while True:
+            name = backup_name(tenant_id, datetime.now(UTC), compression)
+            if not self.storage.exists(tenant_id, name) and not self.storage.partial_exists(tenant_id, name):
+                return name
+            await asyncio.sleep(0.2)
+
+    def _remove_previous_attempt(self, tenant_id: str) -> None:
+        """A retried dump starts over; an archive a dead earlier attempt completed but never reported is removed
+        (it has no manifest, so it was never a verified backup)."""
+        details = activity.info().heartbeat_details
+        previous = details[0].get("backup_name") if details and isinstance(details[0], dict) else None
+        if (
+            previous
+            and self.storage.exists(tenant_id, previous)
+            and not self.storage.read_manifest(tenant_id, previous)
+        ):
+            self.storage.delete_backup(tenant_id, previous)
 
     @staticmethod
     async def _count_rows(conn: psycopg.AsyncConnection) -> dict[str, int]:

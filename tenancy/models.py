@@ -33,7 +33,6 @@ class BackupTenantInput(BaseModel):
 class DumpRequest(BaseModel):
     tenant_id: str
     database_name: str
-    backup_name: str
     compression: Literal["gzip", "zstd", "none"]
     compression_level: int
 

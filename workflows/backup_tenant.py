@@ -15,7 +15,6 @@ with workflow.unsafe.imports_passed_through():
         DumpRequest,
         RetentionRequest,
     )
-    from tenancy.naming import backup_name
     from tenancy.retention import validate_keep
     from workflows.options import LONG, QUICK
     from workflows.tenant_lock import tenant_lock
@@ -48,10 +47,6 @@ class BackupTenantWorkflow:
         validate_backup_input(req)
         self._phase = "looking up tenant"
         tenant = await workflow.execute_activity_method(CatalogActivities.get_tenant, req.tenant_id, **QUICK)
-        # Named from the workflow's clock: a retried dump writes the same file again, never a second one.
-        name = backup_name(tenant.id, workflow.now(), req.compression)
-        self._backup_name = name
-
         self._phase = "waiting for the tenant lock"
         async with tenant_lock(tenant.id, "backup", req.lock_wait_seconds):
             self._phase = "dumping"
@@ -60,7 +55,6 @@ class BackupTenantWorkflow:
                 DumpRequest(
                     tenant_id=tenant.id,
                     database_name=tenant.database_name,
-                    backup_name=name,
                     compression=req.compression,
                     compression_level=req.compression_level,
                 ),
@@ -69,6 +63,7 @@ class BackupTenantWorkflow:
                 **LONG,
             )
 
+            name = self._backup_name = dump.backup_name
             self._phase = "verifying"
             try:
                 manifest = await workflow.execute_activity_method(
