@@ -17,7 +17,7 @@ from activities.catalog import CatalogActivities
 from activities.catalog_db import Catalog
 from tenancy.log import configure_logging, get_logger
 from tenancy.settings import Settings, load_settings
-from tenancy.temporal import connect_client
+from tenancy.temporal import connect_client, ensure_search_attributes
 from workflows.registry import WORKFLOWS
 
 
@@ -49,6 +49,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     log = get_logger("worker", task_queue=settings.task_queue)
     await Catalog(settings).migrate()
     client = await connect_client(settings)
+    await ensure_search_attributes(client, settings.temporal_namespace)
     worker = build_worker(client, settings)
     log.info("worker started", temporal=settings.temporal_address, namespace=settings.temporal_namespace)
     async with worker:

@@ -5,6 +5,7 @@ Plain async functions over psycopg, used by the catalog activities, the command 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -62,12 +63,11 @@ class Catalog:
                 await admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [self.settings.catalog_database])
             ).fetchone()
             if not exists:
-                try:
+                # Another process may create it meanwhile.
+                with contextlib.suppress(psycopg.errors.DuplicateDatabase):
                     await admin.execute(
                         sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.settings.catalog_database))
                     )
-                except psycopg.errors.DuplicateDatabase:
-                    pass  # created meanwhile by another process
         async with await self._connect() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK_KEY])
             await conn.execute(

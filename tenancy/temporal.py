@@ -23,3 +23,22 @@ def ui_link(settings: Settings, workflow_id: str) -> str:
         f"{settings.temporal_ui_url.rstrip('/')}/namespaces/{settings.temporal_namespace}"
         f"/workflows/{quote(workflow_id, safe='')}"
     )
+
+
+async def ensure_search_attributes(client: Client, namespace: str) -> list[str]:
+    """Register the TenantId keyword search attribute where it is missing (dev server or a cluster)."""
+    from temporalio.api.enums.v1 import IndexedValueType
+    from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+
+    from tenancy.search import TENANT_ID
+
+    existing = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
+    if TENANT_ID.name in existing.custom_attributes:
+        return []
+    await client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=namespace,
+            search_attributes={TENANT_ID.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD},
+        )
+    )
+    return [TENANT_ID.name]

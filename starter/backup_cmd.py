@@ -1,0 +1,109 @@
+"""`tenants backup`: one tenant, every active tenant, or a check of what backups need."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+
+from starter.output import human_size, table
+from starter.progress import follow
+from tenancy.errors import InvalidInput
+from tenancy.models import BackupTenantInput, BackupTenantResult, FleetBackupInput, FleetBackupResult
+from tenancy.naming import validate_tenant_id, workflow_id
+from tenancy.retention import validate_keep
+from tenancy.search import tenant_attributes
+from tenancy.settings import Settings
+from tenancy.temporal import connect_client, ui_link
+from workflows.backup_fleet import BackupAllTenantsWorkflow
+from workflows.backup_tenant import BackupTenantWorkflow
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("backup", help="back up one tenant or all active tenants")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--tenant", metavar="ID", help="the tenant to back up")
+    target.add_argument("--all", action="store_true", help="every active tenant, a few at a time")
+    target.add_argument("--check", action="store_true", help="check pg_dump/pg_restore, storage, PostgreSQL, Temporal")
+    p.add_argument("--keep", type=int, help="keep the N newest verified backups of each tenant (default: setting)")
+    p.add_argument("--compression", choices=["gzip", "zstd", "none"], help="default: TENANTS_COMPRESSION")
+    p.add_argument("--level", type=int, help="compression level (gzip 0-9, zstd 1-22)")
+    p.add_argument("--concurrency", type=int, help="with --all: tenants backed up at once (default: setting)")
+    p.add_argument("--wait-lock", type=int, metavar="SECONDS", help="wait this long for a busy tenant (default 0)")
+    p.add_argument("--no-wait", action="store_true", help="print the workflow id and Web UI link, return at once")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=run)
+
+
+def _inputs(args: argparse.Namespace, settings: Settings) -> dict[str, object]:
+    keep = settings.keep if args.keep is None else args.keep
+    validate_keep(keep)
+    compression = args.compression or settings.compression
+    level = args.level
+    if level is None:
+        level = settings.effective_compression_level if compression == settings.compression else {
+            "gzip": 6, "zstd": 3, "none": 0}[compression]
+    top = 9 if compression == "gzip" else 22
+    if not 0 <= level <= top:
+        raise InvalidInput(f"--level for {compression} must be between 0 and {top}")
+    wait = settings.lock_wait_seconds if args.wait_lock is None else args.wait_lock
+    if wait < 0:
+        raise InvalidInput("--wait-lock must be 0 or more seconds")
+    return {"keep": keep, "compression": compression, "compression_level": level, "lock_wait_seconds": wait}
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.check:
+        from starter.check import run_checks
+
+        return await run_checks(settings)
+    options = _inputs(args, settings)
+    if args.tenant is not None:
+        validate_tenant_id(args.tenant)
+    client = await connect_client(settings)
+    now = datetime.now(UTC)
+    if args.all:
+        concurrency = args.concurrency or settings.fleet_concurrency
+        if concurrency < 1:
+            raise InvalidInput("--concurrency must be at least 1")
+        handle = await client.start_workflow(
+            BackupAllTenantsWorkflow.run,
+            FleetBackupInput(concurrency=concurrency, **options),  # type: ignore[arg-type]
+            id=workflow_id("backup-all", None, now),
+            task_queue=settings.task_queue,
+            static_summary=f"Backup of every active tenant, keep {options['keep']}",
+        )
+    else:
+        handle = await client.start_workflow(
+            BackupTenantWorkflow.run,
+            BackupTenantInput(tenant_id=args.tenant, **options),  # type: ignore[arg-type]
+            id=workflow_id("backup", args.tenant, now),
+            task_queue=settings.task_queue,
+            search_attributes=tenant_attributes(args.tenant),
+            static_summary=f"Backup of tenant {args.tenant}, keep {options['keep']}",
+        )
+    if args.no_wait:
+        print(f"started {handle.id}")
+        print(f"web ui: {ui_link(settings, handle.id)}")
+        return 0
+    print(f"started {handle.id} — {ui_link(settings, handle.id)}", flush=True)
+    result = await follow(client, handle)
+    return _show(result, args.json, settings)
+
+
+def _show(result: BackupTenantResult | FleetBackupResult, as_json: bool, settings: Settings) -> int:
+    if as_json:
+        print(result.model_dump_json(indent=2))
+        return 0 if not isinstance(result, FleetBackupResult) or result.failed == 0 else 1
+    if isinstance(result, BackupTenantResult):
+        print(f"backup   {result.backup_name}")
+        print(f"path     {settings.storage_root / result.path}")
+        print(f"size     {human_size(result.size_bytes)} ({result.compression})")
+        print(f"sha256   {result.sha256}")
+        print(f"rows     {sum(result.row_counts.values())} in {len(result.row_counts)} tables")
+        deleted = ", ".join(result.deleted_by_retention) or "none"
+        print(f"kept     {len(result.kept)} verified backups; deleted by retention: {deleted}")
+        return 0
+    rows = [(o.tenant_id, "ok" if o.ok else "FAILED", o.backup_name or o.error) for o in result.outcomes]
+    print(table(["tenant", "result", "backup / error"], rows))
+    print(f"{result.succeeded} succeeded, {result.failed} failed, {result.total} tenants")
+    return 0 if result.failed == 0 else 1

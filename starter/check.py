@@ -1,0 +1,81 @@
+"""`tenants backup --check`: is everything a backup needs usable? One line per check, exit 1 if any fails."""
+
+from __future__ import annotations
+
+import psycopg
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+from activities.catalog_db import Catalog
+from activities.pg import find_client_tools, server_major
+from activities.storage import LocalStorage
+from tenancy.errors import failure_message
+from tenancy.search import TENANT_ID
+from tenancy.settings import Settings
+from tenancy.temporal import connect_client
+
+
+async def _postgres(settings: Settings) -> tuple[str, int]:
+    async with await psycopg.AsyncConnection.connect(settings.effective_database_url, connect_timeout=5) as conn:
+        version = (await (await conn.execute("SHOW server_version")).fetchone())[0].split()[0]
+        return f"PostgreSQL {version} at {conn.info.host}:{conn.info.port}", server_major(conn.info.server_version)
+
+
+async def _temporal(settings: Settings) -> list[tuple[str, bool, str]]:
+    client = await connect_client(settings)
+    results = [("Temporal", True, f"{settings.temporal_address}, namespace {settings.temporal_namespace}")]
+    attrs = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=settings.temporal_namespace)
+    )
+    has_attr = TENANT_ID.name in attrs.custom_attributes
+    results.append(("search attribute", has_attr, "TenantId" if has_attr else "TenantId is not registered"))
+    queue = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(namespace=settings.temporal_namespace, task_queue=TaskQueue(name=settings.task_queue))
+    )
+    pollers = len(queue.pollers)
+    results.append(
+        (
+            "worker",
+            pollers > 0,
+            f"{pollers} polling task queue {settings.task_queue}"
+            if pollers
+            else f"no worker polls task queue {settings.task_queue}: start one with `python worker.py`",
+        )
+    )
+    return results
+
+
+async def run_checks(settings: Settings) -> int:
+    results: list[tuple[str, bool, str]] = []
+    major: int | None = None
+    try:
+        line, major = await _postgres(settings)
+        results.append(("PostgreSQL", True, line))
+    except Exception as exc:
+        results.append(("PostgreSQL", False, f"cannot connect: {failure_message(exc).strip()}"))
+    if major is not None:
+        try:
+            tools = find_client_tools(major, settings.pg_bin_dir)
+            results.append(("pg_dump", True, f"{tools.pg_dump} ({tools.version})"))
+            results.append(("pg_restore", True, f"{tools.pg_restore} ({tools.version})"))
+        except Exception as exc:
+            results.append(("pg_dump/pg_restore", False, failure_message(exc)))
+        try:
+            await Catalog(settings).migrate()
+            results.append(("catalog", True, f"database {settings.catalog_database}"))
+        except Exception as exc:
+            results.append(("catalog", False, failure_message(exc)))
+    try:
+        LocalStorage(settings.storage_root).check_writable()
+        results.append(("storage", True, f"{settings.storage_root} is writable"))
+    except Exception as exc:
+        results.append(("storage", False, f"{settings.storage_root}: {exc}"))
+    try:
+        results += await _temporal(settings)
+    except Exception as exc:
+        results.append(("Temporal", False, f"{settings.temporal_address}: {failure_message(exc)}"))
+    width = max(len(name) for name, _, _ in results)
+    for name, ok, detail in results:
+        print(f"{'ok  ' if ok else 'FAIL'}  {name.ljust(width)}  {detail}")
+    return 0 if all(ok for _, ok, _ in results) else 1

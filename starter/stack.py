@@ -1,0 +1,90 @@
+"""`tenants up`: the whole stack on embedded defaults, serving until Ctrl-C.
+
+Temporal dev server (Web UI, state in a file so runs survive a restart), PostgreSQL (embedded when no database
+URL is set), the catalog, demo tenants on first start, and a worker. Ctrl-C stops all of them cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from urllib.parse import urlparse
+
+from activities.catalog_db import Catalog
+from starter.demo import seed_tenant_data
+from starter.services import EmbeddedPostgres, TemporalDevServer, port_open
+from tenancy.log import get_logger
+from tenancy.settings import Settings
+from worker import run_worker
+
+DEMO_TENANTS = [("acme", "Acme Corp", "pro", 20_000), ("globex", "Globex", "business", 5_000), ("initech", "Initech", "free", 1_000)]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("up", help="start Temporal, PostgreSQL and a worker; serve until Ctrl-C")
+    p.add_argument("--no-demo", action="store_true", help="do not create the demo tenants on first start")
+    p.set_defaults(handler=run)
+
+
+async def _seed_demo(settings: Settings) -> list[str]:
+    catalog = Catalog(settings)
+    if await catalog.list_tenants():
+        return []
+    created = []
+    for tenant_id, name, plan, entries in DEMO_TENANTS:
+        tenant = await catalog.create_tenant(tenant_id, name, plan=plan, owner_email=f"admin@{tenant_id}.example")
+        await seed_tenant_data(settings.effective_database_url, tenant.database_name, entries)
+        created.append(tenant_id)
+    return created
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    log = get_logger("stack")
+    state = settings.state_dir.resolve()
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    temporal: TemporalDevServer | None = None
+    postgres: EmbeddedPostgres | None = None
+    address = urlparse(f"//{settings.temporal_address}")
+    try:
+        if port_open(address.hostname or "127.0.0.1", address.port or 7233):
+            log.info("using the Temporal server already listening", address=settings.temporal_address)
+        else:
+            ui_port = urlparse(settings.temporal_ui_url).port or 8233
+            temporal = TemporalDevServer(state / "temporal.db", address.port or 7233, ui_port, log_file=state / "temporal.log")
+            await asyncio.to_thread(temporal.start)
+            log.info("Temporal dev server started", address=temporal.address, web_ui=settings.temporal_ui_url)
+        if settings.database_url:
+            log.info("using PostgreSQL from TENANTS_DATABASE_URL")
+        else:
+            postgres = EmbeddedPostgres(state / "pgdata", settings.embedded_pg_port)
+            await asyncio.to_thread(postgres.start)
+            log.info("embedded PostgreSQL started", url=postgres.url, data=str(postgres.data_dir))
+        await Catalog(settings).migrate()
+        if not args.no_demo:
+            created = await _seed_demo(settings)
+            if created:
+                log.info("demo tenants created", tenants=created)
+        print(
+            f"\ntenant-lifecycle is up.\n"
+            f"  Temporal Web UI : {settings.temporal_ui_url}\n"
+            f"  Temporal        : {settings.temporal_address} (namespace {settings.temporal_namespace})\n"
+            f"  PostgreSQL      : {settings.effective_database_url}\n"
+            f"  backups         : {settings.storage_root}\n"
+            f"  try             : tenants list; tenants backup --tenant acme; tenants backup --all\n"
+            f"Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        await run_worker(settings, stop)
+    finally:
+        if postgres:
+            await asyncio.to_thread(postgres.stop)
+        if temporal:
+            await asyncio.to_thread(temporal.stop)
+        log.info("stack stopped")
+    return 0
