@@ -40,8 +40,11 @@ def _inputs(args: argparse.Namespace, settings: Settings) -> dict[str, object]:
     compression = args.compression or settings.compression
     level = args.level
     if level is None:
-        level = settings.effective_compression_level if compression == settings.compression else {
-            "gzip": 6, "zstd": 3, "none": 0}[compression]
+        level = (
+            settings.effective_compression_level
+            if compression == settings.compression
+            else {"gzip": 6, "zstd": 3, "none": 0}[compression]
+        )
     top = 9 if compression == "gzip" else 22
     if not 0 <= level <= top:
         raise InvalidInput(f"--level for {compression} must be between 0 and {top}")

@@ -24,7 +24,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps([t.model_dump(mode="json") for t in tenants], indent=2))
         return 0
-    rows = [(t.id, t.name, t.plan, t.status, t.owner_email, t.database_name, t.created_at.strftime("%Y-%m-%d %H:%M"))
-            for t in tenants]
+    rows = [
+        (t.id, t.name, t.plan, t.status, t.owner_email, t.database_name, t.created_at.strftime("%Y-%m-%d %H:%M"))
+        for t in tenants
+    ]
     print(table(["id", "name", "plan", "status", "owner", "database", "created"], rows))
     return 0

@@ -38,11 +38,13 @@ async def follow(client: Client, handle: WorkflowHandle[Any, Any], out: TextIO =
     result = asyncio.ensure_future(handle.result())
     shown = ""
     tty = out.isatty()
-    while not result.done():
+    final = False
+    while not final:
+        final = result.done()  # one last look after the end shows the final state
         try:
             line = _render(await handle.query("progress"), await _heartbeat_details(client, handle))
         except RPCError:
-            line = shown  # the run may not have had its first task yet
+            line = shown  # the run may not have had its first task yet, or failed
         if line and line != shown:
             if tty:
                 out.write("\r\033[K" + line)
@@ -50,7 +52,8 @@ async def follow(client: Client, handle: WorkflowHandle[Any, Any], out: TextIO =
                 out.write(line + "\n")
             out.flush()
             shown = line
-        await asyncio.wait([result], timeout=0.5)
+        if not final:
+            await asyncio.wait([result], timeout=0.5)
     if tty and shown:
         out.write("\n")
     return await result

@@ -15,10 +15,14 @@ from activities.catalog_db import Catalog
 from starter.demo import seed_tenant_data
 from starter.services import EmbeddedPostgres, TemporalDevServer, port_open
 from tenancy.log import get_logger
-from tenancy.settings import Settings
+from tenancy.settings import Settings, redact_url
 from worker import run_worker
 
-DEMO_TENANTS = [("acme", "Acme Corp", "pro", 20_000), ("globex", "Globex", "business", 5_000), ("initech", "Initech", "free", 1_000)]
+DEMO_TENANTS = [
+    ("acme", "Acme Corp", "pro", 20_000),
+    ("globex", "Globex", "business", 5_000),
+    ("initech", "Initech", "free", 1_000),
+]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -56,7 +60,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             log.info("using the Temporal server already listening", address=settings.temporal_address)
         else:
             ui_port = urlparse(settings.temporal_ui_url).port or 8233
-            temporal = TemporalDevServer(state / "temporal.db", address.port or 7233, ui_port, log_file=state / "temporal.log")
+            temporal = TemporalDevServer(
+                state / "temporal.db", address.port or 7233, ui_port, log_file=state / "temporal.log"
+            )
             await asyncio.to_thread(temporal.start)
             log.info("Temporal dev server started", address=temporal.address, web_ui=settings.temporal_ui_url)
         if settings.database_url:
@@ -74,7 +80,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             f"\ntenant-lifecycle is up.\n"
             f"  Temporal Web UI : {settings.temporal_ui_url}\n"
             f"  Temporal        : {settings.temporal_address} (namespace {settings.temporal_namespace})\n"
-            f"  PostgreSQL      : {settings.effective_database_url}\n"
+            f"  PostgreSQL      : {redact_url(settings.effective_database_url)}\n"
             f"  backups         : {settings.storage_root}\n"
             f"  try             : tenants list; tenants backup --tenant acme; tenants backup --all\n"
             f"Ctrl-C stops everything.\n",

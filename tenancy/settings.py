@@ -79,5 +79,14 @@ class Settings(BaseSettings):
         return Path(url).expanduser().resolve()
 
 
+def redact_url(url: str) -> str:
+    """A connection URL fit for logs and screens: any password replaced by ***."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return parsed._replace(netloc=netloc).geturl()
+
+
 def load_settings(**overrides: object) -> Settings:
     return Settings(**overrides)  # type: ignore[arg-type]

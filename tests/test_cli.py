@@ -1,0 +1,102 @@
+"""The `tenants` command as a user runs it: a real process against the test session's servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TENANTS = [sys.executable, "-m", "starter.cli"]
+
+
+@pytest.fixture
+def cli_env(temporal_env, settings, task_queue):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTS_")}
+    env.update(
+        TENANTS_DATABASE_URL=settings.effective_database_url,
+        TENANTS_CATALOG_DATABASE=settings.catalog_database,
+        TENANTS_DATABASE_PREFIX=settings.database_prefix,
+        TENANTS_STORAGE_URL=f"file://{settings.storage_root}",
+        TENANTS_TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
+        TENANTS_TASK_QUEUE=task_queue,
+    )
+    return env
+
+
+async def tenants(env, *args: str) -> subprocess.CompletedProcess[str]:
+    import asyncio
+
+    return await asyncio.to_thread(
+        subprocess.run, [*TENANTS, *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["backup"], "one of the arguments --tenant --all --check is required"),
+        (["backup", "--tenant", "Bad;Name"], "invalid tenant id"),
+        (["backup", "--tenant", "acme", "--keep", "0"], "--keep must be a whole number of at least 1"),
+        (["backup", "--all", "--keep", "-2"], "--keep must be a whole number of at least 1"),
+        (["backup", "--tenant", "acme", "--keep", "ten"], "invalid int value"),
+        (["backup", "--tenant", "acme", "--compression", "zstd", "--level", "40"], "between 0 and 22"),
+        (["backup", "--tenant", "acme", "--compression", "lz4"], "invalid choice"),
+        (["nonsense"], "invalid choice"),
+    ],
+)
+async def test_bad_input_is_one_clear_line_and_exit_2(cli_env, args, message):
+    done = await tenants(cli_env, *args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+async def test_unknown_tenant_is_a_clear_error(cli_env):
+    done = await tenants(cli_env, "backup", "--tenant", "no-such-tenant")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "tenants: error: tenant 'no-such-tenant' is not in the catalog [TenantNotFound]"
+    )
+
+
+async def test_invalid_setting_is_a_clear_error(cli_env):
+    done = await tenants({**cli_env, "TENANTS_KEEP": "0"}, "list")
+    assert done.returncode == 2
+    assert "invalid setting TENANTS_KEEP" in done.stderr and "Traceback" not in done.stderr
+
+
+async def test_backup_list_and_check_end_to_end(cli_env, make_tenant, settings):
+    tenant = await make_tenant(entries=100)
+
+    listed = await tenants(cli_env, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert tenant.id in [t["id"] for t in json.loads(listed.stdout)]
+
+    done = await tenants(cli_env, "backup", "--tenant", tenant.id, "--keep", "3")
+    assert done.returncode == 0, done.stderr
+    assert "backup   tenant_" + tenant.id in done.stdout
+    assert done.stderr.splitlines()[-1] == "done"  # progress lines, down to the final state
+    archive = next(line.split(None, 1)[1] for line in done.stdout.splitlines() if line.startswith("path"))
+    assert os.path.isfile(archive)
+
+    started = await tenants(cli_env, "backup", "--tenant", tenant.id, "--no-wait")
+    assert started.returncode == 0
+    assert started.stdout.splitlines()[0].startswith(f"started backup-{tenant.id}-")
+    assert "/namespaces/default/workflows/backup-" in started.stdout
+
+    check = await tenants(cli_env, "backup", "--check")
+    assert check.returncode == 0, check.stdout
+    assert "FAIL" not in check.stdout
+    for name in ("PostgreSQL", "pg_dump", "pg_restore", "storage", "Temporal", "worker"):
+        assert name in check.stdout
+
+
+async def test_check_names_what_is_missing(cli_env):
+    done = await tenants({**cli_env, "TENANTS_TEMPORAL_ADDRESS": "127.0.0.1:1"}, "backup", "--check")
+    assert done.returncode == 1
+    assert "FAIL  Temporal" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
