@@ -15,6 +15,7 @@ from temporalio.worker import Worker
 from activities.backup import BackupActivities
 from activities.catalog import CatalogActivities
 from activities.catalog_db import Catalog
+from activities.restore import RestoreActivities
 from tenancy.log import configure_logging, get_logger
 from tenancy.settings import Settings, load_settings
 from tenancy.temporal import connect_client, ensure_search_attributes
@@ -24,6 +25,7 @@ from workflows.registry import WORKFLOWS
 def build_worker(client: Client, settings: Settings, task_queue: str | None = None) -> Worker:
     backup = BackupActivities(settings)
     catalog = CatalogActivities(settings, client)
+    restore = RestoreActivities(settings)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -37,6 +39,14 @@ def build_worker(client: Client, settings: Settings, task_queue: str | None = No
             backup.verify_backup,
             backup.discard_backup,
             backup.apply_retention,
+            restore.select_backup,
+            restore.restore_to_scratch,
+            restore.verify_restored,
+            restore.swap_in_restored,
+            restore.undo_unfinished_restore,
+            restore.drop_previous_database,
+            restore.clear_tenant_cache,
+            restore.record_event,
         ],
         # Dumps copy bytes in threads; keep a few free for the event loop's own to_thread calls.
         activity_executor=ThreadPoolExecutor(max_workers=40),

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import BinaryIO
 
 import psycopg
@@ -17,8 +14,9 @@ import zstandard
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.archive import CHUNK, Progress, hash_file, list_archive
 from activities.heartbeat import Heartbeater
-from activities.pg import connect, find_client_tools, libpq_env, server_major
+from activities.pg import connect, count_rows, find_client_tools, libpq_env, server_major
 from activities.storage import LocalStorage
 from activities.subprocesses import kill_group, tail
 from tenancy.errors import (
@@ -36,25 +34,9 @@ from tenancy.models import (
     RetentionRequest,
     RetentionResult,
 )
-from tenancy.naming import backup_name, parse_backup_name
+from tenancy.naming import backup_name
 from tenancy.retention import BackupEntry, plan_keep_newest
 from tenancy.settings import Settings
-
-CHUNK = 1 << 20  # 1 MiB: memory stays flat whatever the size of the tenant
-
-_TABLES_SQL = """
-SELECT n.nspname AS schema, c.relname AS name
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'r'
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg_toast%%' AND n.nspname NOT LIKE 'pg_temp%%'
-ORDER BY 1, 2
-"""
-
-
-@dataclass
-class Progress:
-    bytes: int = 0
 
 
 class _HashingWriter:
@@ -84,45 +66,6 @@ def _pump(source: BinaryIO, sink: BinaryIO, compression: str, level: int, progre
         while chunk := source.read(CHUNK):
             writer.write(chunk)
     return writer.hasher.hexdigest()
-
-
-def _hash_file(path: Path, progress: Progress) -> str:
-    hasher = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            hasher.update(chunk)
-            progress.bytes += len(chunk)
-    return hasher.hexdigest()
-
-
-def _list_archive(pg_restore: Path, path: Path, compression: str) -> tuple[int, str, list[str]]:
-    """Run `pg_restore --list` on the archive (decompressing zstd into its stdin); return code, stderr, lines."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        if compression == "zstd":
-            proc = subprocess.Popen(
-                [str(pg_restore), "--list"], stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True
-            )
-            assert proc.stdin is not None
-            try:
-                with path.open("rb") as handle, zstandard.ZstdDecompressor().stream_reader(handle) as reader:
-                    while chunk := reader.read(CHUNK):
-                        proc.stdin.write(chunk)
-            except BrokenPipeError:
-                pass  # pg_restore stops reading once it has the table of contents
-            except zstandard.ZstdError as exc:
-                kill_group(proc)
-                return 1, f"zstd: {exc}", []
-            finally:
-                with contextlib.suppress(BrokenPipeError):
-                    proc.stdin.close()
-        else:
-            proc = subprocess.Popen(
-                [str(pg_restore), "--list", str(path)], stdout=out, stderr=err, start_new_session=True
-            )
-        code = proc.wait()
-        out.seek(0)
-        err.seek(0)
-        return code, err.read().decode(errors="replace"), out.read().decode(errors="replace").splitlines()
 
 
 class BackupActivities:
@@ -193,7 +136,7 @@ class BackupActivities:
                     None, _pump, proc.stdout, sink, req.compression, req.compression_level, progress
                 )
                 try:
-                    row_counts = await self._count_rows(conn)
+                    row_counts = await count_rows(conn)
                     sha256 = await asyncio.shield(pump)
                     code = await asyncio.to_thread(proc.wait)
                 except BaseException:
@@ -249,17 +192,6 @@ class BackupActivities:
         ):
             self.storage.delete_backup(tenant_id, previous)
 
-    @staticmethod
-    async def _count_rows(conn: psycopg.AsyncConnection) -> dict[str, int]:
-        from psycopg import sql
-
-        counts: dict[str, int] = {}
-        tables = await (await conn.execute(_TABLES_SQL)).fetchall()
-        for schema, name in tables:
-            query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
-            counts[f"{schema}.{name}"] = (await (await conn.execute(query)).fetchone())[0]
-        return counts
-
     @activity.defn
     async def verify_backup(self, dump: DumpResult) -> BackupManifest:
         """Re-read the stored archive (size and sha256 must match what was written), let pg_restore read its
@@ -271,7 +203,7 @@ class BackupActivities:
         progress = Progress()
         async with Heartbeater(lambda: {"bytes_read": progress.bytes}):
             size = path.stat().st_size
-            sha256 = await asyncio.to_thread(_hash_file, path, progress)
+            sha256 = await asyncio.to_thread(hash_file, path, progress)
             if size != dump.size_bytes or sha256 != dump.sha256:
                 raise fail(
                     BACKUP_VERIFICATION_FAILED,
@@ -280,7 +212,7 @@ class BackupActivities:
                 )
             major = int(dump.server_version.split(".")[0])
             tools = find_client_tools(major, self.settings.pg_bin_dir)
-            code, err, lines = await asyncio.to_thread(_list_archive, tools.pg_restore, path, dump.compression)
+            code, err, lines = await asyncio.to_thread(list_archive, tools.pg_restore, path, dump.compression)
         if code != 0:
             raise fail(
                 BACKUP_VERIFICATION_FAILED,
@@ -320,16 +252,10 @@ class BackupActivities:
     async def apply_retention(self, req: RetentionRequest) -> RetentionResult:
         """Keep the N newest verified backups of the tenant and delete the older ones."""
         log = self._log(req.tenant_id)
-        entries = []
-        for name in self.storage.list_backups(req.tenant_id):
-            manifest = self.storage.read_manifest(req.tenant_id, name)
-            entries.append(
-                BackupEntry(
-                    name=name,
-                    taken_at=parse_backup_name(req.tenant_id, name),
-                    verified=bool(manifest and manifest.verified),
-                )
-            )
+        entries = [
+            BackupEntry(name=b.name, taken_at=b.taken_at, verified=b.verified)
+            for b in self.storage.describe_backups(req.tenant_id)
+        ]
         try:
             plan = plan_keep_newest(entries, req.keep)
         except InvalidInput as exc:

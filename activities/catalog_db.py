@@ -42,6 +42,17 @@ MIGRATIONS: list[str] = [
         acquired_at timestamptz NOT NULL DEFAULT now()
     );
     """,
+    """
+    CREATE TABLE tenant_events (
+        id          bigserial PRIMARY KEY,
+        tenant_id   text NOT NULL,
+        type        text NOT NULL,
+        data        jsonb NOT NULL DEFAULT '{}'::jsonb,
+        workflow_id text,
+        created_at  timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX tenant_events_by_tenant ON tenant_events (tenant_id, created_at DESC);
+    """,
 ]
 
 # Any constant: serialises concurrent schema upgrades of the catalog.
@@ -178,6 +189,29 @@ class Catalog:
             )
             await conn.commit()
             return cur.rowcount > 0
+
+    async def record_event(
+        self, tenant_id: str, event_type: str, data: dict[str, Any], workflow_id: str | None = None
+    ) -> int:
+        """Append an event (the table is append-only: events are never updated or deleted)."""
+        async with await self._connect() as conn:
+            row = await (
+                await conn.execute(
+                    "INSERT INTO tenant_events (tenant_id, type, data, workflow_id) "
+                    "VALUES (%s, %s, %s, %s) RETURNING id",
+                    [tenant_id, event_type, Jsonb(data), workflow_id],
+                )
+            ).fetchone()
+            await conn.commit()
+        return row["id"]
+
+    async def events(self, tenant_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        async with await self._connect() as conn:
+            return await (
+                await conn.execute(
+                    "SELECT * FROM tenant_events WHERE tenant_id = %s ORDER BY id DESC LIMIT %s", [tenant_id, limit]
+                )
+            ).fetchall()
 
     async def lock_holder(self, tenant_id: str) -> dict[str, Any] | None:
         async with await self._connect() as conn:

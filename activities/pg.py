@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tenancy.errors import CLIENT_TOOLS_MISSING, fail
@@ -125,3 +126,23 @@ def find_client_tools(major: int, pg_bin_dir: Path | None = None) -> ClientTools
         f"no pg_dump/pg_restore for PostgreSQL {major} (found: {looked}); install postgresql-client-{major} "
         f"or set TENANTS_PG_BIN_DIR",
     )
+
+
+TABLES_SQL = """
+SELECT n.nspname AS schema, c.relname AS name
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%%' AND n.nspname NOT LIKE 'pg_temp%%'
+ORDER BY 1, 2
+"""
+
+
+async def count_rows(conn: psycopg.AsyncConnection) -> dict[str, int]:
+    """Exact row counts of every user table, `schema.table` → count, in the connection's snapshot."""
+    counts: dict[str, int] = {}
+    tables = await (await conn.execute(TABLES_SQL)).fetchall()
+    for schema, name in tables:
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+        counts[f"{schema}.{name}"] = (await (await conn.execute(query)).fetchone())[0]
+    return counts

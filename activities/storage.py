@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tenancy.errors import InvalidInput
-from tenancy.models import BackupManifest
+from tenancy.models import BackupInfo, BackupManifest
 from tenancy.naming import is_backup_name, manifest_name, parse_backup_name, partial_name
 
 DIR_MODE = 0o700
@@ -80,6 +80,23 @@ class LocalStorage:
         if not folder.is_dir():
             return []
         return sorted(p.name for p in folder.iterdir() if p.is_file() and is_backup_name(tenant_id, p.name))
+
+    def describe_backups(self, tenant_id: str) -> list[BackupInfo]:
+        """Every backup of the tenant with what its manifest says, oldest first."""
+        infos = []
+        for name in self.list_backups(tenant_id):
+            manifest = self.read_manifest(tenant_id, name)
+            infos.append(
+                BackupInfo(
+                    name=name,
+                    taken_at=parse_backup_name(tenant_id, name),
+                    size_bytes=self.backup_path(tenant_id, name).stat().st_size,
+                    verified=bool(manifest and manifest.verified),
+                    compression=manifest.compression if manifest else None,
+                    sha256=manifest.sha256 if manifest else None,
+                )
+            )
+        return infos
 
     def write_manifest(self, manifest: BackupManifest) -> None:
         path = self.backup_path(manifest.tenant_id, manifest.backup_name)

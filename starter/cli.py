@@ -12,7 +12,7 @@ import pydantic
 from temporalio.client import WorkflowFailureError
 from temporalio.service import RPCError
 
-from starter import backup_cmd, list_cmd, stack
+from starter import backup_cmd, list_cmd, restore_cmd, stack
 from starter.output import error
 from tenancy.errors import InvalidInput, failure_message, failure_type
 from tenancy.log import configure_logging
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_parser(subparsers)
     list_cmd.add_parser(subparsers)
     backup_cmd.add_parser(subparsers)
+    restore_cmd.add_parser(subparsers)
     worker = subparsers.add_parser("worker", help="run a worker (same as `python worker.py`)")
     worker.set_defaults(handler=None)
     return parser
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except WorkflowFailureError as exc:
         kind = failure_type(exc)
         error(failure_message(exc) + (f" [{kind}]" if kind else ""))
-        code = EXIT_BAD_INPUT if kind in {"InvalidInput", "TenantNotFound"} else EXIT_FAILED
+        code = EXIT_BAD_INPUT if kind in {"InvalidInput", "TenantNotFound", "BackupNotFound"} else EXIT_FAILED
     except RPCError as exc:
         error(f"Temporal at {settings.temporal_address}: {exc.message}")
         code = EXIT_FAILED

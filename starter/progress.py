@@ -28,6 +28,8 @@ def _render(progress: dict[str, Any], details: dict[str, Any]) -> str:
     line = str(progress.get("phase", ""))
     if "bytes_written" in details:
         line += f" — {human_size(details['bytes_written'])} written"
+    elif "tables_restored" in details:
+        line += f" — {details['tables_restored']} tables loaded"
     elif "bytes_read" in details:
         line += f" — {human_size(details['bytes_read'])} checked"
     return line

@@ -62,3 +62,11 @@ def failure_type(exc: BaseException) -> str | None:
         if isinstance(item, ApplicationError) and item.type:
             return item.type
     return None
+
+
+BACKUP_NOT_FOUND = "BackupNotFound"
+BACKUP_REJECTED = "BackupRejected"
+RESTORE_FAILED = "RestoreFailed"
+RESTORE_VERIFICATION_FAILED = "RestoreVerificationFailed"
+
+NON_RETRYABLE += [BACKUP_NOT_FOUND, BACKUP_REJECTED, RESTORE_VERIFICATION_FAILED]

@@ -118,3 +118,85 @@ class FleetBackupResult(BaseModel):
     succeeded: int
     failed: int
     outcomes: list[TenantOutcome]
+
+
+class BackupInfo(BaseModel):
+    """One backup as `tenants restore --list` shows it."""
+
+    name: str
+    taken_at: datetime
+    size_bytes: int
+    verified: bool
+    compression: str | None = None
+    sha256: str | None = None
+
+
+class BackupSelection(BaseModel):
+    tenant_id: str
+    # A name, or None for the newest verified backup (taken at or before `at` when given).
+    backup_name: str | None = None
+    at: datetime | None = None
+
+
+class RestoreTenantInput(BaseModel):
+    tenant_id: str
+    backup_name: str | None = None
+    at: datetime | None = None
+    jobs: int = 2
+    # SQL queries run in the restored database before it is swapped in; each must return true.
+    checks: list[str] = Field(default_factory=list)
+    # Keep the replaced database (renamed aside) this long before dropping it; 0 drops it at once.
+    keep_previous_seconds: int = 0
+    lock_wait_seconds: int = 0
+
+
+class ScratchRestoreRequest(BaseModel):
+    tenant_id: str
+    database_name: str
+    scratch_name: str
+    backup_name: str
+    compression: str
+    jobs: int
+
+
+class RestoredCheckRequest(BaseModel):
+    tenant_id: str
+    scratch_name: str
+    row_counts: dict[str, int]
+    checks: list[str]
+
+
+class SwapRequest(BaseModel):
+    tenant_id: str
+    database_name: str
+    scratch_name: str
+    previous_name: str
+
+
+class SwapResult(BaseModel):
+    terminated_sessions: int
+
+
+class TenantEvent(BaseModel):
+    tenant_id: str
+    type: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class RestoreTenantResult(BaseModel):
+    tenant_id: str
+    backup_name: str
+    database_name: str
+    row_counts: dict[str, int]
+    terminated_sessions: int
+    previous_database: str
+    previous_dropped: bool
+    keep_previous_until: datetime | None = None
+    cache_keys_deleted: int | None = None
+
+
+class DropLaterInput(BaseModel):
+    tenant_id: str
+    database_name: str
+    previous_name: str
+    delay_seconds: int

@@ -73,3 +73,25 @@ def workflow_id(operation: str, tenant_id: str | None, at: datetime) -> str:
     stamp = at.astimezone(UTC).strftime("%Y%m%dT%H%M%S") + f"{at.microsecond // 1000:03d}Z"
     parts = [operation, tenant_id, stamp] if tenant_id else [operation, stamp]
     return "-".join(parts)
+
+
+def _with_suffix(database: str, suffix: str) -> str:
+    """`database` + suffix, the database part cut so the whole fits PostgreSQL's 63 bytes."""
+    room = MAX_IDENTIFIER_BYTES - len(suffix.encode())
+    return database.encode()[:room].decode(errors="ignore") + suffix
+
+
+def scratch_database_name(database: str, token: str) -> str:
+    """Where a restore puts the backup before it is checked and swapped in."""
+    return _with_suffix(database, f"__rs_{token[:10]}")
+
+
+def previous_database_name(database: str, token: str) -> str:
+    """What the tenant's database is renamed to when a restore swaps the restored one in."""
+    return _with_suffix(database, f"__old_{token[:10]}")
+
+
+def is_previous_database_name(database: str, candidate: str) -> bool:
+    """True when `candidate` is a name previous_database_name could have given `database`."""
+    match = re.fullmatch(r"(?P<base>.*)__old_(?P<token>[0-9a-z]{1,10})", candidate)
+    return bool(match) and previous_database_name(database, match["token"]) == candidate

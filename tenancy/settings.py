@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     fleet_concurrency: int = Field(default=4, ge=1, le=64)
     # How long a mutating operation waits for another one on the same tenant; 0 fails at once.
     lock_wait_seconds: int = Field(default=0, ge=0)
+    # pg_restore --jobs for restores (parallel restore of custom-format archives).
+    restore_jobs: int = Field(default=2, ge=1, le=32)
+    # SQL queries that must each return true in a restored database before it replaces the tenant's.
+    restore_checks: list[str] = Field(default_factory=list)
+    # Cache clearing after a restore: with a Redis URL, the tenant's keys (this prefix) are deleted.
+    redis_url: str | None = None
+    cache_key_prefix: str = "tenant:{tenant_id}:"
     # A folder with pg_dump/pg_restore to use before any other.
     pg_bin_dir: Path | None = None
 

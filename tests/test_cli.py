@@ -100,3 +100,31 @@ async def test_check_names_what_is_missing(cli_env):
     assert done.returncode == 1
     assert "FAIL  Temporal" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
+
+
+async def test_restore_from_the_command_line(cli_env, make_tenant, settings):
+    tenant = await make_tenant(entries=100)
+    assert (await tenants(cli_env, "backup", "--tenant", tenant.id)).returncode == 0
+
+    listed = await tenants(cli_env, "restore", tenant.id, "--list")
+    assert listed.returncode == 0
+    assert f"tenant_{tenant.id}_" in listed.stdout and "yes" in listed.stdout
+
+    unconfirmed = await tenants(cli_env, "restore", tenant.id, "--latest")
+    assert unconfirmed.returncode == 2
+    assert "refusing to restore without confirmation: pass --yes" in unconfirmed.stderr
+
+    for args, message in [
+        (["--latest", "--yes", "--keep-previous", "soon"], "invalid duration"),
+        (["--at", "yesterday", "--yes"], "invalid time"),
+        (["--at", "2001-01-01 00:00", "--yes"], "no verified backup taken at or before"),
+        (["--backup", "../../etc/passwd", "--yes"], "is not the name of a backup"),
+    ]:
+        done = await tenants(cli_env, "restore", tenant.id, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr
+
+    done = await tenants(cli_env, "restore", tenant.id, "--latest", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert f"restored  {tenant.id} from tenant_{tenant.id}_" in done.stdout
+    assert "counts equal to the backup's" in done.stdout

@@ -19,11 +19,11 @@ QUICK = {
     ),
 }
 
-# Long work on the data (dump, verify): heartbeats every 2 s, so a dead worker is noticed within 30 s and a
+# Long work on the data (dump, verify): heartbeats every 2 s, so a dead worker is noticed within 20 s and a
 # cancellation reaches the activity within a few seconds.
 LONG = {
     "start_to_close_timeout": timedelta(hours=6),
-    "heartbeat_timeout": timedelta(seconds=30),
+    "heartbeat_timeout": timedelta(seconds=20),
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=10),
         backoff_coefficient=2.0,

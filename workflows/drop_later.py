@@ -1,0 +1,29 @@
+"""DropPreviousDatabaseWorkflow: a durable timer, then the drop of a database a restore set aside."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.restore import RestoreActivities
+    from tenancy.models import DropLaterInput, SwapRequest
+    from workflows.options import QUICK
+
+
+@workflow.defn
+class DropPreviousDatabaseWorkflow:
+    @workflow.run
+    async def run(self, req: DropLaterInput) -> bool:
+        await workflow.sleep(timedelta(seconds=req.delay_seconds))
+        return await workflow.execute_activity_method(
+            RestoreActivities.drop_previous_database,
+            SwapRequest(
+                tenant_id=req.tenant_id,
+                database_name=req.database_name,
+                scratch_name="",
+                previous_name=req.previous_name,
+            ),
+            **QUICK,
+        )

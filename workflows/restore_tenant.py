@@ -1,0 +1,174 @@
+"""RestoreTenantWorkflow: check the backup → restore into scratch → check the restored copy → swap it in →
+drop (or keep for a while) the old database → clear the tenant's cache → record the restore.
+
+Nothing touches the tenant's database before the swap; the swap is one transaction; any failure before it
+removes the scratch copy and leaves the tenant as it was.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.catalog import CatalogActivities
+    from activities.restore import RestoreActivities
+    from tenancy.errors import INVALID_INPUT, fail, failure_message
+    from tenancy.models import (
+        BackupSelection,
+        DropLaterInput,
+        RestoredCheckRequest,
+        RestoreTenantInput,
+        RestoreTenantResult,
+        ScratchRestoreRequest,
+        SwapRequest,
+        TenantEvent,
+    )
+    from tenancy.naming import previous_database_name, scratch_database_name
+    from workflows.drop_later import DropPreviousDatabaseWorkflow
+    from workflows.options import LONG, QUICK
+    from workflows.tenant_lock import tenant_lock
+
+from temporalio.workflow import ActivityCancellationType
+
+WAIT_FOR_CLEANUP = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+
+
+def validate_restore_input(req: RestoreTenantInput) -> None:
+    if req.backup_name is not None and req.at is not None:
+        raise fail(INVALID_INPUT, "give a backup name or a time, not both")
+    if not 1 <= req.jobs <= 32:
+        raise fail(INVALID_INPUT, "jobs must be between 1 and 32")
+    if req.keep_previous_seconds < 0 or req.lock_wait_seconds < 0:
+        raise fail(INVALID_INPUT, "durations must not be negative")
+
+
+@workflow.defn
+class RestoreTenantWorkflow:
+    def __init__(self) -> None:
+        self._phase = "starting"
+        self._backup_name: str | None = None
+
+    @workflow.query
+    def progress(self) -> dict[str, str | None]:
+        return {"phase": self._phase, "backup_name": self._backup_name}
+
+    @workflow.run
+    async def run(self, req: RestoreTenantInput) -> RestoreTenantResult:
+        validate_restore_input(req)
+        self._phase = "looking up tenant"
+        tenant = await workflow.execute_activity_method(CatalogActivities.get_tenant, req.tenant_id, **QUICK)
+        token = workflow.uuid4().hex[:10]
+        names = SwapRequest(
+            tenant_id=tenant.id,
+            database_name=tenant.database_name,
+            scratch_name=scratch_database_name(tenant.database_name, token),
+            previous_name=previous_database_name(tenant.database_name, token),
+        )
+
+        self._phase = "waiting for the tenant lock"
+        async with tenant_lock(tenant.id, "restore", req.lock_wait_seconds):
+            self._phase = "checking the backup"
+            manifest = await workflow.execute_activity_method(
+                RestoreActivities.select_backup,
+                BackupSelection(tenant_id=tenant.id, backup_name=req.backup_name, at=req.at),
+                **LONG,
+            )
+            self._backup_name = manifest.backup_name
+            try:
+                self._phase = "restoring into a scratch database"
+                await workflow.execute_activity_method(
+                    RestoreActivities.restore_to_scratch,
+                    ScratchRestoreRequest(
+                        tenant_id=tenant.id,
+                        database_name=tenant.database_name,
+                        scratch_name=names.scratch_name,
+                        backup_name=manifest.backup_name,
+                        compression=manifest.compression,
+                        jobs=req.jobs,
+                    ),
+                    cancellation_type=WAIT_FOR_CLEANUP,
+                    **LONG,
+                )
+                self._phase = "verifying the restored database"
+                counts = await workflow.execute_activity_method(
+                    RestoreActivities.verify_restored,
+                    RestoredCheckRequest(
+                        tenant_id=tenant.id,
+                        scratch_name=names.scratch_name,
+                        row_counts=manifest.row_counts,
+                        checks=req.checks,
+                    ),
+                    **LONG,
+                )
+                self._phase = "swapping the restored database in"
+                swap = await workflow.execute_activity_method(RestoreActivities.swap_in_restored, names, **QUICK)
+            except BaseException:
+                # Failed or cancelled before the swap committed: the tenant's database is as it was.
+                self._phase = "undoing the unfinished restore"
+                await workflow.execute_activity_method(RestoreActivities.undo_unfinished_restore, names, **QUICK)
+                raise
+
+            keep_until = None
+            if req.keep_previous_seconds:
+                self._phase = "scheduling the drop of the previous database"
+                keep_until = workflow.now() + timedelta(seconds=req.keep_previous_seconds)
+                await workflow.start_child_workflow(
+                    DropPreviousDatabaseWorkflow.run,
+                    DropLaterInput(
+                        tenant_id=tenant.id,
+                        database_name=tenant.database_name,
+                        previous_name=names.previous_name,
+                        delay_seconds=req.keep_previous_seconds,
+                    ),
+                    id=f"drop-previous-{tenant.id}-{token}",
+                    parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                    static_summary=f"Drop {names.previous_name} after {req.keep_previous_seconds}s",
+                )
+            else:
+                self._phase = "dropping the previous database"
+                await workflow.execute_activity_method(RestoreActivities.drop_previous_database, names, **QUICK)
+
+            self._phase = "clearing the tenant's cache"
+            cache_deleted: int | None = None
+            cache_error: str | None = None
+            try:
+                cache_deleted = await workflow.execute_activity_method(
+                    RestoreActivities.clear_tenant_cache, tenant.id, **QUICK
+                )
+            except ActivityError as exc:
+                # The data is restored; a cache that could not be cleared is reported, not a failed restore.
+                cache_error = failure_message(exc)
+
+            self._phase = "recording the restore"
+            await workflow.execute_activity_method(
+                RestoreActivities.record_event,
+                TenantEvent(
+                    tenant_id=tenant.id,
+                    type="TenantRestored",
+                    data={
+                        "backup": manifest.backup_name,
+                        "backup_taken_at": manifest.started_at.isoformat(),
+                        "previous_database": names.previous_name,
+                        "kept_until": keep_until.isoformat() if keep_until else None,
+                        "terminated_sessions": swap.terminated_sessions,
+                        "cache_keys_deleted": cache_deleted,
+                        "cache_error": cache_error,
+                    },
+                ),
+                **QUICK,
+            )
+        self._phase = "done"
+        return RestoreTenantResult(
+            tenant_id=tenant.id,
+            backup_name=manifest.backup_name,
+            database_name=tenant.database_name,
+            row_counts=counts,
+            terminated_sessions=swap.terminated_sessions,
+            previous_database=names.previous_name,
+            previous_dropped=not req.keep_previous_seconds,
+            keep_previous_until=keep_until,
+            cache_keys_deleted=cache_deleted,
+        )
