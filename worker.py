@@ -6,8 +6,10 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -15,40 +17,41 @@ from temporalio.worker import Worker
 from activities.backup import BackupActivities
 from activities.catalog import CatalogActivities
 from activities.catalog_db import Catalog
+from activities.notify import NotifyActivities
+from activities.provisioning import ProvisioningActivities
 from activities.restore import RestoreActivities
+from activities.tenant_admin import TenantAdminActivities
 from tenancy.log import configure_logging, get_logger
 from tenancy.settings import Settings, load_settings
 from tenancy.temporal import connect_client, ensure_search_attributes
 from workflows.registry import WORKFLOWS
 
 
+def activities_of(*instances: object) -> list[Callable[..., Any]]:
+    """Every @activity.defn method of the given activity classes' instances."""
+    found = []
+    for instance in instances:
+        for name in dir(type(instance)):
+            method = getattr(instance, name)
+            if callable(method) and hasattr(getattr(type(instance), name), "__temporal_activity_definition"):
+                found.append(method)
+    return found
+
+
 def build_worker(client: Client, settings: Settings, task_queue: str | None = None) -> Worker:
-    backup = BackupActivities(settings)
-    catalog = CatalogActivities(settings, client)
-    restore = RestoreActivities(settings)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=WORKFLOWS,
-        activities=[
-            catalog.get_tenant,
-            catalog.list_active_tenant_ids,
-            catalog.acquire_tenant_lock,
-            catalog.release_tenant_lock,
-            backup.dump_database,
-            backup.verify_backup,
-            backup.discard_backup,
-            backup.apply_retention,
-            restore.select_backup,
-            restore.restore_to_scratch,
-            restore.verify_restored,
-            restore.swap_in_restored,
-            restore.undo_unfinished_restore,
-            restore.drop_previous_database,
-            restore.clear_tenant_cache,
-            restore.record_event,
-        ],
-        # Dumps copy bytes in threads; keep a few free for the event loop's own to_thread calls.
+        activities=activities_of(
+            CatalogActivities(settings, client),
+            BackupActivities(settings),
+            RestoreActivities(settings),
+            ProvisioningActivities(settings),
+            TenantAdminActivities(settings),
+            NotifyActivities(settings),
+        ),
+        # Dumps and restores copy bytes in threads; keep some free for the event loop's own to_thread calls.
         activity_executor=ThreadPoolExecutor(max_workers=40),
         max_concurrent_activities=32,
         graceful_shutdown_timeout=timedelta(seconds=10),

@@ -9,15 +9,44 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.catalog_db import Catalog
 from tenancy.errors import INVALID_INPUT, TENANT_NOT_FOUND, InvalidInput, fail
 from tenancy.log import get_logger
-from tenancy.models import LockOutcome, LockRequest, Tenant
-from tenancy.naming import validate_tenant_id
+from tenancy.models import LockOutcome, LockRequest, NewTenant, ProvisionTenantInput, Tenant
+from tenancy.naming import (
+    database_name,
+    role_name,
+    slugify,
+    validate_display_name,
+    validate_email,
+    validate_tenant_id,
+)
 from tenancy.settings import Settings
+from tenancy.tenant_settings import validate_settings
 
 
 class CatalogActivities:
     def __init__(self, settings: Settings, client: Client) -> None:
+        self.settings = settings
         self.catalog = Catalog(settings)
         self.client = client
+
+    @activity.defn
+    async def validate_new_tenant(self, req: ProvisionTenantInput) -> NewTenant:
+        """Everything about a provisioning request that can be wrong, refused before anything is created."""
+        try:
+            name = validate_display_name(req.name)
+            tenant_id = validate_tenant_id(req.tenant_id) if req.tenant_id else slugify(name)
+            if req.plan not in self.settings.plans:
+                raise InvalidInput(f"unknown plan {req.plan!r}; plans: {', '.join(sorted(self.settings.plans))}")
+            return NewTenant(
+                tenant_id=tenant_id,
+                name=name,
+                plan=req.plan,
+                owner_email=validate_email(req.owner_email),
+                database_name=database_name(self.settings.database_prefix, tenant_id),
+                role_name=role_name(self.settings.database_prefix, tenant_id),
+                settings=validate_settings(req.settings),
+            )
+        except InvalidInput as exc:
+            raise fail(INVALID_INPUT, str(exc)) from None
 
     @activity.defn
     async def get_tenant(self, tenant_id: str) -> Tenant:
@@ -33,6 +62,11 @@ class CatalogActivities:
     @activity.defn
     async def list_active_tenant_ids(self) -> list[str]:
         return [t.id for t in await self.catalog.list_tenants(status="active")]
+
+    @activity.defn
+    async def list_live_tenant_ids(self) -> list[str]:
+        """Tenants that have a database: active, inactive or suspended."""
+        return [t.id for t in await self.catalog.list_tenants() if t.status in ("active", "inactive", "suspended")]
 
     async def _holder_is_gone(self, workflow_id: str, run_id: str) -> bool:
         try:

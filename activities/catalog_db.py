@@ -15,9 +15,14 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from activities.pg import connect
-from tenancy.models import LockOutcome, Tenant
+from tenancy.models import LockOutcome, NewTenant, Tenant
 from tenancy.naming import database_name, validate_tenant_id
 from tenancy.settings import Settings
+
+
+class TenantExists(Exception):
+    """A live tenant already has this id."""
+
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
@@ -52,6 +57,11 @@ MIGRATIONS: list[str] = [
         created_at  timestamptz NOT NULL DEFAULT now()
     );
     CREATE INDEX tenant_events_by_tenant ON tenant_events (tenant_id, created_at DESC);
+    """,
+    """
+    ALTER TABLE tenants ADD COLUMN status_reason text;
+    ALTER TABLE tenants ADD COLUMN role_name text;
+    CREATE INDEX tenants_by_owner ON tenants (owner_email, plan);
     """,
 ]
 
@@ -131,13 +141,118 @@ class Catalog:
             await conn.commit()
         return Tenant.model_validate(row)
 
+    async def count_owner_tenants(self, owner_email: str, plan: str) -> int:
+        """Tenants an owner has on a plan, not counting deprovisioned or failed ones."""
+        async with await self._connect() as conn:
+            row = await (
+                await conn.execute(
+                    "SELECT count(*) AS n FROM tenants WHERE owner_email = %s AND plan = %s "
+                    "AND status NOT IN ('deprovisioned', 'failed')",
+                    [owner_email, plan],
+                )
+            ).fetchone()
+        return row["n"]
+
+    async def record_provisioning(self, new: NewTenant) -> tuple[Tenant, bool]:
+        """Record the tenant as `provisioning`. Returns (tenant, created); created is False when the same request
+        was already recorded (a retried activity). Another live tenant with the id raises TenantExists."""
+        async with await self._connect() as conn, conn.transaction():
+            row = await (
+                await conn.execute("SELECT * FROM tenants WHERE id = %s FOR UPDATE", [new.tenant_id])
+            ).fetchone()
+            if row and row["status"] == "provisioning" and row["owner_email"] == new.owner_email:
+                return Tenant.model_validate(row), False
+            if row and row["status"] not in ("failed",):
+                raise TenantExists(f"tenant {new.tenant_id!r} already exists ({row['status']})")
+            values = [new.name, new.plan, new.owner_email, new.database_name, new.role_name, Jsonb(new.settings)]
+            if row:  # a failed attempt may be provisioned again
+                row = await (
+                    await conn.execute(
+                        "UPDATE tenants SET name = %s, plan = %s, owner_email = %s, database_name = %s, "
+                        "role_name = %s, settings = %s, status = 'provisioning', status_reason = NULL, "
+                        "updated_at = now() WHERE id = %s RETURNING *",
+                        [*values, new.tenant_id],
+                    )
+                ).fetchone()
+            else:
+                row = await (
+                    await conn.execute(
+                        "INSERT INTO tenants (name, plan, owner_email, database_name, role_name, settings, id, status) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, 'provisioning') RETURNING *",
+                        [*values, new.tenant_id],
+                    )
+                ).fetchone()
+            return Tenant.model_validate(row), True
+
+    async def change_status(
+        self,
+        tenant_id: str,
+        new_status: str,
+        reason: str | None,
+        event_type: str,
+        workflow_id: str | None,
+        check: Callable[[str, str], None],
+    ) -> tuple[str, int | None]:
+        """Move the tenant to `new_status` (after `check(old, new)`) and append the event, in one transaction.
+        Returns (old status, event id); changing to the status it already has changes nothing (no event)."""
+        async with await self._connect() as conn, conn.transaction():
+            row = await (
+                await conn.execute("SELECT status FROM tenants WHERE id = %s FOR UPDATE", [tenant_id])
+            ).fetchone()
+            if row is None:
+                raise LookupError(f"tenant {tenant_id!r} is not in the catalog")
+            old = row["status"]
+            if old == new_status:
+                return old, None
+            check(old, new_status)
+            await conn.execute(
+                "UPDATE tenants SET status = %s, status_reason = %s, updated_at = now() WHERE id = %s",
+                [new_status, reason, tenant_id],
+            )
+            event = await (
+                await conn.execute(
+                    "INSERT INTO tenant_events (tenant_id, type, data, workflow_id) VALUES (%s, %s, %s, %s) RETURNING id",
+                    [
+                        tenant_id,
+                        event_type,
+                        Jsonb({"old_status": old, "new_status": new_status, "reason": reason}),
+                        workflow_id,
+                    ],
+                )
+            ).fetchone()
+            return old, event["id"]
+
+    async def update_settings(
+        self, tenant_id: str, merge: Callable[[dict], dict], workflow_id: str | None
+    ) -> tuple[dict, int]:
+        async with await self._connect() as conn, conn.transaction():
+            row = await (
+                await conn.execute("SELECT settings FROM tenants WHERE id = %s FOR UPDATE", [tenant_id])
+            ).fetchone()
+            if row is None:
+                raise LookupError(f"tenant {tenant_id!r} is not in the catalog")
+            merged = merge(row["settings"])
+            await conn.execute(
+                "UPDATE tenants SET settings = %s, updated_at = now() WHERE id = %s", [Jsonb(merged), tenant_id]
+            )
+            event = await (
+                await conn.execute(
+                    "INSERT INTO tenant_events (tenant_id, type, data, workflow_id) VALUES (%s, %s, %s, %s) RETURNING id",
+                    [tenant_id, "TenantSettingsChanged", Jsonb({"old": row["settings"], "new": merged}), workflow_id],
+                )
+            ).fetchone()
+            return merged, event["id"]
+
     async def drop_tenant(self, tenant_id: str) -> None:
         """Remove a tenant's database and catalog row (test and demo clean-up; deprovisioning comes later)."""
         tenant = await self.get_tenant(tenant_id)
         dbname = tenant.database_name if tenant else database_name(self.settings.database_prefix, tenant_id)
         async with await connect(self.admin_url, autocommit=True) as admin:
             await admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+            if tenant and tenant.role_name:
+                await admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(tenant.role_name)))
         async with await self._connect() as conn:
+            await conn.execute("DELETE FROM tenant_events WHERE tenant_id = %s", [tenant_id])
             await conn.execute("DELETE FROM tenants WHERE id = %s", [tenant_id])
             await conn.commit()
 
@@ -204,6 +319,18 @@ class Catalog:
             ).fetchone()
             await conn.commit()
         return row["id"]
+
+    async def event(self, event_id: int) -> dict[str, Any] | None:
+        async with await self._connect() as conn:
+            return await (await conn.execute("SELECT * FROM tenant_events WHERE id = %s", [event_id])).fetchone()
+
+    async def events_since(self, tenant_id: str, after_id: int) -> list[dict[str, Any]]:
+        async with await self._connect() as conn:
+            return await (
+                await conn.execute(
+                    "SELECT * FROM tenant_events WHERE tenant_id = %s AND id > %s ORDER BY id", [tenant_id, after_id]
+                )
+            ).fetchall()
 
     async def events(self, tenant_id: str, limit: int = 20) -> list[dict[str, Any]]:
         async with await self._connect() as conn:

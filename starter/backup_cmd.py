@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
 
 from starter.output import human_size, table
-from starter.progress import follow
+from starter.runs import start_and_follow
 from tenancy.errors import InvalidInput
 from tenancy.models import BackupTenantInput, BackupTenantResult, FleetBackupInput, FleetBackupResult
-from tenancy.naming import validate_tenant_id, workflow_id
+from tenancy.naming import validate_tenant_id
 from tenancy.retention import validate_keep
-from tenancy.search import tenant_attributes
 from tenancy.settings import Settings
-from tenancy.temporal import connect_client, ui_link
 from workflows.backup_fleet import BackupAllTenantsWorkflow
 from workflows.backup_tenant import BackupTenantWorkflow
 
@@ -62,35 +59,30 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     options = _inputs(args, settings)
     if args.tenant is not None:
         validate_tenant_id(args.tenant)
-    client = await connect_client(settings)
-    now = datetime.now(UTC)
     if args.all:
         concurrency = args.concurrency or settings.fleet_concurrency
         if concurrency < 1:
             raise InvalidInput("--concurrency must be at least 1")
-        handle = await client.start_workflow(
+        result = await start_and_follow(
+            settings,
             BackupAllTenantsWorkflow.run,
             FleetBackupInput(concurrency=concurrency, **options),  # type: ignore[arg-type]
-            id=workflow_id("backup-all", None, now),
-            task_queue=settings.task_queue,
-            static_summary=f"Backup of every active tenant, keep {options['keep']}",
+            operation="backup-all",
+            tenant_id=None,
+            summary=f"Backup of every active tenant, keep {options['keep']}",
+            no_wait=args.no_wait,
         )
     else:
-        handle = await client.start_workflow(
+        result = await start_and_follow(
+            settings,
             BackupTenantWorkflow.run,
             BackupTenantInput(tenant_id=args.tenant, **options),  # type: ignore[arg-type]
-            id=workflow_id("backup", args.tenant, now),
-            task_queue=settings.task_queue,
-            search_attributes=tenant_attributes(args.tenant),
-            static_summary=f"Backup of tenant {args.tenant}, keep {options['keep']}",
+            operation="backup",
+            tenant_id=args.tenant,
+            summary=f"Backup of tenant {args.tenant}, keep {options['keep']}",
+            no_wait=args.no_wait,
         )
-    if args.no_wait:
-        print(f"started {handle.id}")
-        print(f"web ui: {ui_link(settings, handle.id)}")
-        return 0
-    print(f"started {handle.id} — {ui_link(settings, handle.id)}", flush=True)
-    result = await follow(client, handle)
-    return _show(result, args.json, settings)
+    return 0 if result is None else _show(result, args.json, settings)
 
 
 def _show(result: BackupTenantResult | FleetBackupResult, as_json: bool, settings: Settings) -> int:

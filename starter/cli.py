@@ -10,9 +10,10 @@ from typing import NoReturn
 
 import pydantic
 from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from starter import backup_cmd, list_cmd, restore_cmd, stack
+from starter import backup_cmd, list_cmd, restore_cmd, stack, tenant_cmds
 from starter.output import error
 from tenancy.errors import InvalidInput, failure_message, failure_type
 from tenancy.log import configure_logging
@@ -20,6 +21,7 @@ from tenancy.settings import load_settings
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+BAD_INPUT_TYPES = {"InvalidInput", "TenantNotFound", "BackupNotFound", "TenantExists", "PlanLimitReached"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     list_cmd.add_parser(subparsers)
     backup_cmd.add_parser(subparsers)
     restore_cmd.add_parser(subparsers)
+    tenant_cmds.add_parsers(subparsers)
     worker = subparsers.add_parser("worker", help="run a worker (same as `python worker.py`)")
     worker.set_defaults(handler=None)
     return parser
@@ -67,7 +70,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except WorkflowFailureError as exc:
         kind = failure_type(exc)
         error(failure_message(exc) + (f" [{kind}]" if kind else ""))
-        code = EXIT_BAD_INPUT if kind in {"InvalidInput", "TenantNotFound", "BackupNotFound"} else EXIT_FAILED
+        code = EXIT_BAD_INPUT if kind in BAD_INPUT_TYPES else EXIT_FAILED
+    except WorkflowAlreadyStartedError as exc:
+        error(f"{exc.workflow_id} is already running")
+        code = EXIT_FAILED
     except RPCError as exc:
         error(f"Temporal at {settings.temporal_address}: {exc.message}")
         code = EXIT_FAILED

@@ -9,15 +9,13 @@ from datetime import UTC, datetime
 
 from activities.storage import LocalStorage
 from starter.output import human_size, table
-from starter.progress import follow
+from starter.runs import start_and_follow
 from tenancy.errors import InvalidInput
 from tenancy.models import RestoreTenantInput, RestoreTenantResult
-from tenancy.naming import validate_tenant_id, workflow_id
+from tenancy.naming import validate_tenant_id
 from tenancy.retention import BackupEntry
-from tenancy.search import tenant_attributes
 from tenancy.selection import choose_backup
 from tenancy.settings import Settings
-from tenancy.temporal import connect_client, ui_link
 from workflows.restore_tenant import RestoreTenantWorkflow
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -103,8 +101,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         print("not restored")
         return 1
 
-    client = await connect_client(settings)
-    handle = await client.start_workflow(
+    result: RestoreTenantResult | None = await start_and_follow(
+        settings,
         RestoreTenantWorkflow.run,
         RestoreTenantInput(
             tenant_id=tenant_id,
@@ -114,17 +112,13 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             keep_previous_seconds=keep_previous,
             lock_wait_seconds=settings.lock_wait_seconds if args.wait_lock is None else args.wait_lock,
         ),
-        id=workflow_id("restore", tenant_id, datetime.now(UTC)),
-        task_queue=settings.task_queue,
-        search_attributes=tenant_attributes(tenant_id),
-        static_summary=f"Restore of tenant {tenant_id} from {name}",
+        operation="restore",
+        tenant_id=tenant_id,
+        summary=f"Restore of tenant {tenant_id} from {name}",
+        no_wait=args.no_wait,
     )
-    if args.no_wait:
-        print(f"started {handle.id}")
-        print(f"web ui: {ui_link(settings, handle.id)}")
+    if result is None:
         return 0
-    print(f"started {handle.id} — {ui_link(settings, handle.id)}", flush=True)
-    result: RestoreTenantResult = await follow(client, handle)
     if args.json:
         print(result.model_dump_json(indent=2))
         return 0

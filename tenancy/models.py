@@ -18,6 +18,8 @@ class Tenant(BaseModel):
     owner_email: str
     database_name: str
     settings: dict[str, Any] = Field(default_factory=dict)
+    status_reason: str | None = None
+    role_name: str | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -28,6 +30,8 @@ class BackupTenantInput(BaseModel):
     compression: Literal["gzip", "zstd", "none"] = "gzip"
     compression_level: int = 6
     lock_wait_seconds: int = 0
+    # Set by a parent run that holds the tenant's lock (deprovisioning, maintenance).
+    lock_held_by_parent: bool = False
 
 
 class DumpRequest(BaseModel):
@@ -111,6 +115,7 @@ class TenantOutcome(BaseModel):
     workflow_id: str
     backup_name: str | None = None
     error: str | None = None
+    detail: str | None = None
 
 
 class FleetBackupResult(BaseModel):
@@ -200,3 +205,100 @@ class DropLaterInput(BaseModel):
     database_name: str
     previous_name: str
     delay_seconds: int
+
+
+class ProvisionTenantInput(BaseModel):
+    name: str
+    plan: str
+    owner_email: str
+    tenant_id: str | None = None  # derived from the name when not given
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class NewTenant(BaseModel):
+    """A validated provisioning request: what gets recorded."""
+
+    tenant_id: str
+    name: str
+    plan: str
+    owner_email: str
+    database_name: str
+    role_name: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class TenantDatabase(BaseModel):
+    tenant_id: str
+    database_name: str
+    role_name: str
+
+
+class MigrationResult(BaseModel):
+    database_name: str
+    applied: list[str]
+    version: str | None
+
+
+class ProvisionTenantResult(BaseModel):
+    tenant_id: str
+    database_name: str
+    role_name: str
+    schema_version: str | None
+    # Where the role's generated credentials are kept (a 0600 file); the password never enters the history.
+    credentials_file: str
+    welcome_mail_workflow_id: str | None
+
+
+class StatusChange(BaseModel):
+    tenant_id: str
+    status: TenantStatus
+    reason: str | None = None
+
+
+class StatusChangeResult(BaseModel):
+    tenant_id: str
+    old_status: str
+    new_status: str
+    terminated_sessions: int = 0
+    event_id: int | None = None
+
+
+class SettingsChangeResult(BaseModel):
+    tenant_id: str
+    settings: dict[str, Any]
+    event_id: int
+
+
+class SettingsChange(BaseModel):
+    tenant_id: str
+    changes: dict[str, Any]
+
+
+class DeprovisionTenantInput(BaseModel):
+    tenant_id: str
+    final_backup: bool = True
+    lock_wait_seconds: int = 0
+
+
+class DeprovisionTenantResult(BaseModel):
+    tenant_id: str
+    final_backup: str | None
+    database_dropped: bool
+
+
+class WelcomeMail(BaseModel):
+    tenant_id: str
+    tenant_name: str
+    owner_email: str
+
+
+class FleetInput(BaseModel):
+    concurrency: int = 4
+
+
+class FleetResult(BaseModel):
+    total: int
+    succeeded: int
+    failed: int
+    skipped: int = 0
+    outcomes: list[TenantOutcome]

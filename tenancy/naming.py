@@ -95,3 +95,35 @@ def is_previous_database_name(database: str, candidate: str) -> bool:
     """True when `candidate` is a name previous_database_name could have given `database`."""
     match = re.fullmatch(r"(?P<base>.*)__old_(?P<token>[0-9a-z]{1,10})", candidate)
     return bool(match) and previous_database_name(database, match["token"]) == candidate
+
+
+def slugify(name: str) -> str:
+    """A tenant id from a display name: 'Mi Empresa' → 'mi-empresa' (accents dropped, 40 characters at most)."""
+    import unicodedata
+
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")[:40].strip("-")
+    if not slug:
+        raise InvalidInput(f"cannot derive a tenant id from {name!r}: give one with --id")
+    return slug
+
+
+def role_name(prefix: str, tenant_id: str) -> str:
+    """Each tenant database has a login role of the same name."""
+    return database_name(prefix, tenant_id)
+
+
+_EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+
+
+def validate_email(email: str) -> str:
+    if not _EMAIL_RE.fullmatch(email or "") or len(email) > 254:
+        raise InvalidInput(f"invalid e-mail address {email!r}")
+    return email.lower()
+
+
+def validate_display_name(name: str) -> str:
+    cleaned = (name or "").strip()
+    if not cleaned or len(cleaned) > 200 or any(ord(c) < 32 for c in cleaned):
+        raise InvalidInput("a tenant name is 1 to 200 printable characters")
+    return cleaned

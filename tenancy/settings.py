@@ -7,10 +7,23 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Compression = Literal["gzip", "zstd", "none"]
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class PlanLimits(BaseModel):
+    max_tenants: int = Field(ge=0)  # tenants one owner may have on this plan
+    quota_mb: int = Field(ge=1)  # database size quota per tenant
+
+
+DEFAULT_PLANS = {
+    "free": PlanLimits(max_tenants=1, quota_mb=500),
+    "pro": PlanLimits(max_tenants=5, quota_mb=10_240),
+    "business": PlanLimits(max_tenants=50, quota_mb=102_400),
+}
 
 
 class Settings(BaseSettings):
@@ -52,6 +65,17 @@ class Settings(BaseSettings):
     # A folder with pg_dump/pg_restore to use before any other.
     pg_bin_dir: Path | None = None
 
+    # Provisioning: plan limits (JSON in the environment), the tenant schema's SQL migrations, where tenant
+    # role credentials are kept (0600 files), welcome mail and event webhooks.
+    plans: dict[str, PlanLimits] = Field(default_factory=lambda: dict(DEFAULT_PLANS))
+    migrations_dir: Path = PROJECT_ROOT / "migrations" / "tenant"
+    secrets_dir: Path | None = None
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    mail_from: str = "tenant-lifecycle@localhost"
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"
 
@@ -75,6 +99,15 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"postgresql://postgres@127.0.0.1:{self.embedded_pg_port}/postgres"
+
+    @property
+    def effective_secrets_dir(self) -> Path:
+        return (self.secrets_dir or self.state_dir / "secrets").resolve()
+
+    @property
+    def template_database(self) -> str:
+        """The database new tenants are copied from, kept at the newest migration."""
+        return f"{self.database_prefix}_template"
 
     @cached_property
     def storage_root(self) -> Path:

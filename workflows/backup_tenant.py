@@ -48,7 +48,7 @@ class BackupTenantWorkflow:
         self._phase = "looking up tenant"
         tenant = await workflow.execute_activity_method(CatalogActivities.get_tenant, req.tenant_id, **QUICK)
         self._phase = "waiting for the tenant lock"
-        async with tenant_lock(tenant.id, "backup", req.lock_wait_seconds):
+        async with tenant_lock(tenant.id, "backup", req.lock_wait_seconds, req.lock_held_by_parent):
             self._phase = "dumping"
             dump = await workflow.execute_activity_method(
                 BackupActivities.dump_database,

@@ -32,3 +32,14 @@ LONG = {
         non_retryable_error_types=NON_RETRYABLE,
     ),
 }
+
+# CREATE DATABASE and migrations: longer than a catalog update, retried a few times.
+SLOW_DDL = {
+    "start_to_close_timeout": timedelta(minutes=10),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=2),
+        maximum_interval=timedelta(seconds=30),
+        maximum_attempts=5,
+        non_retryable_error_types=NON_RETRYABLE,
+    ),
+}

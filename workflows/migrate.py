@@ -1,0 +1,69 @@
+"""Bring tenant databases to the newest schema: MigrateTenantWorkflow for one, MigrateAllTenantsWorkflow for all
+(each tenant a child run, a few at a time)."""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.catalog import CatalogActivities
+    from activities.provisioning import ProvisioningActivities
+    from tenancy.errors import INVALID_INPUT, fail
+    from tenancy.models import FleetInput, FleetResult, MigrationResult, TenantDatabase, TenantOutcome
+    from tenancy.naming import workflow_id
+    from tenancy.search import tenant_attributes
+    from workflows.fanout import FanOutProgress, fan_out, run_child
+    from workflows.options import QUICK, SLOW_DDL
+    from workflows.tenant_lock import tenant_lock
+
+
+@workflow.defn
+class MigrateTenantWorkflow:
+    @workflow.run
+    async def run(self, tenant_id: str) -> MigrationResult:
+        tenant = await workflow.execute_activity_method(CatalogActivities.get_tenant, tenant_id, **QUICK)
+        db = TenantDatabase(
+            tenant_id=tenant.id, database_name=tenant.database_name, role_name=tenant.role_name or tenant.database_name
+        )
+        async with tenant_lock(tenant.id, "migrate", 60):
+            return await workflow.execute_activity_method(
+                ProvisioningActivities.migrate_tenant_database, db, **SLOW_DDL
+            )
+
+
+@workflow.defn
+class MigrateAllTenantsWorkflow:
+    def __init__(self) -> None:
+        self._progress = FanOutProgress()
+
+    @workflow.query
+    def progress(self) -> dict[str, int]:
+        return self._progress.as_dict()
+
+    @workflow.run
+    async def run(self, req: FleetInput) -> FleetResult:
+        if req.concurrency < 1:
+            raise fail(INVALID_INPUT, "concurrency must be at least 1")
+        # The template first, once, so the children do not race to rebuild it.
+        await workflow.execute_activity_method(ProvisioningActivities.refresh_template, **SLOW_DDL)
+        tenant_ids = await workflow.execute_activity_method(CatalogActivities.list_live_tenant_ids, **QUICK)
+        started = workflow.now()
+
+        async def migrate(tenant_id: str) -> TenantOutcome:
+            child_id = workflow_id("migrate", tenant_id, started)
+            return await run_child(
+                tenant_id,
+                child_id,
+                lambda: workflow.execute_child_workflow(
+                    MigrateTenantWorkflow.run,
+                    tenant_id,
+                    id=child_id,
+                    search_attributes=tenant_attributes(tenant_id),
+                    parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
+                ),
+                lambda result: {"detail": f"at {result.version}; applied: {', '.join(result.applied) or 'nothing'}"},
+            )
+
+        outcomes = await fan_out(tenant_ids, req.concurrency, migrate, self._progress)
+        failed = sum(not o.ok for o in outcomes)
+        return FleetResult(total=len(outcomes), succeeded=len(outcomes) - failed, failed=failed, outcomes=outcomes)
