@@ -69,6 +69,18 @@ MIGRATIONS: list[str] = [
 _MIGRATION_LOCK_KEY = 7_411_902_315
 
 
+async def _append_event(
+    conn: psycopg.AsyncConnection, tenant_id: str, event_type: str, data: dict[str, Any], workflow_id: str | None
+) -> int:
+    row = await (
+        await conn.execute(
+            "INSERT INTO tenant_events (tenant_id, type, data, workflow_id) VALUES (%s, %s, %s, %s) RETURNING id",
+            [tenant_id, event_type, Jsonb(data), workflow_id],
+        )
+    ).fetchone()
+    return row["id"] if isinstance(row, dict) else row[0]
+
+
 class Catalog:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -209,18 +221,8 @@ class Catalog:
                 "UPDATE tenants SET status = %s, status_reason = %s, updated_at = now() WHERE id = %s",
                 [new_status, reason, tenant_id],
             )
-            event = await (
-                await conn.execute(
-                    "INSERT INTO tenant_events (tenant_id, type, data, workflow_id) VALUES (%s, %s, %s, %s) RETURNING id",
-                    [
-                        tenant_id,
-                        event_type,
-                        Jsonb({"old_status": old, "new_status": new_status, "reason": reason}),
-                        workflow_id,
-                    ],
-                )
-            ).fetchone()
-            return old, event["id"]
+            data = {"old_status": old, "new_status": new_status, "reason": reason}
+            return old, await _append_event(conn, tenant_id, event_type, data, workflow_id)
 
     async def update_settings(
         self, tenant_id: str, merge: Callable[[dict], dict], workflow_id: str | None
@@ -235,13 +237,8 @@ class Catalog:
             await conn.execute(
                 "UPDATE tenants SET settings = %s, updated_at = now() WHERE id = %s", [Jsonb(merged), tenant_id]
             )
-            event = await (
-                await conn.execute(
-                    "INSERT INTO tenant_events (tenant_id, type, data, workflow_id) VALUES (%s, %s, %s, %s) RETURNING id",
-                    [tenant_id, "TenantSettingsChanged", Jsonb({"old": row["settings"], "new": merged}), workflow_id],
-                )
-            ).fetchone()
-            return merged, event["id"]
+            data = {"old": row["settings"], "new": merged}
+            return merged, await _append_event(conn, tenant_id, "TenantSettingsChanged", data, workflow_id)
 
     async def drop_tenant(self, tenant_id: str) -> None:
         """Remove a tenant's database and catalog row (test and demo clean-up; deprovisioning comes later)."""
@@ -309,16 +306,8 @@ class Catalog:
         self, tenant_id: str, event_type: str, data: dict[str, Any], workflow_id: str | None = None
     ) -> int:
         """Append an event (the table is append-only: events are never updated or deleted)."""
-        async with await self._connect() as conn:
-            row = await (
-                await conn.execute(
-                    "INSERT INTO tenant_events (tenant_id, type, data, workflow_id) "
-                    "VALUES (%s, %s, %s, %s) RETURNING id",
-                    [tenant_id, event_type, Jsonb(data), workflow_id],
-                )
-            ).fetchone()
-            await conn.commit()
-        return row["id"]
+        async with await self._connect() as conn, conn.transaction():
+            return await _append_event(conn, tenant_id, event_type, data, workflow_id)
 
     async def event(self, event_id: int) -> dict[str, Any] | None:
         async with await self._connect() as conn:

@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 
 from activities.pg import connect
-from tenancy.errors import INVALID_INPUT, MIGRATION_CHANGED, fail
+from tenancy.errors import INVALID_INPUT, MIGRATION_CHANGED, SCHEMA_ERROR, fail
 
 MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 SEED_FILE = "seed.sql"
@@ -46,6 +46,19 @@ def migration_files(folder: Path) -> list[Migration]:
     return found
 
 
+async def _run_sql_file(conn: psycopg.AsyncConnection, path: Path) -> None:
+    """A SQL file that fails (syntax, constraint, missing object) fails the same way every time: not retried."""
+    try:
+        await conn.execute(path.read_text())  # type: ignore[arg-type]
+    except (
+        psycopg.ProgrammingError,
+        psycopg.DataError,
+        psycopg.IntegrityError,
+        psycopg.errors.FeatureNotSupported,
+    ) as exc:
+        raise fail(SCHEMA_ERROR, f"{path.name}: {str(exc).strip().splitlines()[0]}") from None
+
+
 async def applied_migrations(conn: psycopg.AsyncConnection) -> dict[str, str]:
     exists = await (await conn.execute("SELECT to_regclass('public.tenant_schema_migrations')")).fetchone()
     if exists[0] is None:
@@ -66,7 +79,7 @@ async def apply_migrations(conn: psycopg.AsyncConnection, migrations: list[Migra
         if migration.version in done:
             continue
         async with conn.transaction():
-            await conn.execute(migration.path.read_text())  # type: ignore[arg-type]
+            await _run_sql_file(conn, migration.path)
             await conn.execute(
                 "INSERT INTO tenant_schema_migrations (version, checksum) VALUES (%s, %s)",
                 [migration.version, migration.checksum],
@@ -85,7 +98,7 @@ async def seed_once(conn: psycopg.AsyncConnection, folder: Path) -> bool:
             [SEED_VERSION, hashlib.sha256(seed.read_bytes()).hexdigest()],
         )
         if inserted.rowcount:
-            await conn.execute(seed.read_text())  # type: ignore[arg-type]
+            await _run_sql_file(conn, seed)
     return bool(inserted.rowcount)
 
 

@@ -6,6 +6,7 @@ Every database and role the suite creates carries a unique prefix and is dropped
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -65,6 +66,7 @@ async def settings(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
         database_prefix=f"{unique}_",
         storage_url=str(tmp_path_factory.mktemp("backups")),
         state_dir=tmp_path_factory.mktemp("state"),
+        secrets_dir=tmp_path_factory.mktemp("secrets"),
     )
     await Catalog(settings).migrate()
     yield settings
@@ -73,6 +75,9 @@ async def settings(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
         names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [unique + "%"])]
         for name in names:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        roles = [r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", [unique + "%"])]
+        for role in roles:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
 @pytest.fixture
@@ -81,6 +86,19 @@ async def task_queue(temporal_env: WorkflowEnvironment, settings: Settings) -> A
     queue = f"tq-{uuid.uuid4().hex[:10]}"
     async with build_worker(temporal_env.client, settings, queue):
         yield queue
+
+
+@pytest.fixture
+def worker_with(temporal_env: WorkflowEnvironment, settings: Settings):
+    """A worker on a fresh task queue whose settings differ from the session's in the given ways."""
+
+    @contextlib.asynccontextmanager
+    async def start(**changes: object) -> AsyncIterator[str]:
+        queue = f"tq-{uuid.uuid4().hex[:10]}"
+        async with build_worker(temporal_env.client, settings.model_copy(update=changes), queue):
+            yield queue
+
+    return start
 
 
 @pytest.fixture
