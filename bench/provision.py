@@ -69,8 +69,12 @@ async def main() -> None:
         with psycopg.connect(url) as conn:
             major = server_major(conn.info.server_version)
             version = conn.execute("SHOW server_version").fetchone()[0]
-        report: dict = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "postgres": version,
-                        "count": args.count, "workflow": {}}
+        report: dict = {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "postgres": version,
+            "count": args.count,
+            "workflow": {},
+        }
 
         for concurrency in [int(c) for c in args.concurrency.split(",")]:
             latencies: list[float] = []
@@ -81,9 +85,12 @@ async def main() -> None:
                     started = time.perf_counter()
                     await client.execute_workflow(
                         ProvisionTenantWorkflow.run,
-                        ProvisionTenantInput(name=f"Bench {concurrency} {i}", plan="business",
-                                             owner_email=f"owner{i % 40}-{concurrency}@example.com",
-                                             tenant_id=f"b{concurrency}-{i}"),
+                        ProvisionTenantInput(
+                            name=f"Bench {concurrency} {i}",
+                            plan="business",
+                            owner_email=f"owner{i % 40}-{concurrency}@example.com",
+                            tenant_id=f"b{concurrency}-{i}",
+                        ),
                         id=f"provision-bench-{uuid.uuid4().hex[:8]}",
                         task_queue=settings.task_queue,
                     )
@@ -94,11 +101,16 @@ async def main() -> None:
             wall = time.perf_counter() - began
             p50, p95 = statistics.median(latencies), percentile(latencies, 0.95)
             report["workflow"][concurrency] = {
-                "p50_s": round(p50, 3), "p95_s": round(p95, 3), "wall_s": round(wall, 2),
+                "p50_s": round(p50, 3),
+                "p95_s": round(p95, 3),
+                "wall_s": round(wall, 2),
                 "tenants_per_s": round(args.count / wall, 2),
             }
-            print(f"workflow, {concurrency} at a time: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
-                  f"{args.count / wall:.1f} tenants/s", flush=True)
+            print(
+                f"workflow, {concurrency} at a time: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
+                f"{args.count / wall:.1f} tenants/s",
+                flush=True,
+            )
 
         # Raw: createdb -T <template> for the same count.
         template = f"{settings.database_prefix}_rawtemplate"
@@ -121,18 +133,24 @@ async def main() -> None:
                 await apply_migrations(conn, files)
         empty_each = (time.perf_counter() - began) / args.count
 
-        report.update({
-            "extra_tables": args.extra_tables,
-            "createdb_template_ms": round(template_each * 1000, 1),
-            "migrate_from_empty_ms": round(empty_each * 1000, 1),
-            "template_speedup": round(empty_each / template_each, 2),
-        })
-        print(f"\nPostgreSQL {version}; {args.count} tenants; sample schema"
-              + (f" + {args.extra_tables} extra tables" if args.extra_tables else ""))
+        report.update(
+            {
+                "extra_tables": args.extra_tables,
+                "createdb_template_ms": round(template_each * 1000, 1),
+                "migrate_from_empty_ms": round(empty_each * 1000, 1),
+                "template_speedup": round(empty_each / template_each, 2),
+            }
+        )
+        print(
+            f"\nPostgreSQL {version}; {args.count} tenants; sample schema"
+            + (f" + {args.extra_tables} extra tables" if args.extra_tables else "")
+        )
         print("| way | per tenant |\n|---|---:|")
         for concurrency, row in report["workflow"].items():
-            print(f"| workflow, {concurrency} at a time (p50 / p95) | {row['p50_s'] * 1000:.0f} / "
-                  f"{row['p95_s'] * 1000:.0f} ms ({row['tenants_per_s']} tenants/s) |")
+            print(
+                f"| workflow, {concurrency} at a time (p50 / p95) | {row['p50_s'] * 1000:.0f} / "
+                f"{row['p95_s'] * 1000:.0f} ms ({row['tenants_per_s']} tenants/s) |"
+            )
         print(f"| raw createdb -T template | {template_each * 1000:.0f} ms |")
         print(f"| createdb from empty + migrations | {empty_each * 1000:.0f} ms |")
         print(f"template copy is {empty_each / template_each:.1f}x faster than migrating from empty")

@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
         code = EXIT_FAILED
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:  # the last resort: still one line, never a traceback
+        error(f"unexpected {type(exc).__name__}: {failure_message(exc)}")
+        code = EXIT_FAILED
     _exit(code)
 
 

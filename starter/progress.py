@@ -6,7 +6,7 @@ import asyncio
 import sys
 from typing import Any, TextIO
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from starter.output import human_size
@@ -45,8 +45,8 @@ async def follow(client: Client, handle: WorkflowHandle[Any, Any], out: TextIO =
         final = result.done()  # one last look after the end shows the final state
         try:
             line = _render(await handle.query("progress"), await _heartbeat_details(client, handle))
-        except RPCError:
-            line = shown  # the run may not have had its first task yet, or failed
+        except (RPCError, WorkflowQueryFailedError):
+            line = shown  # not started yet, failed, or a run with nothing to report
         if line and line != shown:
             if tty:
                 out.write("\r\033[K" + line)

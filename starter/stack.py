@@ -15,8 +15,12 @@ from activities.catalog_db import Catalog
 from starter.demo import seed_tenant_data
 from starter.services import EmbeddedPostgres, TemporalDevServer, port_open
 from tenancy.log import get_logger
+from tenancy.models import ProvisionTenantInput
+from tenancy.search import tenant_attributes
 from tenancy.settings import Settings, redact_url
+from tenancy.temporal import connect_client
 from worker import run_worker
+from workflows.provision_tenant import ProvisionTenantWorkflow
 
 DEMO_TENANTS = [
     ("acme", "Acme Corp", "pro", 20_000),
@@ -32,13 +36,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 async def _seed_demo(settings: Settings) -> list[str]:
-    catalog = Catalog(settings)
-    if await catalog.list_tenants():
+    """On first start, provision the demo tenants through the workflow (they show in the Web UI) and fill them."""
+    if await Catalog(settings).list_tenants():
         return []
+    client = await connect_client(settings)
     created = []
     for tenant_id, name, plan, entries in DEMO_TENANTS:
-        tenant = await catalog.create_tenant(tenant_id, name, plan=plan, owner_email=f"admin@{tenant_id}.example")
-        await seed_tenant_data(settings.effective_database_url, tenant.database_name, entries)
+        result = await client.execute_workflow(
+            ProvisionTenantWorkflow.run,
+            ProvisionTenantInput(name=name, plan=plan, owner_email=f"admin@{tenant_id}.example", tenant_id=tenant_id),
+            id=f"provision-{tenant_id}",
+            task_queue=settings.task_queue,
+            search_attributes=tenant_attributes(tenant_id),
+            static_summary=f"Provisioning of demo tenant {tenant_id}",
+        )
+        await seed_tenant_data(settings.effective_database_url, result.database_name, entries)
         created.append(tenant_id)
     return created
 
@@ -72,6 +84,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             await asyncio.to_thread(postgres.start)
             log.info("embedded PostgreSQL started", url=postgres.url, data=str(postgres.data_dir))
         await Catalog(settings).migrate()
+        worker = asyncio.create_task(run_worker(settings, stop))
         if not args.no_demo:
             created = await _seed_demo(settings)
             if created:
@@ -86,7 +99,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             f"Ctrl-C stops everything.\n",
             flush=True,
         )
-        await run_worker(settings, stop)
+        await worker
     finally:
         if postgres:
             await asyncio.to_thread(postgres.stop)

@@ -16,6 +16,7 @@ TENANTS = [sys.executable, "-m", "starter.cli"]
 def cli_env(temporal_env, settings, task_queue):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTS_")}
     env.update(
+        TENANTS_SECRETS_DIR=str(settings.effective_secrets_dir),
         TENANTS_DATABASE_URL=settings.effective_database_url,
         TENANTS_CATALOG_DATABASE=settings.catalog_database,
         TENANTS_DATABASE_PREFIX=settings.database_prefix,
@@ -128,3 +129,42 @@ async def test_restore_from_the_command_line(cli_env, make_tenant, settings):
     assert done.returncode == 0, done.stderr
     assert f"restored  {tenant.id} from tenant_{tenant.id}_" in done.stdout
     assert "counts equal to the backup's" in done.stdout
+
+
+async def test_provision_status_and_show_from_the_command_line(cli_env, catalog):
+    import uuid
+
+    tenant_id = f"cli-{uuid.uuid4().hex[:8]}"
+    try:
+        done = await tenants(
+            cli_env, "provision", "Cli Co", "--plan", "pro", "--owner", "cli@example.com", "--id", tenant_id
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"tenant    {tenant_id} is active" in done.stdout and "password" in done.stdout
+        again = await tenants(
+            cli_env, "provision", "Cli Co", "--plan", "pro", "--owner", "cli@example.com", "--id", tenant_id
+        )
+        assert again.returncode == 2 and "already exists" in again.stderr
+
+        done = await tenants(cli_env, "suspend", tenant_id, "--reason", "payment_failed")
+        assert done.returncode == 0, done.stderr
+        assert f"{tenant_id}: active → suspended" in done.stdout and "Traceback" not in done.stderr
+        bad = await tenants(cli_env, "deactivate", tenant_id)
+        assert bad.returncode == 2 and "cannot become inactive" in bad.stderr
+
+        done = await tenants(cli_env, "settings", tenant_id, "--set", "language=es", "--feature", "advanced_reports=on")
+        assert done.returncode == 0 and '"advanced_reports": true' in done.stdout
+        bad = await tenants(cli_env, "settings", tenant_id, "--set", "timezone=Mars/Base")
+        assert bad.returncode == 2 and "IANA" in bad.stderr
+
+        shown = await tenants(cli_env, "show", tenant_id)
+        assert shown.returncode == 0
+        assert "status     suspended (payment_failed)" in shown.stdout and "TenantStatusChanged" in shown.stdout
+
+        refused = await tenants(cli_env, "deprovision", tenant_id)
+        assert refused.returncode == 2 and "pass --yes" in refused.stderr
+        done = await tenants(cli_env, "deprovision", tenant_id, "--no-final-backup", "--yes")
+        assert done.returncode == 0, done.stderr
+        assert "deprovisioned; final backup: none" in done.stdout
+    finally:
+        await catalog.drop_tenant(tenant_id)
