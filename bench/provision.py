@@ -80,7 +80,7 @@ async def main() -> None:
             latencies: list[float] = []
             slots = asyncio.Semaphore(concurrency)
 
-            async def one(i: int) -> None:
+            async def one(i: int, slots=slots, concurrency=concurrency, latencies=latencies) -> None:
                 async with slots:
                     started = time.perf_counter()
                     await client.execute_workflow(
