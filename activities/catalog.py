@@ -64,6 +64,13 @@ class CatalogActivities:
         return [t.id for t in await self.catalog.list_tenants(status="active")]
 
     @activity.defn
+    async def list_tenant_statuses(self) -> dict[str, str]:
+        """Every tenant that is not deprovisioned or failed, with its status."""
+        return {
+            t.id: t.status for t in await self.catalog.list_tenants() if t.status not in ("deprovisioned", "failed")
+        }
+
+    @activity.defn
     async def list_live_tenant_ids(self) -> list[str]:
         """Tenants that have a database: active, inactive or suspended."""
         return [t.id for t in await self.catalog.list_tenants() if t.status in ("active", "inactive", "suspended")]

@@ -63,6 +63,9 @@ MIGRATIONS: list[str] = [
     ALTER TABLE tenants ADD COLUMN role_name text;
     CREATE INDEX tenants_by_owner ON tenants (owner_email, plan);
     """,
+    """
+    ALTER TABLE tenants ADD COLUMN last_maintenance jsonb;
+    """,
 ]
 
 # Any constant: serialises concurrent schema upgrades of the catalog.
@@ -239,6 +242,11 @@ class Catalog:
             )
             data = {"old": row["settings"], "new": merged}
             return merged, await _append_event(conn, tenant_id, "TenantSettingsChanged", data, workflow_id)
+
+    async def record_maintenance(self, tenant_id: str, summary: dict[str, Any], workflow_id: str | None) -> int:
+        async with await self._connect() as conn, conn.transaction():
+            await conn.execute("UPDATE tenants SET last_maintenance = %s WHERE id = %s", [Jsonb(summary), tenant_id])
+            return await _append_event(conn, tenant_id, "TenantMaintained", summary, workflow_id)
 
     async def drop_tenant(self, tenant_id: str) -> None:
         """Remove a tenant's database and catalog row (test and demo clean-up; deprovisioning comes later)."""

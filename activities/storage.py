@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
 
 from tenancy.errors import InvalidInput
 from tenancy.models import BackupInfo, BackupManifest
-from tenancy.naming import is_backup_name, manifest_name, parse_backup_name, partial_name
+from tenancy.naming import (
+    PARTIAL_PREFIX,
+    PARTIAL_SUFFIX,
+    is_backup_name,
+    manifest_name,
+    parse_backup_name,
+    partial_name,
+)
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -124,6 +133,23 @@ class LocalStorage:
         path = self.backup_path(tenant_id, name)
         path.with_name(manifest_name(path.name)).unlink(missing_ok=True)
         path.unlink(missing_ok=True)
+
+    def remove_stale_partials(self, tenant_id: str, older_than: timedelta) -> int:
+        """Remove `.partial` files a crashed backup or restore left behind, once they are clearly abandoned."""
+        folder = self.tenant_dir(tenant_id)
+        if not folder.is_dir():
+            return 0
+        limit = time.time() - older_than.total_seconds()
+        removed = 0
+        for path in folder.iterdir():
+            if (
+                path.name.startswith(PARTIAL_PREFIX)
+                and path.name.endswith(PARTIAL_SUFFIX)
+                and path.stat().st_mtime < limit
+            ):
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def check_writable(self) -> None:
         self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)

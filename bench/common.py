@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from activities.catalog_db import Catalog  # noqa: E402
 from activities.pg import connect  # noqa: E402
-from starter.demo import SAMPLE_SCHEMA  # noqa: E402
+from activities.schema import apply_migrations, migration_files  # noqa: E402
 from starter.services import EmbeddedPostgres, TemporalDevServer, free_port  # noqa: E402
 from tenancy.settings import Settings  # noqa: E402
 from tenancy.temporal import connect_client  # noqa: E402
@@ -118,7 +118,7 @@ async def make_sized_tenant(settings: Settings, tenant_id: str, size_mb: int) ->
     target = size_mb * 1024 * 1024
     batch = 250_000
     async with await connect(settings.effective_database_url, tenant.database_name, autocommit=True) as conn:
-        await conn.execute(SAMPLE_SCHEMA)
+        await apply_migrations(conn, migration_files(settings.migrations_dir))
         await conn.execute("INSERT INTO projects (id, name) SELECT g, 'project ' || g FROM generate_series(1, 500) g")
         start = 1
         while True:

@@ -2,34 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from activities.pg import connect
+from activities.schema import apply_migrations, migration_files
+from tenancy.settings import PROJECT_ROOT
 
-SAMPLE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS projects (
-    id         bigint PRIMARY KEY,
-    name       text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS time_entries (
-    id         bigint PRIMARY KEY,
-    project_id bigint NOT NULL REFERENCES projects(id),
-    started_at timestamptz NOT NULL,
-    minutes    integer NOT NULL,
-    note       text
-);
-CREATE TABLE IF NOT EXISTS activity_log (
-    id         bigserial PRIMARY KEY,
-    happened_at timestamptz NOT NULL DEFAULT now(),
-    message    text NOT NULL
-);
-"""
+SAMPLE_MIGRATIONS = PROJECT_ROOT / "migrations" / "tenant"
 
 
-async def seed_tenant_data(admin_url: str, dbname: str, entries: int = 1000, note_bytes: int = 40) -> None:
-    """Create the sample schema and `entries` time entries (plus projects and log lines)."""
+async def seed_tenant_data(
+    admin_url: str, dbname: str, entries: int = 1000, note_bytes: int = 40, migrations_dir: Path | None = None
+) -> None:
+    """Bring the database to the sample schema (the project's migrations) and add `entries` time entries, plus
+    projects and log lines."""
     projects = max(1, entries // 100)
     async with await connect(admin_url, dbname, autocommit=True) as conn:
-        await conn.execute(SAMPLE_SCHEMA)
+        await apply_migrations(conn, migration_files(migrations_dir or SAMPLE_MIGRATIONS))
         await conn.execute(
             "INSERT INTO projects (id, name) SELECT g, 'project ' || g FROM generate_series(1, %s) g "
             "ON CONFLICT DO NOTHING",

@@ -20,6 +20,7 @@ class Tenant(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict)
     status_reason: str | None = None
     role_name: str | None = None
+    last_maintenance: dict[str, Any] | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -302,3 +303,91 @@ class FleetResult(BaseModel):
     failed: int
     skipped: int = 0
     outcomes: list[TenantOutcome]
+
+
+class MaintainTenantInput(BaseModel):
+    tenant_id: str
+    tasks: list[str]  # any of backup, cleanup, vacuum, optimize, analyze; run in that order
+    days: int = 180
+    dry_run: bool = False
+    full: bool = False  # VACUUM FULL: only when asked explicitly, never from a schedule
+    max_attempts: int = 4  # per task, for lock timeouts and other transient errors
+    lock_wait_seconds: int = 0
+
+
+class MaintenanceTarget(BaseModel):
+    tenant_id: str
+    database_name: str
+
+
+class CleanupRequest(MaintenanceTarget):
+    cutoff: datetime
+    # Rows older than the cutoff when the run began, counted by an earlier activity (so in the history): what
+    # was deleted is this minus what is left, however many attempts it took.
+    planned: dict[str, int] = Field(default_factory=dict)
+
+
+class CleanupResult(BaseModel):
+    rows_deleted: dict[str, int]
+    batches: int
+    longest_batch_ms: float
+    stale_files_removed: int = 0
+
+
+class VacuumRequest(MaintenanceTarget):
+    full: bool = False
+
+
+class VacuumResult(BaseModel):
+    dead_tuples_before: int
+    dead_tuples_after: int
+
+
+class IndexBloat(BaseModel):
+    index: str
+    table: str
+    bytes: int
+    bloat: float
+
+
+class OptimizeResult(BaseModel):
+    rebuilt: list[IndexBloat]
+    bytes_before: int
+    bytes_after: int
+
+
+class MaintenancePlan(BaseModel):
+    """What a run would do, with nothing changed (--dry-run)."""
+
+    cleanup_rows: dict[str, int]
+    indexes_to_rebuild: list[IndexBloat]
+    dead_tuples: int
+
+
+class TaskReport(BaseModel):
+    task: str
+    ok: bool
+    seconds: float
+    detail: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+
+class MaintainTenantResult(BaseModel):
+    tenant_id: str
+    dry_run: bool
+    ok: bool
+    cutoff: datetime | None
+    size_before: int
+    size_after: int
+    tasks: list[TaskReport]
+    plan: MaintenancePlan | None = None
+    error: str | None = None
+
+
+class FleetMaintenanceInput(BaseModel):
+    tasks: list[str]
+    days: int = 180
+    dry_run: bool = False
+    full: bool = False
+    concurrency: int = 4
+    max_attempts: int = 4

@@ -10,6 +10,8 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tenancy.maintenance import DEFAULT_CLEANUP_RULES, CleanupRule
+
 Compression = Literal["gzip", "zstd", "none"]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,6 +77,17 @@ class Settings(BaseSettings):
     mail_from: str = "tenant-lifecycle@localhost"
     webhook_url: str | None = None
     webhook_secret: str | None = None
+
+    # Maintenance: cleanup rules (JSON list of {table, timestamp_column, condition}), batch size, timeouts on
+    # every maintenance statement, the bloat share above which optimize rebuilds an index, and the age after
+    # which a leftover `.partial` file in the backup folder is removed.
+    cleanup_rules: list[CleanupRule] = Field(default_factory=lambda: list(DEFAULT_CLEANUP_RULES))
+    cleanup_batch_size: int = Field(default=5000, ge=1, le=1_000_000)
+    maintenance_statement_timeout_s: int = Field(default=300, ge=1)
+    maintenance_lock_timeout_ms: int = Field(default=2000, ge=1)
+    reindex_bloat_threshold: float = Field(default=0.3, gt=0, lt=1)
+    reindex_min_bytes: int = Field(default=1 << 20, ge=0)
+    stale_partial_hours: int = Field(default=24, ge=1)
 
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"

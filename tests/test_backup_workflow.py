@@ -78,7 +78,12 @@ async def test_backup_writes_verified_restorable_archive_and_manifest(
     assert manifest["verified"] is True and manifest["toc_entries"] > 3
     assert manifest["compression"] == compression and manifest["format"] == "custom"
     assert manifest["sha256"] == result.sha256 and manifest["size_bytes"] == result.size_bytes
-    assert manifest["row_counts"] == {"public.activity_log": 200, "public.projects": 20, "public.time_entries": 2000}
+    assert manifest["row_counts"] == {
+        "public.activity_log": 200,
+        "public.projects": 20,
+        "public.tenant_schema_migrations": 3,
+        "public.time_entries": 2000,
+    }
     assert manifest["server_version"].split(".")[0] == manifest["tool_version"].split(".")[0]
     assert manifest["started_at"] <= manifest["finished_at"]
 

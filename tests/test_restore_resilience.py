@@ -22,7 +22,7 @@ from workflows.restore_tenant import RestoreTenantWorkflow
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def worker_process(temporal_env, settings, queue: str) -> subprocess.Popen[bytes]:
+def worker_process(temporal_env, settings, queue: str, extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTS_")}
     env.update(
         TENANTS_DATABASE_URL=settings.effective_database_url,
@@ -32,7 +32,9 @@ def worker_process(temporal_env, settings, queue: str) -> subprocess.Popen[bytes
         TENANTS_TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
         TENANTS_TASK_QUEUE=queue,
         TENANTS_LOG_LEVEL="WARNING",
+        TENANTS_SECRETS_DIR=str(settings.effective_secrets_dir),
     )
+    env.update(extra or {})
     return subprocess.Popen([sys.executable, str(ROOT / "worker.py")], env=env, cwd=str(ROOT))
 
 

@@ -6,6 +6,7 @@ from workflows.backup_fleet import BackupAllTenantsWorkflow
 from workflows.backup_tenant import BackupTenantWorkflow
 from workflows.deprovision_tenant import DeprovisionTenantWorkflow
 from workflows.drop_later import DropPreviousDatabaseWorkflow
+from workflows.maintain_tenant import MaintainAllTenantsWorkflow, MaintainTenantWorkflow
 from workflows.migrate import MigrateAllTenantsWorkflow, MigrateTenantWorkflow
 from workflows.notify import DeliverEventWorkflow, SendWelcomeEmailWorkflow
 from workflows.provision_tenant import ProvisionTenantWorkflow
@@ -25,4 +26,6 @@ WORKFLOWS = [
     MigrateAllTenantsWorkflow,
     SendWelcomeEmailWorkflow,
     DeliverEventWorkflow,
+    MaintainTenantWorkflow,
+    MaintainAllTenantsWorkflow,
 ]

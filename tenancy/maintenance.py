@@ -1,0 +1,74 @@
+"""Maintenance policy, pure: cleanup rules, which tasks run in which order, and the index bloat estimate."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from pydantic import BaseModel, field_validator
+
+from tenancy.errors import InvalidInput
+
+# The order tasks run in when several are asked, whatever order they were given in.
+TASK_ORDER = ["backup", "cleanup", "vacuum", "optimize", "analyze"]
+DESTRUCTIVE = {"cleanup", "vacuum", "optimize"}
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+class CleanupRule(BaseModel):
+    """Delete rows of `table` whose `timestamp_column` is older than the cutoff (and `condition`, if any)."""
+
+    table: str
+    timestamp_column: str
+    condition: str | None = None  # extra SQL condition, from the operator's configuration
+
+    @field_validator("table", "timestamp_column")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        parts = value.split(".")
+        if len(parts) > 2 or not all(_IDENT.fullmatch(p) for p in parts):
+            raise ValueError(f"{value!r} is not a plain (schema.)name")
+        return value
+
+
+DEFAULT_CLEANUP_RULES = [
+    CleanupRule(table="activity_log", timestamp_column="happened_at"),
+    CleanupRule(table="time_entries", timestamp_column="created_at"),
+]
+
+
+def ordered_tasks(asked: list[str]) -> list[str]:
+    unknown = sorted(set(asked) - set(TASK_ORDER))
+    if unknown:
+        raise InvalidInput(f"unknown maintenance task(s) {', '.join(unknown)}")
+    if not asked:
+        raise InvalidInput("no maintenance task asked: give --backup, --cleanup, --vacuum, --optimize or --analyze")
+    return [t for t in TASK_ORDER if t in asked]
+
+
+def validate_days(days: int) -> int:
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise InvalidInput(f"--days must be a whole number of at least 1 (got {days!r})")
+    return days
+
+
+PAGE = 8192
+PAGE_OVERHEAD = 24 + 16  # page header + btree special space
+ITEM_OVERHEAD = 8 + 4  # index tuple header + line pointer
+FILLFACTOR = 0.9
+
+
+def expected_btree_bytes(live_tuples: float, key_width: float) -> int:
+    """What a freshly built btree of this many keys of this average width would take."""
+    tuple_bytes = ITEM_OVERHEAD + math.ceil(max(key_width, 1) / 8) * 8
+    per_page = max(1, int((PAGE - PAGE_OVERHEAD) * FILLFACTOR // tuple_bytes))
+    leaf_pages = math.ceil(max(live_tuples, 0) / per_page)
+    internal = math.ceil(leaf_pages / per_page) if leaf_pages > 1 else 0
+    return (1 + max(leaf_pages, 1) + internal) * PAGE  # + the metapage
+
+
+def bloat_ratio(actual_bytes: int, live_tuples: float, key_width: float) -> float:
+    """Share of the index that a rebuild would give back (0 when it is as small as a fresh one)."""
+    if actual_bytes <= 0:
+        return 0.0
+    return max(0.0, 1.0 - expected_btree_bytes(live_tuples, key_width) / actual_bytes)

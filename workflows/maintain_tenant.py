@@ -1,0 +1,248 @@
+"""MaintainTenantWorkflow: backup → cleanup → vacuum → optimize → analyze (the tasks asked, in that order),
+under the tenant's lock; MaintainAllTenantsWorkflow fans it out. A failed backup stops every destructive task;
+a failed task stops the ones after it and the run reports what was done."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ChildWorkflowError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.catalog import CatalogActivities
+    from activities.maintenance import MaintenanceActivities
+    from tenancy.errors import INVALID_INPUT, NON_RETRYABLE, InvalidInput, fail, failure_message
+    from tenancy.maintenance import ordered_tasks, validate_days
+    from tenancy.models import (
+        BackupTenantInput,
+        CleanupRequest,
+        FleetMaintenanceInput,
+        FleetResult,
+        MaintainTenantInput,
+        MaintainTenantResult,
+        MaintenanceTarget,
+        TaskReport,
+        TenantOutcome,
+        VacuumRequest,
+    )
+    from tenancy.naming import workflow_id
+    from tenancy.search import tenant_attributes
+    from workflows.backup_tenant import BackupTenantWorkflow
+    from workflows.fanout import FanOutProgress, fan_out
+    from workflows.options import QUICK
+    from workflows.tenant_lock import tenant_lock
+
+
+def task_options(max_attempts: int) -> dict[str, Any]:
+    """Lock timeouts come back later (backing off to five minutes) rather than waiting on the lock."""
+    return {
+        "start_to_close_timeout": timedelta(hours=6),
+        "heartbeat_timeout": timedelta(seconds=20),
+        "retry_policy": RetryPolicy(
+            initial_interval=timedelta(seconds=5),
+            backoff_coefficient=3.0,
+            maximum_interval=timedelta(minutes=5),
+            maximum_attempts=max_attempts,
+            non_retryable_error_types=NON_RETRYABLE,
+        ),
+    }
+
+
+@workflow.defn
+class MaintainTenantWorkflow:
+    def __init__(self) -> None:
+        self._phase = "starting"
+
+    @workflow.query
+    def progress(self) -> dict[str, str]:
+        return {"phase": self._phase}
+
+    @workflow.run
+    async def run(self, req: MaintainTenantInput) -> MaintainTenantResult:
+        try:
+            tasks = ordered_tasks(req.tasks)
+            if "cleanup" in tasks or req.dry_run:
+                validate_days(req.days)
+        except InvalidInput as exc:
+            raise fail(INVALID_INPUT, str(exc)) from None
+        if req.max_attempts < 1:
+            raise fail(INVALID_INPUT, "max_attempts must be at least 1")
+        tenant = await workflow.execute_activity_method(CatalogActivities.get_tenant, req.tenant_id, **QUICK)
+        target = MaintenanceTarget(tenant_id=tenant.id, database_name=tenant.database_name)
+        # Fixed once for the whole run: retries and a resumed run delete exactly up to the same instant.
+        cutoff = workflow.now() - timedelta(days=req.days)
+        options = task_options(req.max_attempts)
+        cleanup = CleanupRequest(**target.model_dump(), cutoff=cutoff)
+
+        size_before = await workflow.execute_activity_method(MaintenanceActivities.database_size, target, **QUICK)
+        if req.dry_run:
+            self._phase = "planning"
+            plan = await workflow.execute_activity_method(MaintenanceActivities.plan_maintenance, cleanup, **options)
+            self._phase = "done"
+            return MaintainTenantResult(
+                tenant_id=tenant.id,
+                dry_run=True,
+                ok=True,
+                cutoff=cutoff,
+                size_before=size_before,
+                size_after=size_before,
+                tasks=[],
+                plan=plan,
+            )
+
+        reports: list[TaskReport] = []
+        error: str | None = None
+        async with tenant_lock(tenant.id, "maintenance", req.lock_wait_seconds):
+            for task in tasks:
+                self._phase = task
+                started = workflow.time()
+                try:
+                    detail = await self._run_task(task, tenant.id, target, cleanup, req, options)
+                except (ActivityError, ChildWorkflowError) as exc:
+                    error = f"{task} failed: {failure_message(exc)}"
+                    reports.append(
+                        TaskReport(
+                            task=task, ok=False, seconds=round(workflow.time() - started, 2), error=failure_message(exc)
+                        )
+                    )
+                    break
+                reports.append(
+                    TaskReport(task=task, ok=True, seconds=round(workflow.time() - started, 2), detail=detail)
+                )
+            self._phase = "recording"
+            size_after = await workflow.execute_activity_method(MaintenanceActivities.database_size, target, **QUICK)
+            result = MaintainTenantResult(
+                tenant_id=tenant.id,
+                dry_run=False,
+                ok=error is None,
+                cutoff=cutoff if "cleanup" in tasks else None,
+                size_before=size_before,
+                size_after=size_after,
+                tasks=reports,
+                error=error,
+            )
+            await workflow.execute_activity_method(
+                MaintenanceActivities.record_maintenance,
+                args=[tenant.id, {"at": workflow.now().isoformat(), **result.model_dump(mode="json")}],
+                **QUICK,
+            )
+        self._phase = "done"
+        return result
+
+    async def _run_task(
+        self,
+        task: str,
+        tenant_id: str,
+        target: MaintenanceTarget,
+        cleanup: CleanupRequest,
+        req: MaintainTenantInput,
+        options: dict[str, Any],
+    ) -> dict[str, Any]:
+        if task == "backup":
+            backup = await workflow.execute_child_workflow(
+                BackupTenantWorkflow.run,
+                BackupTenantInput(tenant_id=tenant_id, keep=1_000_000, lock_held_by_parent=True),
+                id=f"backup-{tenant_id}-maintenance-{workflow.info().run_id[:8]}",
+                search_attributes=tenant_attributes(tenant_id),
+                static_summary=f"Backup of tenant {tenant_id} before maintenance",
+            )
+            return {"backup": backup.backup_name}
+        if task == "cleanup":
+            planned = await workflow.execute_activity_method(MaintenanceActivities.count_old_rows, cleanup, **options)
+            done = await workflow.execute_activity_method(
+                MaintenanceActivities.cleanup_old_rows, cleanup.model_copy(update={"planned": planned}), **options
+            )
+            return done.model_dump()
+        if task == "vacuum":
+            vacuum = VacuumRequest(**target.model_dump(), full=req.full)
+            return (
+                await workflow.execute_activity_method(MaintenanceActivities.vacuum_database, vacuum, **options)
+            ).model_dump()
+        if task == "optimize":
+            return (
+                await workflow.execute_activity_method(MaintenanceActivities.optimize_indexes, target, **options)
+            ).model_dump()
+        await workflow.execute_activity_method(MaintenanceActivities.analyze_database, target, **options)
+        return {}
+
+
+@workflow.defn
+class MaintainAllTenantsWorkflow:
+    def __init__(self) -> None:
+        self._progress = FanOutProgress()
+
+    @workflow.query
+    def progress(self) -> dict[str, int]:
+        return self._progress.as_dict()
+
+    @workflow.run
+    async def run(self, req: FleetMaintenanceInput) -> FleetResult:
+        if req.concurrency < 1:
+            raise fail(INVALID_INPUT, "concurrency must be at least 1")
+        tenants = await workflow.execute_activity_method(CatalogActivities.list_tenant_statuses, **QUICK)
+        # Suspended and deprovisioned tenants are listed as skipped, not maintained.
+        skipped = [
+            TenantOutcome(tenant_id=t, ok=True, workflow_id="", detail=f"skipped: {s}")
+            for t, s in tenants.items()
+            if s not in ("active", "inactive")
+        ]
+        targets = [t for t, s in tenants.items() if s in ("active", "inactive")]
+        started = workflow.now()
+
+        async def maintain(tenant_id: str) -> TenantOutcome:
+            child_id = workflow_id("maintenance", tenant_id, started)
+            try:
+                result = await workflow.execute_child_workflow(
+                    MaintainTenantWorkflow.run,
+                    MaintainTenantInput(
+                        tenant_id=tenant_id,
+                        tasks=req.tasks,
+                        days=req.days,
+                        dry_run=req.dry_run,
+                        full=req.full,
+                        max_attempts=req.max_attempts,
+                    ),
+                    id=child_id,
+                    search_attributes=tenant_attributes(tenant_id),
+                    parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
+                )
+            except ChildWorkflowError as exc:
+                return TenantOutcome(tenant_id=tenant_id, ok=False, workflow_id=child_id, error=failure_message(exc))
+            return TenantOutcome(
+                tenant_id=tenant_id,
+                ok=result.ok,
+                workflow_id=child_id,
+                error=result.error,
+                detail=summarize(result),
+            )
+
+        outcomes = await fan_out(targets, req.concurrency, maintain, self._progress)
+        failed = sum(not o.ok for o in outcomes)
+        return FleetResult(
+            total=len(outcomes) + len(skipped),
+            succeeded=len(outcomes) - failed,
+            failed=failed,
+            skipped=len(skipped),
+            outcomes=[*outcomes, *skipped],
+        )
+
+
+def summarize(result: MaintainTenantResult) -> str:
+    if result.plan is not None:
+        rows = sum(result.plan.cleanup_rows.values())
+        return (
+            f"would delete {rows} rows, rebuild {len(result.plan.indexes_to_rebuild)} indexes, "
+            f"reclaim ~{result.plan.dead_tuples} dead tuples"
+        )
+    parts = []
+    for report in result.tasks:
+        if report.task == "cleanup" and report.ok:
+            parts.append(f"deleted {sum(report.detail['rows_deleted'].values())} rows")
+        elif report.task == "optimize" and report.ok:
+            parts.append(f"rebuilt {len(report.detail['rebuilt'])} indexes")
+        else:
+            parts.append(report.task + ("" if report.ok else " FAILED"))
+    return ", ".join(parts) + f"; {result.size_before // 1024} → {result.size_after // 1024} KiB"
