@@ -240,6 +240,9 @@ async def show(args: argparse.Namespace, settings: Settings) -> int:
     quota = f" of {plan.quota_mb} MiB quota ({size / (plan.quota_mb * 2**20):.0%})" if plan and size else ""
     print(f"database   {tenant.database_name}, " + (f"{human_size(size)}{quota}" if size is not None else "none"))
     print(f"settings   {json.dumps(tenant.settings, sort_keys=True)}")
+    if tenant.last_maintenance:
+        done = ", ".join(t["task"] + ("" if t["ok"] else " FAILED") for t in tenant.last_maintenance.get("tasks", []))
+        print(f"maintained {tenant.last_maintenance.get('at', '?')[:16]} UTC: {done}")
     print(
         f"backups    {len(backups)}; last verified: "
         + (f"{last.name} ({last.taken_at:%Y-%m-%d %H:%M} UTC)" if last else "none")

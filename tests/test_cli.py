@@ -168,3 +168,22 @@ async def test_provision_status_and_show_from_the_command_line(cli_env, catalog)
         assert "deprovisioned; final backup: none" in done.stdout
     finally:
         await catalog.drop_tenant(tenant_id)
+
+
+async def test_maintenance_from_the_command_line(cli_env, make_tenant):
+    tenant = await make_tenant(entries=200)
+    dry = await tenants(cli_env, "maintenance", "--tenant", tenant.id, "--cleanup", "--optimize", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run for" in dry.stdout and "rows older than 180 days would be deleted" in dry.stdout
+    done = await tenants(cli_env, "maintenance", "--tenant", tenant.id, "--cleanup", "--days", "30", "--analyze")
+    assert done.returncode == 0, done.stderr
+    assert "ok     cleanup" in done.stdout and "ok     analyze" in done.stdout
+    shown = await tenants(cli_env, "show", tenant.id)
+    assert "maintained" in shown.stdout and "cleanup, analyze" in shown.stdout
+    for args, message in [
+        (["--tenant", tenant.id], "no maintenance task asked"),
+        (["--tenant", tenant.id, "--cleanup", "--days", "0"], "--days must be"),
+        (["--tenant", tenant.id, "--analyze", "--full"], "--full goes with --vacuum"),
+    ]:
+        bad = await tenants(cli_env, "maintenance", *args)
+        assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
