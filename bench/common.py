@@ -52,7 +52,9 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def stack(database_url: str | None, keep_files: bool = False) -> AsyncIterator[Stack]:
+async def stack(
+    database_url: str | None, keep_files: bool = False, extra_env: dict[str, str] | None = None
+) -> AsyncIterator[Stack]:
     work = Path(tempfile.mkdtemp(prefix="tl-bench-"))
     cleanup = []
     if not database_url:
@@ -72,8 +74,9 @@ async def stack(database_url: str | None, keep_files: bool = False) -> AsyncIter
         "TENANTS_TEMPORAL_ADDRESS": temporal.address,
         "TENANTS_TASK_QUEUE": f"bench-{unique}",
         "TENANTS_LOG_LEVEL": "WARNING",
+        **(extra_env or {}),
     }
-    settings = Settings(_env_file=None, **{k.removeprefix("TENANTS_").lower(): v for k, v in env.items()})
+    settings = Settings(_env_file=None, **{k.removeprefix("TENANTS_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]
     await Catalog(settings).migrate()
     worker_env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTS_")} | env
     worker = subprocess.Popen([sys.executable, str(ROOT / "worker.py")], env=worker_env, cwd=str(work))

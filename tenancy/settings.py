@@ -89,8 +89,34 @@ class Settings(BaseSettings):
     reindex_min_bytes: int = Field(default=1 << 20, ge=0)
     stale_partial_hours: int = Field(default=24, ge=1)
 
+    # Schedules: the declarations (this repository's schedules.toml unless given), their time zone (IANA),
+    # what happens when a run is still going at the next time, and how far back missed runs are caught up.
+    schedules_file: Path = PROJECT_ROOT / "schedules.toml"
+    timezone: str = "UTC"
+    schedule_overlap: Literal["skip", "buffer_one"] = "skip"
+    schedule_catchup_minutes: int = Field(default=360, ge=1)
+    # Health: a tenant with no verified backup for this long, or over this share of its plan's quota, alerts.
+    # Alerts go to the log, and to these when set.
+    backup_max_age_hours: int = Field(default=48, ge=1)
+    quota_alert_ratio: float = Field(default=0.8, gt=0, le=1)
+    alert_webhook_url: str | None = None
+    alert_email: str | None = None
+    # Prometheus metrics of the worker (the SDK's and ours) on this port; empty: off.
+    metrics_port: int | None = None
+
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone") from None
+        return value
 
     @field_validator("compression_level")
     @classmethod
