@@ -66,6 +66,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE tenants ADD COLUMN last_maintenance jsonb;
     """,
+    """
+    CREATE TABLE managed_schedules (
+        id          text PRIMARY KEY,
+        fingerprint text NOT NULL,
+        applied_at  timestamptz NOT NULL DEFAULT now()
+    );
+    """,
 ]
 
 # Any constant: serialises concurrent schema upgrades of the catalog.
@@ -247,6 +254,23 @@ class Catalog:
         async with await self._connect() as conn, conn.transaction():
             await conn.execute("UPDATE tenants SET last_maintenance = %s WHERE id = %s", [Jsonb(summary), tenant_id])
             return await _append_event(conn, tenant_id, "TenantMaintained", summary, workflow_id)
+
+    async def managed_schedules(self) -> dict[str, str]:
+        """Schedules this project created on the Temporal server: id → fingerprint of what was applied."""
+        async with await self._connect() as conn:
+            rows = await (await conn.execute("SELECT id, fingerprint FROM managed_schedules")).fetchall()
+        return {r["id"]: r["fingerprint"] for r in rows}
+
+    async def set_managed_schedule(self, schedule_id: str, fingerprint: str | None) -> None:
+        async with await self._connect() as conn, conn.transaction():
+            if fingerprint is None:
+                await conn.execute("DELETE FROM managed_schedules WHERE id = %s", [schedule_id])
+            else:
+                await conn.execute(
+                    "INSERT INTO managed_schedules (id, fingerprint) VALUES (%s, %s) ON CONFLICT (id) "
+                    "DO UPDATE SET fingerprint = excluded.fingerprint, applied_at = now()",
+                    [schedule_id, fingerprint],
+                )
 
     async def drop_tenant(self, tenant_id: str) -> None:
         """Remove a tenant's database and catalog row (test and demo clean-up; deprovisioning comes later)."""

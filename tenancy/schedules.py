@@ -47,9 +47,8 @@ class ScheduleDeclaration(BaseModel):
             raise ValueError(f"weekly schedules need on = one of {', '.join(WEEKDAYS)}")
         if self.every == "month" and not (isinstance(self.on, int) and 1 <= self.on <= 28):
             raise ValueError("monthly schedules need on = a day of the month from 1 to 28")
-        if self.workflow == "maintenance-all":
-            if not self.tasks or set(self.tasks) - set(TASK_ORDER):
-                raise ValueError(f"maintenance schedules need tasks from {', '.join(TASK_ORDER)}")
+        if self.workflow == "maintenance-all" and (not self.tasks or set(self.tasks) - set(TASK_ORDER)):
+            raise ValueError(f"maintenance schedules need tasks from {', '.join(TASK_ORDER)}")
         if self.full:
             raise ValueError("VACUUM FULL locks tables and is never run from a schedule")
         return self
