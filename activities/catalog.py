@@ -9,7 +9,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.catalog_db import Catalog
 from tenancy.errors import INVALID_INPUT, TENANT_NOT_FOUND, InvalidInput, fail
 from tenancy.log import get_logger
-from tenancy.models import LockOutcome, LockRequest, NewTenant, ProvisionTenantInput, Tenant
+from tenancy.models import LockOutcome, LockRequest, NewTenant, ProvisionTenantInput, Tenant, TenantPage, TenantRef
 from tenancy.naming import (
     database_name,
     role_name,
@@ -60,20 +60,9 @@ class CatalogActivities:
         return tenant
 
     @activity.defn
-    async def list_active_tenant_ids(self) -> list[str]:
-        return [t.id for t in await self.catalog.list_tenants(status="active")]
-
-    @activity.defn
-    async def list_tenant_statuses(self) -> dict[str, str]:
-        """Every tenant that is not deprovisioned or failed, with its status."""
-        return {
-            t.id: t.status for t in await self.catalog.list_tenants() if t.status not in ("deprovisioned", "failed")
-        }
-
-    @activity.defn
-    async def list_live_tenant_ids(self) -> list[str]:
-        """Tenants that have a database: active, inactive or suspended."""
-        return [t.id for t in await self.catalog.list_tenants() if t.status in ("active", "inactive", "suspended")]
+    async def list_tenant_page(self, page: TenantPage) -> list[TenantRef]:
+        """The next page of tenants (by id) with one of the given statuses."""
+        return await self.catalog.tenant_page(page.after, page.limit, page.statuses)
 
     async def _holder_is_gone(self, workflow_id: str, run_id: str) -> bool:
         try:

@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from activities.pg import connect
-from tenancy.models import LockOutcome, NewTenant, Tenant
+from tenancy.models import LockOutcome, NewTenant, Tenant, TenantRef
 from tenancy.naming import database_name, validate_tenant_id
 from tenancy.settings import Settings
 
@@ -162,6 +162,17 @@ class Catalog:
             ).fetchone()
             await conn.commit()
         return Tenant.model_validate(row)
+
+    async def tenant_page(self, after: str | None, limit: int, statuses: list[str]) -> list[TenantRef]:
+        async with await self._connect() as conn:
+            rows = await (
+                await conn.execute(
+                    "SELECT id, status FROM tenants WHERE status = ANY(%s) AND (%s::text IS NULL OR id > %s) "
+                    "ORDER BY id LIMIT %s",
+                    [statuses, after, after, limit],
+                )
+            ).fetchall()
+        return [TenantRef(id=r["id"], status=r["status"]) for r in rows]
 
     async def count_owner_tenants(self, owner_email: str, plan: str) -> int:
         """Tenants an owner has on a plan, not counting deprovisioned or failed ones."""

@@ -7,7 +7,7 @@ import argparse
 from starter.output import human_size, table
 from starter.runs import start_and_follow
 from tenancy.errors import InvalidInput
-from tenancy.models import BackupTenantInput, BackupTenantResult, FleetBackupInput, FleetBackupResult
+from tenancy.models import BackupTenantInput, BackupTenantResult, FleetBackupInput, FleetResult
 from tenancy.naming import validate_tenant_id
 from tenancy.retention import validate_keep
 from tenancy.settings import Settings
@@ -85,10 +85,10 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if result is None else _show(result, args.json, settings)
 
 
-def _show(result: BackupTenantResult | FleetBackupResult, as_json: bool, settings: Settings) -> int:
+def _show(result: BackupTenantResult | FleetResult, as_json: bool, settings: Settings) -> int:
     if as_json:
         print(result.model_dump_json(indent=2))
-        return 0 if not isinstance(result, FleetBackupResult) or result.failed == 0 else 1
+        return 0 if not isinstance(result, FleetResult) or result.failed == 0 else 1
     if isinstance(result, BackupTenantResult):
         print(f"backup   {result.backup_name}")
         print(f"path     {settings.storage_root / result.path}")

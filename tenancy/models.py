@@ -108,6 +108,9 @@ class FleetBackupInput(BaseModel):
     compression_level: int = 6
     concurrency: int = 4
     lock_wait_seconds: int = 0
+    page_size: int = 200
+    history_limit: int = 10_000
+    cursor: FleetCursor | None = None
 
 
 class TenantOutcome(BaseModel):
@@ -117,13 +120,7 @@ class TenantOutcome(BaseModel):
     backup_name: str | None = None
     error: str | None = None
     detail: str | None = None
-
-
-class FleetBackupResult(BaseModel):
-    total: int
-    succeeded: int
-    failed: int
-    outcomes: list[TenantOutcome]
+    skipped: bool = False
 
 
 class BackupInfo(BaseModel):
@@ -293,8 +290,34 @@ class WelcomeMail(BaseModel):
     owner_email: str
 
 
-class FleetInput(BaseModel):
+class TenantRef(BaseModel):
+    id: str
+    status: str
+
+
+class TenantPage(BaseModel):
+    after: str | None = None
+    limit: int = 200
+    statuses: list[str]
+
+
+class FleetCursor(BaseModel):
+    """Where a fleet run is in the catalog, and what it has done so far: carried across continue-as-new."""
+
+    started_at: datetime  # of the first run: children's ids carry it, across continue-as-new too
+    after: str | None = None
+    outcomes: list[TenantOutcome] = Field(default_factory=list)
+
+
+class FleetOptions(BaseModel):
     concurrency: int = 4
+    page_size: int = 200  # tenants read from the catalog at a time
+    history_limit: int = 10_000  # events; the run continues as new before its history grows past this
+    cursor: FleetCursor | None = None
+
+
+class FleetInput(FleetOptions):
+    pass
 
 
 class FleetResult(BaseModel):
@@ -303,6 +326,18 @@ class FleetResult(BaseModel):
     failed: int
     skipped: int = 0
     outcomes: list[TenantOutcome]
+
+    @classmethod
+    def of(cls, outcomes: list[TenantOutcome]) -> FleetResult:
+        skipped = sum(o.skipped for o in outcomes)
+        failed = sum(not o.ok for o in outcomes)
+        return cls(
+            total=len(outcomes),
+            succeeded=len(outcomes) - failed - skipped,
+            failed=failed,
+            skipped=skipped,
+            outcomes=outcomes,
+        )
 
 
 class MaintainTenantInput(BaseModel):
@@ -384,10 +419,9 @@ class MaintainTenantResult(BaseModel):
     error: str | None = None
 
 
-class FleetMaintenanceInput(BaseModel):
+class FleetMaintenanceInput(FleetOptions):
     tasks: list[str]
     days: int = 180
     dry_run: bool = False
     full: bool = False
-    concurrency: int = 4
     max_attempts: int = 4

@@ -56,11 +56,11 @@ class ScheduleDeclaration(BaseModel):
     def hour_minute(self) -> tuple[int | None, int]:
         if self.every == "hour":
             if not re.fullmatch(r"\d{1,2}", self.at) or int(self.at) > 59:
-                raise ValueError("hourly schedules give at = the minute, e.g. \"17\"")
+                raise ValueError('hourly schedules give at = the minute, e.g. "17"')
             return None, int(self.at)
         match = re.fullmatch(r"(\d{1,2}):(\d{2})", self.at)
         if not match or int(match[1]) > 23 or int(match[2]) > 59:
-            raise ValueError(f"at = \"HH:MM\", not {self.at!r}")
+            raise ValueError(f'at = "HH:MM", not {self.at!r}')
         return int(match[1]), int(match[2])
 
     def weekday(self) -> int | None:

@@ -38,3 +38,57 @@ async def test_fleet_backup_reports_the_broken_tenant_and_backs_up_the_rest(
     assert "does not exist" in outcomes[broken.id].error
     assert result.failed >= 1 and result.succeeded >= 4
     assert result.total == result.succeeded + result.failed
+
+
+async def test_fleet_of_200_tenants_respects_the_concurrency_limit_and_continues_as_new(
+    temporal_env, task_queue, settings, catalog, backups_of
+):
+    import asyncio
+    import json
+    from datetime import datetime
+
+    from temporalio.api.enums.v1 import EventType
+
+    ids = [f"fleet-{i:03d}-{uuid.uuid4().hex[:4]}" for i in range(200)]
+    broken = set(ids[::67])  # three tenants whose database is gone
+    try:
+        for start in range(0, len(ids), 20):
+            await asyncio.gather(*(catalog.create_tenant(t, t) for t in ids[start : start + 20]))
+        with psycopg.connect(settings.effective_database_url, autocommit=True) as conn:
+            for tenant_id in broken:
+                conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(settings.database_prefix + tenant_id)))
+
+        handle = await temporal_env.client.start_workflow(
+            BackupAllTenantsWorkflow.run,
+            FleetBackupInput(keep=1, concurrency=4, page_size=40, history_limit=400),
+            id=f"backup-all-{uuid.uuid4().hex[:6]}",
+            task_queue=task_queue,
+        )
+        result = await handle.result()
+
+        outcomes = {o.tenant_id: o for o in result.outcomes}
+        assert set(ids) <= set(outcomes)
+        assert {t for t in ids if not outcomes[t].ok} == broken
+        assert all("does not exist" in outcomes[t].error for t in broken)
+        assert result.failed == len(broken) and result.succeeded >= 197
+
+        # The dumps never overlapped more than the limit allows (measured from their recorded start and end).
+        spans = []
+        for tenant_id in set(ids) - broken:
+            manifest = next(p for p in backups_of(tenant_id) if p.name.endswith(".json"))
+            data = json.loads(manifest.read_text())
+            spans.append((datetime.fromisoformat(data["started_at"]), datetime.fromisoformat(data["finished_at"])))
+        events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+        running = peak = 0
+        for _, change in events:
+            running += change
+            peak = max(peak, running)
+        assert 2 <= peak <= 4
+
+        # Its history stayed small: the run continued as new along the way.
+        first = temporal_env.client.get_workflow_handle(handle.id, run_id=handle.first_execution_run_id)
+        history = await first.fetch_history()
+        assert history.events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+    finally:
+        for start in range(0, len(ids), 20):
+            await asyncio.gather(*(catalog.drop_tenant(t) for t in ids[start : start + 20]))

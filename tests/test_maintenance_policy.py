@@ -12,7 +12,11 @@ from tenancy.maintenance import CleanupRule, bloat_ratio, expected_btree_bytes, 
 
 def test_tasks_run_in_the_documented_order_whatever_order_they_are_asked_in():
     assert ordered_tasks(["analyze", "vacuum", "backup", "optimize", "cleanup"]) == [
-        "backup", "cleanup", "vacuum", "optimize", "analyze",
+        "backup",
+        "cleanup",
+        "vacuum",
+        "optimize",
+        "analyze",
     ]
     with pytest.raises(InvalidInput, match="unknown maintenance task"):
         ordered_tasks(["defrag"])

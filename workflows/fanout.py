@@ -1,4 +1,5 @@
-"""Fan a per-tenant child workflow out over many tenants, a few at a time, each failure kept to its tenant."""
+"""Fan a per-tenant child workflow out over the catalog: page by page, a few at a time, each failure kept to its
+tenant, continuing as new before the history grows large (fleets of thousands of tenants)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from temporalio import workflow
 from temporalio.exceptions import ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.catalog import CatalogActivities
     from tenancy.errors import failure_message
-    from tenancy.models import TenantOutcome
+    from tenancy.models import FleetCursor, FleetResult, TenantOutcome, TenantPage, TenantRef
+    from workflows.options import QUICK
 
 
 class FanOutProgress:
@@ -39,19 +42,62 @@ async def run_child(
 
 
 async def fan_out(
-    tenant_ids: list[str],
+    tenants: list[TenantRef],
     concurrency: int,
-    one: Callable[[str], Awaitable[TenantOutcome]],
+    one: Callable[[TenantRef], Awaitable[TenantOutcome]],
     progress: FanOutProgress,
 ) -> list[TenantOutcome]:
-    progress.total = len(tenant_ids)
     slots = asyncio.Semaphore(concurrency)
 
-    async def guarded(tenant_id: str) -> TenantOutcome:
+    async def guarded(tenant: TenantRef) -> TenantOutcome:
         async with slots:
-            outcome = await one(tenant_id)
+            outcome = await one(tenant)
         progress.done += 1
         progress.failed += not outcome.ok
         return outcome
 
-    return list(await asyncio.gather(*(guarded(t) for t in tenant_ids)))
+    return list(await asyncio.gather(*(guarded(t) for t in tenants)))
+
+
+async def fan_out_catalog(
+    *,
+    statuses: list[str],
+    cursor: FleetCursor,
+    page_size: int,
+    history_limit: int,
+    concurrency: int,
+    one: Callable[[TenantRef], Awaitable[TenantOutcome]],
+    progress: FanOutProgress,
+) -> tuple[FleetCursor, bool]:
+    """Run `one` for every tenant with one of `statuses`, a page of the catalog at a time. Returns the cursor and
+    whether the fleet is done; when it is not, the caller continues as new with the cursor."""
+    progress.done = progress.total = len(cursor.outcomes)
+    progress.failed = sum(not o.ok for o in cursor.outcomes)
+    while True:
+        page = await workflow.execute_activity_method(
+            CatalogActivities.list_tenant_page,
+            TenantPage(after=cursor.after, limit=page_size, statuses=statuses),
+            **QUICK,
+        )
+        if not page:
+            return cursor, True
+        progress.total += len(page)
+        cursor.outcomes += await fan_out(page, concurrency, one, progress)
+        cursor.after = page[-1].id
+        if len(page) < page_size:
+            return cursor, True
+        info = workflow.info()
+        if info.is_continue_as_new_suggested() or info.get_current_history_length() > history_limit:
+            return cursor, False
+
+
+def start_cursor(cursor: FleetCursor | None) -> FleetCursor:
+    return cursor or FleetCursor(started_at=workflow.now())
+
+
+def skipped(tenant: TenantRef) -> TenantOutcome:
+    return TenantOutcome(tenant_id=tenant.id, ok=True, skipped=True, workflow_id="", detail=f"skipped: {tenant.status}")
+
+
+def result_of(cursor: FleetCursor) -> FleetResult:
+    return FleetResult.of(cursor.outcomes)

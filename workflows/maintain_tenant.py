@@ -26,12 +26,13 @@ with workflow.unsafe.imports_passed_through():
         MaintenanceTarget,
         TaskReport,
         TenantOutcome,
+        TenantRef,
         VacuumRequest,
     )
     from tenancy.naming import workflow_id
     from tenancy.search import tenant_attributes
     from workflows.backup_tenant import BackupTenantWorkflow
-    from workflows.fanout import FanOutProgress, fan_out
+    from workflows.fanout import FanOutProgress, fan_out_catalog, result_of, skipped, start_cursor
     from workflows.options import QUICK
     from workflows.tenant_lock import tenant_lock
 
@@ -182,23 +183,17 @@ class MaintainAllTenantsWorkflow:
     async def run(self, req: FleetMaintenanceInput) -> FleetResult:
         if req.concurrency < 1:
             raise fail(INVALID_INPUT, "concurrency must be at least 1")
-        tenants = await workflow.execute_activity_method(CatalogActivities.list_tenant_statuses, **QUICK)
-        # Suspended and deprovisioned tenants are listed as skipped, not maintained.
-        skipped = [
-            TenantOutcome(tenant_id=t, ok=True, workflow_id="", detail=f"skipped: {s}")
-            for t, s in tenants.items()
-            if s not in ("active", "inactive")
-        ]
-        targets = [t for t, s in tenants.items() if s in ("active", "inactive")]
-        started = workflow.now()
+        cursor = start_cursor(req.cursor)
 
-        async def maintain(tenant_id: str) -> TenantOutcome:
-            child_id = workflow_id("maintenance", tenant_id, started)
+        async def maintain(tenant: TenantRef) -> TenantOutcome:
+            if tenant.status not in ("active", "inactive"):
+                return skipped(tenant)  # suspended tenants are listed, not maintained
+            child_id = workflow_id("maintenance", tenant.id, cursor.started_at)
             try:
                 result = await workflow.execute_child_workflow(
                     MaintainTenantWorkflow.run,
                     MaintainTenantInput(
-                        tenant_id=tenant_id,
+                        tenant_id=tenant.id,
                         tasks=req.tasks,
                         days=req.days,
                         dry_run=req.dry_run,
@@ -206,28 +201,27 @@ class MaintainAllTenantsWorkflow:
                         max_attempts=req.max_attempts,
                     ),
                     id=child_id,
-                    search_attributes=tenant_attributes(tenant_id),
+                    search_attributes=tenant_attributes(tenant.id),
                     parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
                 )
             except ChildWorkflowError as exc:
-                return TenantOutcome(tenant_id=tenant_id, ok=False, workflow_id=child_id, error=failure_message(exc))
+                return TenantOutcome(tenant_id=tenant.id, ok=False, workflow_id=child_id, error=failure_message(exc))
             return TenantOutcome(
-                tenant_id=tenant_id,
-                ok=result.ok,
-                workflow_id=child_id,
-                error=result.error,
-                detail=summarize(result),
+                tenant_id=tenant.id, ok=result.ok, workflow_id=child_id, error=result.error, detail=summarize(result)
             )
 
-        outcomes = await fan_out(targets, req.concurrency, maintain, self._progress)
-        failed = sum(not o.ok for o in outcomes)
-        return FleetResult(
-            total=len(outcomes) + len(skipped),
-            succeeded=len(outcomes) - failed,
-            failed=failed,
-            skipped=len(skipped),
-            outcomes=[*outcomes, *skipped],
+        cursor, done = await fan_out_catalog(
+            statuses=["active", "inactive", "suspended"],
+            cursor=cursor,
+            page_size=req.page_size,
+            history_limit=req.history_limit,
+            concurrency=req.concurrency,
+            one=maintain,
+            progress=self._progress,
         )
+        if not done:
+            workflow.continue_as_new(req.model_copy(update={"cursor": cursor}))
+        return result_of(cursor)
 
 
 def summarize(result: MaintainTenantResult) -> str:

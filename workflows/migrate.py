@@ -9,10 +9,10 @@ with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
     from activities.provisioning import ProvisioningActivities
     from tenancy.errors import INVALID_INPUT, fail
-    from tenancy.models import FleetInput, FleetResult, MigrationResult, TenantDatabase, TenantOutcome
+    from tenancy.models import FleetInput, FleetResult, MigrationResult, TenantDatabase, TenantOutcome, TenantRef
     from tenancy.naming import workflow_id
     from tenancy.search import tenant_attributes
-    from workflows.fanout import FanOutProgress, fan_out, run_child
+    from workflows.fanout import FanOutProgress, fan_out_catalog, result_of, run_child, start_cursor
     from workflows.options import QUICK, SLOW_DDL
     from workflows.tenant_lock import tenant_lock
 
@@ -44,26 +44,34 @@ class MigrateAllTenantsWorkflow:
     async def run(self, req: FleetInput) -> FleetResult:
         if req.concurrency < 1:
             raise fail(INVALID_INPUT, "concurrency must be at least 1")
-        # The template first, once, so the children do not race to rebuild it.
-        await workflow.execute_activity_method(ProvisioningActivities.refresh_template, **SLOW_DDL)
-        tenant_ids = await workflow.execute_activity_method(CatalogActivities.list_live_tenant_ids, **QUICK)
-        started = workflow.now()
+        if req.cursor is None:  # the template first, once, so the children do not race to rebuild it
+            await workflow.execute_activity_method(ProvisioningActivities.refresh_template, **SLOW_DDL)
+        cursor = start_cursor(req.cursor)
 
-        async def migrate(tenant_id: str) -> TenantOutcome:
-            child_id = workflow_id("migrate", tenant_id, started)
+        async def migrate(tenant: TenantRef) -> TenantOutcome:
+            child_id = workflow_id("migrate", tenant.id, cursor.started_at)
             return await run_child(
-                tenant_id,
+                tenant.id,
                 child_id,
                 lambda: workflow.execute_child_workflow(
                     MigrateTenantWorkflow.run,
-                    tenant_id,
+                    tenant.id,
                     id=child_id,
-                    search_attributes=tenant_attributes(tenant_id),
+                    search_attributes=tenant_attributes(tenant.id),
                     parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
                 ),
                 lambda result: {"detail": f"at {result.version}; applied: {', '.join(result.applied) or 'nothing'}"},
             )
 
-        outcomes = await fan_out(tenant_ids, req.concurrency, migrate, self._progress)
-        failed = sum(not o.ok for o in outcomes)
-        return FleetResult(total=len(outcomes), succeeded=len(outcomes) - failed, failed=failed, outcomes=outcomes)
+        cursor, done = await fan_out_catalog(
+            statuses=["active", "inactive", "suspended"],
+            cursor=cursor,
+            page_size=req.page_size,
+            history_limit=req.history_limit,
+            concurrency=req.concurrency,
+            one=migrate,
+            progress=self._progress,
+        )
+        if not done:
+            workflow.continue_as_new(req.model_copy(update={"cursor": cursor}))
+        return result_of(cursor)
