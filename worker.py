@@ -17,6 +17,7 @@ from temporalio.worker import Worker
 from activities.backup import BackupActivities
 from activities.catalog import CatalogActivities
 from activities.catalog_db import Catalog
+from activities.health import HealthActivities
 from activities.maintenance import MaintenanceActivities
 from activities.notify import NotifyActivities
 from activities.provisioning import ProvisioningActivities
@@ -52,6 +53,7 @@ def build_worker(client: Client, settings: Settings, task_queue: str | None = No
             TenantAdminActivities(settings),
             NotifyActivities(settings),
             MaintenanceActivities(settings),
+            HealthActivities(settings, client),
         ),
         # Dumps and restores copy bytes in threads; keep some free for the event loop's own to_thread calls.
         activity_executor=ThreadPoolExecutor(max_workers=40),

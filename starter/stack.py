@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 from activities.catalog_db import Catalog
 from starter.demo import seed_tenant_data
+from starter.schedules import apply_schedules
 from starter.services import EmbeddedPostgres, TemporalDevServer, port_open
 from tenancy.log import get_logger
 from tenancy.models import ProvisionTenantInput
@@ -89,12 +90,16 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             created = await _seed_demo(settings)
             if created:
                 log.info("demo tenants created", tenants=created)
+        report = await apply_schedules(await connect_client(settings), settings)
+        log.info("schedules applied", created=report.created, updated=report.updated, unchanged=report.unchanged)
         print(
             f"\ntenant-lifecycle is up.\n"
             f"  Temporal Web UI : {settings.temporal_ui_url}\n"
             f"  Temporal        : {settings.temporal_address} (namespace {settings.temporal_namespace})\n"
             f"  PostgreSQL      : {redact_url(settings.effective_database_url)}\n"
             f"  backups         : {settings.storage_root}\n"
+            f"  schedules       : {', '.join(report.created + report.updated + report.unchanged)} "
+            f"(tenants schedules list)\n"
             f"  try             : tenants list; tenants backup --tenant acme; tenants backup --all\n"
             f"Ctrl-C stops everything.\n",
             flush=True,

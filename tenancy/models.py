@@ -425,3 +425,31 @@ class FleetMaintenanceInput(FleetOptions):
     dry_run: bool = False
     full: bool = False
     max_attempts: int = 4
+
+
+class HealthInput(BaseModel):
+    send_alerts: bool = True
+    failure_window_hours: int = 24
+
+
+class TenantHealth(BaseModel):
+    tenant_id: str
+    status: str
+    last_backup_at: datetime | None
+    backup_age_hours: float | None
+    database_bytes: int | None
+    quota_bytes: int | None
+    last_maintenance_at: str | None
+    failed_runs: int = 0
+
+
+class Alert(BaseModel):
+    kind: Literal["stale_backup", "over_quota", "failed_run"]
+    tenant_id: str | None
+    message: str
+
+
+class HealthReport(BaseModel):
+    checked_at: datetime
+    tenants: list[TenantHealth]
+    alerts: list[Alert]

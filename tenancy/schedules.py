@@ -102,6 +102,8 @@ def parse_schedules(text: str, source: str = "schedules file") -> list[ScheduleD
         try:
             out.append(ScheduleDeclaration(id=schedule_id, **body))
         except (ValidationError, TypeError) as exc:
-            first = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+            first = (
+                exc.errors()[0]["msg"].removeprefix("Value error, ") if isinstance(exc, ValidationError) else str(exc)
+            )
             raise InvalidInput(f"{source}: schedule {schedule_id!r}: {first}") from None
     return out

@@ -6,6 +6,7 @@ from workflows.backup_fleet import BackupAllTenantsWorkflow
 from workflows.backup_tenant import BackupTenantWorkflow
 from workflows.deprovision_tenant import DeprovisionTenantWorkflow
 from workflows.drop_later import DropPreviousDatabaseWorkflow
+from workflows.health_check import HealthCheckWorkflow
 from workflows.maintain_tenant import MaintainAllTenantsWorkflow, MaintainTenantWorkflow
 from workflows.migrate import MigrateAllTenantsWorkflow, MigrateTenantWorkflow
 from workflows.notify import DeliverEventWorkflow, SendWelcomeEmailWorkflow
@@ -28,4 +29,5 @@ WORKFLOWS = [
     DeliverEventWorkflow,
     MaintainTenantWorkflow,
     MaintainAllTenantsWorkflow,
+    HealthCheckWorkflow,
 ]
