@@ -1,0 +1,94 @@
+"""Recorded histories of every workflow replay on the current code without non-determinism errors: the check
+to run before deploying a change to a workflow (see docs/operations.md).
+
+The histories in tests/histories/ were recorded from real runs; record them again (after an intended,
+patched change) with: TENANTS_RECORD_HISTORIES=1 .venv/bin/pytest tests/test_replay.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from tenancy.models import (
+    BackupTenantInput,
+    DeprovisionTenantInput,
+    FleetBackupInput,
+    FleetInput,
+    FleetMaintenanceInput,
+    HealthInput,
+    MaintainTenantInput,
+    ProvisionTenantInput,
+    RestoreTenantInput,
+    SettingsChange,
+    StatusChange,
+)
+from workflows.backup_fleet import BackupAllTenantsWorkflow
+from workflows.backup_tenant import BackupTenantWorkflow
+from workflows.deprovision_tenant import DeprovisionTenantWorkflow
+from workflows.health_check import HealthCheckWorkflow
+from workflows.maintain_tenant import MaintainAllTenantsWorkflow, MaintainTenantWorkflow
+from workflows.migrate import MigrateAllTenantsWorkflow
+from workflows.provision_tenant import ProvisionTenantWorkflow
+from workflows.registry import WORKFLOWS
+from workflows.restore_tenant import RestoreTenantWorkflow
+from workflows.tenant_status import ChangeTenantStatusWorkflow, UpdateTenantSettingsWorkflow
+
+HISTORIES = Path(__file__).parent / "histories"
+RECORD = os.environ.get("TENANTS_RECORD_HISTORIES") == "1"
+
+
+async def test_recorded_histories_replay_on_the_current_code():
+    files = sorted(HISTORIES.glob("*.json"))
+    recorded = {json.loads(f.read_text())["events"][0]["workflowExecutionStartedEventAttributes"]["workflowType"]["name"]
+                for f in files}
+    # Every workflow type the worker runs has at least one recorded history.
+    assert {w.__temporal_workflow_definition.name for w in WORKFLOWS} <= recorded
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    for path in files:
+        await replayer.replay_workflow(WorkflowHistory.from_json(path.stem, path.read_text()))
+
+
+@pytest.mark.skipif(not RECORD, reason="records the histories only when TENANTS_RECORD_HISTORIES=1")
+async def test_record_histories(temporal_env, task_queue, make_tenant, catalog):
+    client = temporal_env.client
+    tenant = await make_tenant(entries=100)
+    runs = [
+        (BackupTenantWorkflow.run, BackupTenantInput(tenant_id=tenant.id)),
+        (BackupAllTenantsWorkflow.run, FleetBackupInput(keep=3)),
+        (RestoreTenantWorkflow.run, RestoreTenantInput(tenant_id=tenant.id, keep_previous_seconds=1)),
+        (MaintainTenantWorkflow.run, MaintainTenantInput(tenant_id=tenant.id, tasks=["backup", "cleanup", "analyze"])),
+        (MaintainAllTenantsWorkflow.run, FleetMaintenanceInput(tasks=["cleanup"], dry_run=True)),
+        (MigrateAllTenantsWorkflow.run, FleetInput()),
+        (HealthCheckWorkflow.run, HealthInput(send_alerts=True)),
+    ]
+    provisioned = f"replay-{uuid.uuid4().hex[:6]}"
+    runs += [
+        (ProvisionTenantWorkflow.run, ProvisionTenantInput(name="Replay", plan="pro", owner_email="r@example.com",
+                                                           tenant_id=provisioned)),
+        (UpdateTenantSettingsWorkflow.run, SettingsChange(tenant_id=provisioned, changes={"language": "es"})),
+        (ChangeTenantStatusWorkflow.run, StatusChange(tenant_id=provisioned, status="suspended", reason="replay")),
+        (DeprovisionTenantWorkflow.run, DeprovisionTenantInput(tenant_id=provisioned)),
+    ]
+    HISTORIES.mkdir(exist_ok=True)
+    try:
+        for run, arg in runs:
+            handle = await client.start_workflow(run, arg, id=f"replay-{uuid.uuid4().hex[:8]}", task_queue=task_queue)
+            await handle.result()
+            (HISTORIES / f"{handle.id}.json").write_text((await handle.fetch_history()).to_json())
+        # The children and the workflows they start, recorded too.
+        async for execution in client.list_workflows(
+            "WorkflowType IN ('SendWelcomeEmailWorkflow', 'DeliverEventWorkflow', 'DropPreviousDatabaseWorkflow', "
+            "'MigrateTenantWorkflow') AND ExecutionStatus = 'Completed'"
+        ):
+            history = await client.get_workflow_handle(execution.id, run_id=execution.run_id).fetch_history()
+            (HISTORIES / f"{execution.workflow_type}-{execution.id[-8:]}.json").write_text(history.to_json())
+    finally:
+        await catalog.drop_tenant(provisioned)
