@@ -25,7 +25,7 @@ from activities.restore import RestoreActivities
 from activities.tenant_admin import TenantAdminActivities
 from tenancy.log import configure_logging, get_logger
 from tenancy.settings import Settings, load_settings
-from tenancy.temporal import connect_client, ensure_search_attributes
+from tenancy.temporal import connect_client, ensure_search_attributes, metrics_runtime
 from workflows.registry import WORKFLOWS
 
 
@@ -65,7 +65,8 @@ def build_worker(client: Client, settings: Settings, task_queue: str | None = No
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     log = get_logger("worker", task_queue=settings.task_queue)
     await Catalog(settings).migrate()
-    client = await connect_client(settings)
+    runtime = metrics_runtime(settings.metrics_port) if settings.metrics_port else None
+    client = await connect_client(settings, runtime)
     await ensure_search_attributes(client, settings.temporal_namespace)
     worker = build_worker(client, settings)
     log.info("worker started", temporal=settings.temporal_address, namespace=settings.temporal_namespace)

@@ -155,6 +155,7 @@ class BackupActivities:
                     )
             await conn.execute("COMMIT")
         size = self.storage.backup_path(req.tenant_id, name).stat().st_size
+        activity.metric_meter().create_counter("tenants_backup_bytes", "Bytes of backups written", "By").add(size)
         log.info("dump finished", backup=name, size_bytes=size, sha256=sha256)
         return DumpResult(
             tenant_id=req.tenant_id,

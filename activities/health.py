@@ -48,6 +48,9 @@ class HealthActivities:
             sizes = dict(conn.execute("SELECT datname, pg_database_size(datname) FROM pg_database").fetchall())
         failed = await self._failed_runs(timedelta(hours=req.failure_window_hours))
         rows, alerts = [], []
+        age = activity.metric_meter().create_gauge_float(
+            "tenants_backup_age_seconds", "Age of the newest verified backup", "s"
+        )
         for tenant in tenants:
             last = next((b for b in reversed(self.storage.describe_backups(tenant.id)) if b.verified), None)
             plan = self.settings.plans.get(tenant.plan)
@@ -62,6 +65,8 @@ class HealthActivities:
                 failed_runs=len(failed.get(tenant.id, [])),
             )
             rows.append(row)
+            if row.backup_age_hours is not None:
+                age.with_additional_attributes({"tenant_id": tenant.id}).set(row.backup_age_hours * 3600)
             alerts += alerts_for(row, self.settings.backup_max_age_hours, self.settings.quota_alert_ratio)
             for run in failed.get(tenant.id, []):
                 alerts.append(

@@ -47,8 +47,10 @@ RECORD = os.environ.get("TENANTS_RECORD_HISTORIES") == "1"
 
 async def test_recorded_histories_replay_on_the_current_code():
     files = sorted(HISTORIES.glob("*.json"))
-    recorded = {json.loads(f.read_text())["events"][0]["workflowExecutionStartedEventAttributes"]["workflowType"]["name"]
-                for f in files}
+    recorded = {
+        json.loads(f.read_text())["events"][0]["workflowExecutionStartedEventAttributes"]["workflowType"]["name"]
+        for f in files
+    }
     # Every workflow type the worker runs has at least one recorded history.
     assert {w.__temporal_workflow_definition.name for w in WORKFLOWS} <= recorded
     replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
@@ -71,8 +73,10 @@ async def test_record_histories(temporal_env, task_queue, make_tenant, catalog):
     ]
     provisioned = f"replay-{uuid.uuid4().hex[:6]}"
     runs += [
-        (ProvisionTenantWorkflow.run, ProvisionTenantInput(name="Replay", plan="pro", owner_email="r@example.com",
-                                                           tenant_id=provisioned)),
+        (
+            ProvisionTenantWorkflow.run,
+            ProvisionTenantInput(name="Replay", plan="pro", owner_email="r@example.com", tenant_id=provisioned),
+        ),
         (UpdateTenantSettingsWorkflow.run, SettingsChange(tenant_id=provisioned, changes={"language": "es"})),
         (ChangeTenantStatusWorkflow.run, StatusChange(tenant_id=provisioned, status="suspended", reason="replay")),
         (DeprovisionTenantWorkflow.run, DeprovisionTenantInput(tenant_id=provisioned)),

@@ -114,3 +114,36 @@ async def test_restore_clears_only_the_tenants_cache_keys(temporal_env, settings
     finally:
         client.delete(f"tenant:{other}:session", *keys)
         client.close()
+
+
+async def test_the_worker_serves_prometheus_metrics(temporal_env, settings, make_tenant):
+    import urllib.request
+
+    from starter.services import free_port
+    from tenancy.models import HealthInput
+    from workflows.health_check import HealthCheckWorkflow
+
+    tenant = await make_tenant(entries=100)
+    queue = f"tq-metrics-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    worker = worker_process(temporal_env, settings, queue, extra={"TENANTS_METRICS_PORT": str(port)})
+    try:
+        taken = await backup(temporal_env, queue, tenant.id)
+        await temporal_env.client.execute_workflow(
+            HealthCheckWorkflow.run,
+            HealthInput(send_alerts=False),
+            id=f"health-{uuid.uuid4().hex[:6]}",
+            task_queue=queue,
+        )
+        text = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        )
+    finally:
+        worker.terminate()
+        worker.wait()
+    lines = text.splitlines()
+    assert any(line.startswith("tenants_backups_total{") and 'outcome="ok"' in line for line in lines)
+    written = next(line for line in lines if line.startswith("tenants_backup_bytes_total"))
+    assert float(written.rsplit(" ", 1)[1]) >= taken.size_bytes
+    assert any(line.startswith("tenants_backup_age_seconds{") and tenant.id in line for line in lines)
+    assert any(line.startswith("temporal_workflow_completed") for line in lines)  # the SDK's own

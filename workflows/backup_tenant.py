@@ -22,6 +22,11 @@ with workflow.unsafe.imports_passed_through():
 from temporalio.workflow import ActivityCancellationType
 
 
+def backups_total():
+    # Replay-safe: the workflow meter does not count again when a history is replayed.
+    return workflow.metric_meter().create_counter("tenants_backups", "Tenant backups by outcome")
+
+
 def validate_backup_input(req: BackupTenantInput) -> None:
     try:
         validate_keep(req.keep)
@@ -44,6 +49,15 @@ class BackupTenantWorkflow:
 
     @workflow.run
     async def run(self, req: BackupTenantInput) -> BackupTenantResult:
+        try:
+            result = await self._run(req)
+        except BaseException:
+            backups_total().with_additional_attributes({"outcome": "failed"}).add(1)
+            raise
+        backups_total().with_additional_attributes({"outcome": "ok"}).add(1)
+        return result
+
+    async def _run(self, req: BackupTenantInput) -> BackupTenantResult:
         validate_backup_input(req)
         self._phase = "looking up tenant"
         tenant = await workflow.execute_activity_method(CatalogActivities.get_tenant, req.tenant_id, **QUICK)
