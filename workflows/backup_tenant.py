@@ -16,7 +16,7 @@ with workflow.unsafe.imports_passed_through():
         RetentionRequest,
     )
     from tenancy.retention import validate_keep
-    from workflows.options import LONG, QUICK
+    from workflows.options import LOCAL, LONG
     from workflows.tenant_lock import tenant_lock
 
 from temporalio.workflow import ActivityCancellationType
@@ -60,7 +60,7 @@ class BackupTenantWorkflow:
     async def _run(self, req: BackupTenantInput) -> BackupTenantResult:
         validate_backup_input(req)
         self._phase = "looking up tenant"
-        tenant = await workflow.execute_activity_method(CatalogActivities.get_tenant, req.tenant_id, **QUICK)
+        tenant = await workflow.execute_local_activity_method(CatalogActivities.get_tenant, req.tenant_id, **LOCAL)
         self._phase = "waiting for the tenant lock"
         async with tenant_lock(tenant.id, "backup", req.lock_wait_seconds, req.lock_held_by_parent):
             self._phase = "dumping"
@@ -88,14 +88,16 @@ class BackupTenantWorkflow:
                 )
             except ActivityError:
                 # A backup that fails verification is removed and retention does not run.
-                await workflow.execute_activity_method(BackupActivities.discard_backup, args=[tenant.id, name], **QUICK)
+                await workflow.execute_local_activity_method(
+                    BackupActivities.discard_backup, args=[tenant.id, name], **LOCAL
+                )
                 raise
 
             self._phase = "applying retention"
-            retention = await workflow.execute_activity_method(
+            retention = await workflow.execute_local_activity_method(
                 BackupActivities.apply_retention,
                 RetentionRequest(tenant_id=tenant.id, keep=req.keep, newest_backup=name),
-                **QUICK,
+                **LOCAL,
             )
 
         self._phase = "done"

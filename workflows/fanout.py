@@ -14,7 +14,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
     from tenancy.errors import failure_message
     from tenancy.models import FleetCursor, FleetResult, TenantOutcome, TenantPage, TenantRef
-    from workflows.options import QUICK
+    from workflows.options import LOCAL
 
 
 class FanOutProgress:
@@ -74,10 +74,10 @@ async def fan_out_catalog(
     progress.done = progress.total = len(cursor.outcomes)
     progress.failed = sum(not o.ok for o in cursor.outcomes)
     while True:
-        page = await workflow.execute_activity_method(
+        page = await workflow.execute_local_activity_method(
             CatalogActivities.list_tenant_page,
             TenantPage(after=cursor.after, limit=page_size, statuses=statuses),
-            **QUICK,
+            **LOCAL,
         )
         if not page:
             return cursor, True

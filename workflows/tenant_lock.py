@@ -12,7 +12,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
     from tenancy.errors import TENANT_BUSY, fail
     from tenancy.models import LockRequest
-    from workflows.options import QUICK
+    from workflows.options import LOCAL
 
 POLL = timedelta(seconds=5)
 
@@ -32,7 +32,7 @@ async def tenant_lock(
         request = LockRequest(
             tenant_id=tenant_id, operation=operation, workflow_id=info.parent.workflow_id, run_id=info.parent.run_id
         )
-        outcome = await workflow.execute_activity_method(CatalogActivities.acquire_tenant_lock, request, **QUICK)
+        outcome = await workflow.execute_local_activity_method(CatalogActivities.acquire_tenant_lock, request, **LOCAL)
         if not outcome.acquired:
             raise fail(TENANT_BUSY, f"tenant {tenant_id!r} is busy: {outcome.holder_workflow_id} holds it")
         yield
@@ -40,7 +40,7 @@ async def tenant_lock(
     request = LockRequest(tenant_id=tenant_id, operation=operation, workflow_id=info.workflow_id, run_id=info.run_id)
     waited = timedelta(0)
     while True:
-        outcome = await workflow.execute_activity_method(CatalogActivities.acquire_tenant_lock, request, **QUICK)
+        outcome = await workflow.execute_local_activity_method(CatalogActivities.acquire_tenant_lock, request, **LOCAL)
         if outcome.acquired:
             break
         if waited >= timedelta(seconds=wait_seconds):
@@ -54,4 +54,4 @@ async def tenant_lock(
     try:
         yield
     finally:
-        await workflow.execute_activity_method(CatalogActivities.release_tenant_lock, request, **QUICK)
+        await workflow.execute_local_activity_method(CatalogActivities.release_tenant_lock, request, **LOCAL)
