@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import subprocess
 import tempfile
 from datetime import UTC, datetime
-from typing import BinaryIO
 
 import psycopg
-import zstandard
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.archive import CHUNK, Progress, hash_file, list_archive
+from activities.archive import Progress, hash_stream, list_archive, load_identities, store, unpack
 from activities.heartbeat import Heartbeater
 from activities.pg import connect, count_rows, find_client_tools, libpq_env, server_major
-from activities.storage import LocalStorage
+from activities.storage import open_storage
 from activities.subprocesses import kill_group, tail
 from tenancy.errors import (
     BACKUP_VERIFICATION_FAILED,
@@ -39,39 +36,10 @@ from tenancy.retention import BackupEntry, plan_keep_newest
 from tenancy.settings import Settings
 
 
-class _HashingWriter:
-    """Writes through to the sink while counting and hashing exactly the stored bytes."""
-
-    def __init__(self, sink: BinaryIO, progress: Progress) -> None:
-        self.sink = sink
-        self.progress = progress
-        self.hasher = hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.hasher.update(data)
-        self.sink.write(data)
-        self.progress.bytes += len(data)
-        return len(data)
-
-
-def _pump(source: BinaryIO, sink: BinaryIO, compression: str, level: int, progress: Progress) -> str:
-    """Copy pg_dump's output to storage (through zstd when asked) in fixed-size chunks; return the sha256."""
-    writer = _HashingWriter(sink, progress)
-    if compression == "zstd":
-        compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
-        with compressor.stream_writer(writer, closefd=False) as compressed:  # type: ignore[arg-type]
-            while chunk := source.read(CHUNK):
-                compressed.write(chunk)
-    else:
-        while chunk := source.read(CHUNK):
-            writer.write(chunk)
-    return writer.hasher.hexdigest()
-
-
 class BackupActivities:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.storage = LocalStorage(settings.storage_root)
+        self.storage = open_storage(settings)
 
     def _log(self, tenant_id: str):
         info = activity.info()
@@ -105,6 +73,7 @@ class BackupActivities:
                 ) from None
             raise
         progress = Progress()
+        recipients = self.settings.age_recipients
         async with conn, Heartbeater(lambda: {"backup_name": name, "bytes_written": progress.bytes}):
             tools = find_client_tools(server_major(conn.info.server_version), self.settings.pg_bin_dir)
             server_version = (await (await conn.execute("SHOW server_version")).fetchone())[0].split()[0]
@@ -133,7 +102,7 @@ class BackupActivities:
                 )
                 assert proc.stdout is not None
                 pump = loop.run_in_executor(
-                    None, _pump, proc.stdout, sink, req.compression, req.compression_level, progress
+                    None, store, proc.stdout, sink, req.compression, req.compression_level, recipients, progress
                 )
                 try:
                     row_counts = await count_rows(conn)
@@ -154,7 +123,7 @@ class BackupActivities:
                         type=DUMP_FAILED,
                     )
             await conn.execute("COMMIT")
-        size = self.storage.backup_path(req.tenant_id, name).stat().st_size
+        size = self.storage.size(req.tenant_id, name)
         activity.metric_meter().create_counter("tenants_backup_bytes", "Bytes of backups written", "By").add(size)
         log.info("dump finished", backup=name, size_bytes=size, sha256=sha256)
         return DumpResult(
@@ -170,6 +139,8 @@ class BackupActivities:
             started_at=started,
             finished_at=datetime.now(UTC),
             row_counts=row_counts,
+            encrypted=bool(recipients),
+            recipients=recipients,
         )
 
     async def _fresh_name(self, tenant_id: str, compression: str) -> str:
@@ -198,22 +169,44 @@ class BackupActivities:
         """Re-read the stored archive (size and sha256 must match what was written), let pg_restore read its
         table of contents, then write the manifest that marks the backup verified."""
         log = self._log(dump.tenant_id)
-        path = self.storage.backup_path(dump.tenant_id, dump.backup_name)
-        if not path.is_file():
+        if not self.storage.exists(dump.tenant_id, dump.backup_name):
             raise fail(BACKUP_VERIFICATION_FAILED, f"backup {dump.backup_name!r} is missing from storage")
         progress = Progress()
         async with Heartbeater(lambda: {"bytes_read": progress.bytes}):
-            size = path.stat().st_size
-            sha256 = await asyncio.to_thread(hash_file, path, progress)
+            size = self.storage.size(dump.tenant_id, dump.backup_name)
+
+            def read_back() -> str:
+                with self.storage.open_for_read(dump.tenant_id, dump.backup_name) as reader:
+                    return hash_stream(reader, progress)
+
+            sha256 = await asyncio.to_thread(read_back)
             if size != dump.size_bytes or sha256 != dump.sha256:
                 raise fail(
                     BACKUP_VERIFICATION_FAILED,
                     f"backup {dump.backup_name!r} does not match what was written "
                     f"(size {size} vs {dump.size_bytes}, sha256 {sha256[:12]}… vs {dump.sha256[:12]}…)",
                 )
+            if dump.encrypted and self.settings.age_identity_file is None:
+                # A worker that only backs up holds no private key: the bytes are checked, the archive's table
+                # of contents is read by the restore drills, which do hold it.
+                log.info("encrypted backup verified by checksum only", backup=dump.backup_name)
+                manifest = BackupManifest(
+                    **dump.model_dump(),
+                    verified=True,
+                    verified_at=datetime.now(UTC),
+                    workflow_id=activity.info().workflow_id,
+                )
+                self.storage.write_manifest(manifest)
+                return manifest
+            identities = load_identities(self.settings.age_identity_file, dump.backup_name) if dump.encrypted else None
             major = int(dump.server_version.split(".")[0])
             tools = find_client_tools(major, self.settings.pg_bin_dir)
-            code, err, lines = await asyncio.to_thread(list_archive, tools.pg_restore, path, dump.compression)
+
+            def feed(stdin) -> None:
+                with self.storage.open_for_read(dump.tenant_id, dump.backup_name) as reader:
+                    unpack(reader, stdin, dump.compression, identities, Progress())
+
+            code, err, lines = await asyncio.to_thread(list_archive, tools.pg_restore, feed)
         if code != 0:
             raise fail(
                 BACKUP_VERIFICATION_FAILED,

@@ -15,7 +15,7 @@ from temporalio import activity
 from temporalio.client import Client
 
 from activities.catalog_db import Catalog
-from activities.storage import LocalStorage
+from activities.storage import open_storage
 from tenancy.health import alerts_for
 from tenancy.log import get_logger
 from tenancy.models import Alert, HealthInput, HealthReport, TenantHealth
@@ -28,7 +28,7 @@ class HealthActivities:
         self.settings = settings
         self.client = client
         self.catalog = Catalog(settings)
-        self.storage = LocalStorage(settings.storage_root)
+        self.storage = open_storage(settings)
 
     async def _failed_runs(self, window: timedelta) -> dict[str | None, list[str]]:
         """Runs that failed or timed out in the window, by tenant (None: fleet runs)."""

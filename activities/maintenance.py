@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError
 from activities.catalog_db import Catalog
 from activities.heartbeat import Heartbeater
 from activities.pg import connect
-from activities.storage import LocalStorage
+from activities.storage import open_storage
 from tenancy.errors import INVALID_INPUT, fail
 from tenancy.log import get_logger
 from tenancy.maintenance import CleanupRule, bloat_ratio
@@ -214,7 +214,7 @@ class MaintenanceActivities:
                 while (await (await conn.execute(exists, params)).fetchone())[0]:
                     await timed(leftover, {**params, "n": self.settings.cleanup_batch_size})
             remaining = await self._cleanup_counts(conn, req.cutoff)
-        removed = LocalStorage(self.settings.storage_root).remove_stale_partials(
+        removed = open_storage(self.settings).remove_stale_partials(
             req.tenant_id, timedelta(hours=self.settings.stale_partial_hours)
         )
         deleted = {t: planned.get(t, 0) - remaining.get(t, 0) for t in planned}

@@ -20,11 +20,11 @@ from psycopg import sql
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.archive import Progress, decompress_zstd, hash_file, list_archive
+from activities.archive import Progress, hash_stream, list_archive, load_identities, unpack
 from activities.catalog_db import Catalog
 from activities.heartbeat import Heartbeater
 from activities.pg import connect, count_rows, find_client_tools, libpq_env, server_major
-from activities.storage import FILE_MODE, LocalStorage
+from activities.storage import FILE_MODE, open_storage
 from activities.subprocesses import kill_group, tail
 from tenancy.errors import (
     BACKUP_NOT_FOUND,
@@ -96,7 +96,7 @@ async def _copy_database_acl(conn: psycopg.AsyncConnection, source: str, target:
 class RestoreActivities:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.storage = LocalStorage(settings.storage_root)
+        self.storage = open_storage(settings)
         self.catalog = Catalog(settings)
         self.admin_url = settings.effective_database_url
 
@@ -139,11 +139,15 @@ class RestoreActivities:
         if manifest.tenant_id != tenant_id or manifest.backup_name != name:
             raise fail(BACKUP_REJECTED, f"the manifest of {name!r} describes another backup ({manifest.backup_name})")
 
-        path = self.storage.backup_path(tenant_id, name)
         progress = Progress()
         async with Heartbeater(lambda: {"bytes_read": progress.bytes}):
-            size = path.stat().st_size
-            digest = await asyncio.to_thread(hash_file, path, progress)
+            size = self.storage.size(tenant_id, name)
+
+            def read_back() -> str:
+                with self.storage.open_for_read(tenant_id, name) as reader:
+                    return hash_stream(reader, progress)
+
+            digest = await asyncio.to_thread(read_back)
             if size != manifest.size_bytes or digest != manifest.sha256:
                 raise fail(
                     BACKUP_REJECTED,
@@ -160,7 +164,14 @@ class RestoreActivities:
                     f"PostgreSQL {major}, whose pg_restore cannot read archives of a newer pg_dump",
                 )
             tools = find_client_tools(major, self.settings.pg_bin_dir)
-            code, err, _ = await asyncio.to_thread(list_archive, tools.pg_restore, path, manifest.compression)
+            # An encrypted backup needs the identity: a missing or wrong key fails here, before anything changes.
+            identities = load_identities(self.settings.age_identity_file, name) if manifest.encrypted else None
+
+            def feed(stdin) -> None:
+                with self.storage.open_for_read(tenant_id, name) as reader:
+                    unpack(reader, stdin, manifest.compression, identities, Progress())
+
+            code, err, _ = await asyncio.to_thread(list_archive, tools.pg_restore, feed)
         if code != 0:
             raise fail(BACKUP_REJECTED, f"pg_restore {tools.version} cannot read backup {name!r}: {tail(err)}")
         self._log(tenant_id).info("backup selected", backup=name, taken_at=manifest.started_at.isoformat())
@@ -185,20 +196,32 @@ class RestoreActivities:
             await conn.execute(create)
             await _copy_database_acl(conn, req.database_name, req.scratch_name)
         tools = find_client_tools(major, self.settings.pg_bin_dir)
-        archive = self.storage.backup_path(req.tenant_id, req.backup_name)
-        work = self.storage.tenant_dir(req.tenant_id) / partial_name(f"{req.scratch_name}.dump")
+        manifest = self.storage.read_manifest(req.tenant_id, req.backup_name)
+        encrypted = bool(manifest and manifest.encrypted)
+        archive = self.storage.local_path(req.tenant_id, req.backup_name)
+        work_dir = self.settings.state_dir.resolve() / "work"
+        work = work_dir / partial_name(f"{req.scratch_name}.dump")
         progress = Progress()
         done = {"tables": 0}
         async with Heartbeater(lambda: {"tables_restored": done["tables"], "bytes_unpacked": progress.bytes}):
             try:
-                if req.compression == "zstd":
-                    # pg_restore --jobs needs a seekable archive: unpack it beside the backup first.
-                    def unpack() -> None:
-                        fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-                        with open(fd, "wb") as handle:
-                            decompress_zstd(archive, handle, progress)
+                if archive is None or encrypted or req.compression == "zstd":
+                    # pg_restore --jobs needs a seekable, plain archive: fetch, decrypt and unpack it to a local
+                    # work file first (0600, removed at the end).
+                    identities = (
+                        load_identities(self.settings.age_identity_file, req.backup_name) if encrypted else None
+                    )
 
-                    await asyncio.to_thread(unpack)
+                    def materialize() -> None:
+                        work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                        fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+                        with (
+                            open(fd, "wb") as handle,
+                            self.storage.open_for_read(req.tenant_id, req.backup_name) as reader,
+                        ):
+                            unpack(reader, handle, req.compression, identities, progress)
+
+                    await asyncio.to_thread(materialize)
                     archive = work
                 await self._pg_restore(tools.pg_restore, archive, req, done, log)
             except BaseException:

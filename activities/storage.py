@@ -1,19 +1,24 @@
-"""Backup storage. A local folder for now, laid out as the original system did:
-`<root>/tenants/<tenant>/tenant_<tenant>_<YYYY-MM-DD_HH-MM-SS>.<ext>`, with `<name>.json` manifests beside them.
+"""Backup storage behind one small interface: a local folder, or S3-compatible object storage (AWS S3, MinIO,
+Google Cloud Storage's S3 interoperability).
 
-Files are written under a hidden `.partial` name and renamed into place only when complete, so a reader never
-sees half a backup. Folders are 0700 and files 0600: backups are readable by their owner only.
+Layout, as the original system's: `<root>/tenants/<tenant>/tenant_<tenant>_<YYYY-MM-DD_HH-MM-SS>.<ext>`, with
+`<name>.json` manifests beside the archives. A backup appears under its name only when complete: locally it is
+written under a hidden `.partial` name and renamed; on S3 it is a multipart upload completed at the end and
+aborted on any error. Nothing holds a whole backup in memory. Local folders are 0700 and files 0600.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
+from urllib.parse import urlparse
 
 from tenancy.errors import InvalidInput
 from tenancy.models import BackupInfo, BackupManifest
@@ -25,9 +30,14 @@ from tenancy.naming import (
     parse_backup_name,
     partial_name,
 )
+from tenancy.settings import Settings
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+
+
+class Sink(Protocol):
+    def write(self, data: bytes) -> int: ...
 
 
 def _fsync_dir(path: Path) -> None:
@@ -38,28 +48,155 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class LocalStorage:
+class Storage(ABC):
+    """What backups, restores, retention and health need from a place that keeps backups."""
+
+    @staticmethod
+    def key(tenant_id: str, name: str) -> str:
+        """The key of one of this tenant's backups (or its manifest); refuses any other name."""
+        parse_backup_name(tenant_id, name.removesuffix(".json"))
+        return f"tenants/{tenant_id}/{name}"
+
+    # The backend's own operations, on keys relative to the storage root.
+    @abstractmethod
+    def _writer(self, key: str) -> contextlib.AbstractContextManager[Sink]: ...
+
+    @abstractmethod
+    def _reader(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]: ...
+
+    @abstractmethod
+    def _size(self, key: str) -> int | None: ...
+
+    @abstractmethod
+    def _names(self, prefix: str) -> list[str]: ...
+
+    @abstractmethod
+    def _delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def _put(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def _get(self, key: str) -> bytes | None: ...
+
+    @abstractmethod
+    def location(self, key: str = "") -> str:
+        """Where a key is, for people: a path or an s3:// URL."""
+
+    # Shared behaviour.
+    def open_for_write(self, tenant_id: str, name: str) -> contextlib.AbstractContextManager[Sink]:
+        """Write a backup atomically: on success it appears under its name; on any error nothing is left."""
+        return self._writer(self.key(tenant_id, name))
+
+    def open_for_read(self, tenant_id: str, name: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        if not self.exists(tenant_id, name):
+            raise InvalidInput(f"backup {name!r} of tenant {tenant_id!r} does not exist")
+        return self._reader(self.key(tenant_id, name))
+
+    def size(self, tenant_id: str, name: str) -> int:
+        size = self._size(self.key(tenant_id, name))
+        if size is None:
+            raise InvalidInput(f"backup {name!r} of tenant {tenant_id!r} does not exist")
+        return size
+
+    def exists(self, tenant_id: str, name: str) -> bool:
+        return self._size(self.key(tenant_id, name)) is not None
+
+    def partial_exists(self, tenant_id: str, name: str) -> bool:
+        return False
+
+    def local_path(self, tenant_id: str, name: str) -> Path | None:
+        """A path pg_restore can read directly, where the backend has one."""
+        return None
+
+    def list_backups(self, tenant_id: str) -> list[str]:
+        return sorted(n for n in self._names(f"tenants/{tenant_id}/") if is_backup_name(tenant_id, n))
+
+    def describe_backups(self, tenant_id: str) -> list[BackupInfo]:
+        """Every backup of the tenant with what its manifest says, oldest first."""
+        infos = []
+        for name in self.list_backups(tenant_id):
+            manifest = self.read_manifest(tenant_id, name)
+            infos.append(
+                BackupInfo(
+                    name=name,
+                    taken_at=parse_backup_name(tenant_id, name),
+                    size_bytes=self._size(self.key(tenant_id, name)) or 0,
+                    verified=bool(manifest and manifest.verified),
+                    compression=manifest.compression if manifest else None,
+                    sha256=manifest.sha256 if manifest else None,
+                    encrypted=bool(manifest and manifest.encrypted),
+                    pinned=bool(manifest and manifest.pinned),
+                    drilled_at=manifest.drilled_at if manifest else None,
+                    drill_ok=manifest.drill_ok if manifest else None,
+                )
+            )
+        return infos
+
+    def write_manifest(self, manifest: BackupManifest) -> None:
+        self._put(
+            self.key(manifest.tenant_id, manifest_name(manifest.backup_name)),
+            manifest.model_dump_json(indent=2).encode(),
+        )
+
+    def read_manifest(self, tenant_id: str, name: str) -> BackupManifest | None:
+        data = self._get(self.key(tenant_id, manifest_name(name)))
+        if data is None:
+            return None
+        try:
+            return BackupManifest.model_validate_json(data)
+        except ValueError:
+            return None  # an unreadable manifest is no evidence the backup is good
+
+    def delete_backup(self, tenant_id: str, name: str) -> None:
+        """The manifest goes first: a backup without manifest is never counted as a good copy."""
+        self._delete(self.key(tenant_id, manifest_name(name)))
+        self._delete(self.key(tenant_id, name))
+
+    def usage(self, tenant_id: str | None = None) -> int:
+        """Bytes of backups kept, for one tenant or all of them."""
+        prefix = f"tenants/{tenant_id}/" if tenant_id else "tenants/"
+        return self._usage(prefix)
+
+    def _usage(self, prefix: str) -> int:
+        return sum(self._size(prefix + n) or 0 for n in self._names(prefix))
+
+    def free_bytes(self) -> int | None:
+        """Free space where backups go; None where the backend has no such limit (object storage)."""
+        return None
+
+    def remove_stale_partials(self, tenant_id: str, older_than: timedelta) -> int:
+        return 0
+
+    def check_writable(self) -> None:
+        with self._writer("tenants/.write-check") as sink:
+            sink.write(b"ok")
+        self._delete("tenants/.write-check")
+
+
+class LocalStorage(Storage):
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
-    def tenant_dir(self, tenant_id: str, create: bool = False) -> Path:
-        path = self.root / "tenants" / tenant_id
-        if create:
-            for folder in (self.root, self.root / "tenants", path):
-                folder.mkdir(mode=DIR_MODE, exist_ok=True)
-        return path
+    def location(self, key: str = "") -> str:
+        return str(self.root / key)
 
-    def backup_path(self, tenant_id: str, name: str) -> Path:
-        """Path of one of this tenant's backups; refuses any name that is not one (no separators, no `..`)."""
-        parse_backup_name(tenant_id, name)
-        return self.tenant_dir(tenant_id) / name
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def tenant_dir(self, tenant_id: str) -> Path:
+        return self.root / "tenants" / tenant_id
+
+    def local_path(self, tenant_id: str, name: str) -> Path | None:
+        return self._path(self.key(tenant_id, name))
 
     @contextlib.contextmanager
-    def open_for_write(self, tenant_id: str, name: str) -> Iterator[BinaryIO]:
-        """Write a backup atomically: on success it appears under its name; on any error nothing is left."""
-        final = self.backup_path(tenant_id, name)
-        folder = self.tenant_dir(tenant_id, create=True)
-        temp = folder / partial_name(name)
+    def _writer(self, key: str) -> Iterator[Sink]:
+        final = self._path(key)
+        folder = final.parent
+        for each in [*reversed(folder.parents[: len(folder.relative_to(self.root).parts)]), folder]:
+            each.mkdir(mode=DIR_MODE, exist_ok=True)
+        temp = folder / partial_name(final.name)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
             with os.fdopen(fd, "wb", buffering=0) as handle:
@@ -72,67 +209,42 @@ class LocalStorage:
             temp.unlink(missing_ok=True)
             raise
 
+    @contextlib.contextmanager
+    def _reader(self, key: str) -> Iterator[BinaryIO]:
+        with self._path(key).open("rb") as handle:
+            yield handle
+
+    def _size(self, key: str) -> int | None:
+        path = self._path(key)
+        return path.stat().st_size if path.is_file() else None
+
+    def _names(self, prefix: str) -> list[str]:
+        folder = self._path(prefix)
+        return [p.name for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+
+    def _delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def _put(self, key: str, data: bytes) -> None:
+        with self._writer(key) as sink:
+            sink.write(data)
+
+    def _get(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _usage(self, prefix: str) -> int:
+        folder = self._path(prefix)
+        return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
     def partial_exists(self, tenant_id: str, name: str) -> bool:
         return (self.tenant_dir(tenant_id) / partial_name(name)).exists()
 
-    def open_for_read(self, tenant_id: str, name: str) -> BinaryIO:
-        path = self.backup_path(tenant_id, name)
-        if not path.is_file():
-            raise InvalidInput(f"backup {name!r} of tenant {tenant_id!r} does not exist")
-        return path.open("rb")
-
-    def exists(self, tenant_id: str, name: str) -> bool:
-        return self.backup_path(tenant_id, name).is_file()
-
-    def list_backups(self, tenant_id: str) -> list[str]:
-        folder = self.tenant_dir(tenant_id)
-        if not folder.is_dir():
-            return []
-        return sorted(p.name for p in folder.iterdir() if p.is_file() and is_backup_name(tenant_id, p.name))
-
-    def describe_backups(self, tenant_id: str) -> list[BackupInfo]:
-        """Every backup of the tenant with what its manifest says, oldest first."""
-        infos = []
-        for name in self.list_backups(tenant_id):
-            manifest = self.read_manifest(tenant_id, name)
-            infos.append(
-                BackupInfo(
-                    name=name,
-                    taken_at=parse_backup_name(tenant_id, name),
-                    size_bytes=self.backup_path(tenant_id, name).stat().st_size,
-                    verified=bool(manifest and manifest.verified),
-                    compression=manifest.compression if manifest else None,
-                    sha256=manifest.sha256 if manifest else None,
-                )
-            )
-        return infos
-
-    def write_manifest(self, manifest: BackupManifest) -> None:
-        path = self.backup_path(manifest.tenant_id, manifest.backup_name)
-        target = path.with_name(manifest_name(path.name))
-        temp = target.with_name(partial_name(target.name))
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(manifest.model_dump_json(indent=2))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-
-    def read_manifest(self, tenant_id: str, name: str) -> BackupManifest | None:
-        path = self.backup_path(tenant_id, name)
-        target = path.with_name(manifest_name(path.name))
-        try:
-            return BackupManifest.model_validate_json(target.read_text())
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            return None  # an unreadable manifest is no evidence the backup is good
-
-    def delete_backup(self, tenant_id: str, name: str) -> None:
-        """Delete the manifest first: a backup without manifest is never counted as a good copy."""
-        path = self.backup_path(tenant_id, name)
-        path.with_name(manifest_name(path.name)).unlink(missing_ok=True)
-        path.unlink(missing_ok=True)
+    def free_bytes(self) -> int | None:
+        self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        return shutil.disk_usage(self.root).free
 
     def remove_stale_partials(self, tenant_id: str, older_than: timedelta) -> int:
         """Remove `.partial` files a crashed backup or restore left behind, once they are clearly abandoned."""
@@ -151,8 +263,130 @@ class LocalStorage:
                 removed += 1
         return removed
 
-    def check_writable(self) -> None:
-        self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        probe = self.root / partial_name("write-check")
-        probe.write_bytes(b"ok")
-        probe.unlink()
+
+class _MultipartUpload:
+    """Buffers at most one part in memory; uploads parts as they fill."""
+
+    def __init__(self, client, bucket: str, key: str, part_size: int) -> None:
+        self.client, self.bucket, self.key, self.part_size = client, bucket, key, part_size
+        self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        self.parts: list[dict] = []
+        self.buffer = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.buffer += data
+        while len(self.buffer) >= self.part_size:
+            self._upload(bytes(self.buffer[: self.part_size]))
+            del self.buffer[: self.part_size]
+        return len(data)
+
+    def _upload(self, body: bytes) -> None:
+        number = len(self.parts) + 1
+        done = self.client.upload_part(
+            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body
+        )
+        self.parts.append({"PartNumber": number, "ETag": done["ETag"]})
+
+    def complete(self) -> None:
+        if self.buffer or not self.parts:
+            self._upload(bytes(self.buffer))
+            self.buffer.clear()
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts}
+        )
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+
+
+class S3Storage(Storage):
+    def __init__(self, bucket: str, prefix: str, client, part_size: int) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = client
+        self.part_size = part_size
+
+    def location(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    @contextlib.contextmanager
+    def _writer(self, key: str) -> Iterator[Sink]:
+        upload = _MultipartUpload(self.client, self.bucket, self._key(key), self.part_size)
+        try:
+            yield upload
+            upload.complete()
+        except BaseException:
+            upload.abort()  # no object and no orphaned parts are left behind
+            raise
+
+    @contextlib.contextmanager
+    def _reader(self, key: str) -> Iterator[BinaryIO]:
+        body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        try:
+            yield body
+        finally:
+            body.close()
+
+    def _size(self, key: str) -> int | None:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"]
+        except self.client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def _names(self, prefix: str) -> list[str]:
+        full = self._key(prefix)
+        names = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            names += [item["Key"][len(full) :] for item in page.get("Contents", [])]
+        return [n for n in names if "/" not in n]
+
+    def _delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def _put(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def _get(self, key: str) -> bytes | None:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except self.client.exceptions.NoSuchKey:
+            return None
+        with contextlib.closing(body):
+            return body.read()
+
+    def _usage(self, prefix: str) -> int:
+        total = 0
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            total += sum(item["Size"] for item in page.get("Contents", []))
+        return total
+
+    def pending_uploads(self) -> list[str]:
+        """Multipart uploads started and neither completed nor aborted (there should be none)."""
+        found = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self._key(""))
+        return [u["Key"] for u in found.get("Uploads", [])]
+
+
+def open_storage(settings: Settings) -> Storage:
+    """The storage TENANTS_STORAGE_URL names: a folder path, file:// or s3://bucket/prefix."""
+    url = settings.storage_url
+    if url.startswith("s3://"):
+        import boto3
+        from botocore.config import Config
+
+        parsed = urlparse(url)
+        if not parsed.netloc:
+            raise InvalidInput(f"storage URL {url!r} names no bucket")
+        client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+        )
+        return S3Storage(parsed.netloc, parsed.path, client, settings.s3_part_size_mb * 2**20)
+    return LocalStorage(settings.storage_root)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from activities.storage import open_storage
 from starter.output import human_size, table
 from starter.runs import start_and_follow
 from tenancy.errors import InvalidInput
@@ -91,7 +92,7 @@ def _show(result: BackupTenantResult | FleetResult, as_json: bool, settings: Set
         return 0 if not isinstance(result, FleetResult) or result.failed == 0 else 1
     if isinstance(result, BackupTenantResult):
         print(f"backup   {result.backup_name}")
-        print(f"path     {settings.storage_root / result.path}")
+        print(f"path     {open_storage(settings).location(result.path)}")
         print(f"size     {human_size(result.size_bytes)} ({result.compression})")
         print(f"sha256   {result.sha256}")
         print(f"rows     {sum(result.row_counts.values())} in {len(result.row_counts)} tables")

@@ -9,7 +9,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
 from activities.catalog_db import Catalog
 from activities.pg import find_client_tools, server_major
-from activities.storage import LocalStorage
+from activities.storage import open_storage
 from tenancy.errors import failure_message
 from tenancy.search import TENANT_ID
 from tenancy.settings import Settings
@@ -67,10 +67,11 @@ async def run_checks(settings: Settings) -> int:
         except Exception as exc:
             results.append(("catalog", False, failure_message(exc)))
     try:
-        LocalStorage(settings.storage_root).check_writable()
-        results.append(("storage", True, f"{settings.storage_root} is writable"))
+        storage = open_storage(settings)
+        storage.check_writable()
+        results.append(("storage", True, f"{storage.location()} is writable"))
     except Exception as exc:
-        results.append(("storage", False, f"{settings.storage_root}: {exc}"))
+        results.append(("storage", False, f"{settings.storage_url}: {exc}"))
     try:
         results += await _temporal(settings)
     except Exception as exc:

@@ -7,7 +7,7 @@ import re
 import sys
 from datetime import UTC, datetime
 
-from activities.storage import LocalStorage
+from activities.storage import open_storage
 from starter.output import human_size, table
 from starter.runs import start_and_follow
 from tenancy.errors import InvalidInput
@@ -65,7 +65,7 @@ def _confirm(prompt: str) -> bool:
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     tenant_id = validate_tenant_id(args.tenant)
-    storage = LocalStorage(settings.storage_root)
+    storage = open_storage(settings)
     backups = storage.describe_backups(tenant_id)
     if args.list:
         if args.json:

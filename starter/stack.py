@@ -97,7 +97,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             f"  Temporal Web UI : {settings.temporal_ui_url}\n"
             f"  Temporal        : {settings.temporal_address} (namespace {settings.temporal_namespace})\n"
             f"  PostgreSQL      : {redact_url(settings.effective_database_url)}\n"
-            f"  backups         : {settings.storage_root}\n"
+            f"  backups         : {settings.storage_url}\n"
             f"  schedules       : {', '.join(report.created + report.updated + report.unchanged)} "
             f"(tenants schedules list)\n"
             f"  try             : tenants list; tenants backup --tenant acme; tenants backup --all\n"

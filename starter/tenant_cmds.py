@@ -9,7 +9,7 @@ import psycopg
 
 from activities.catalog_db import Catalog
 from activities.credentials import read_credentials
-from activities.storage import LocalStorage
+from activities.storage import open_storage
 from starter.output import human_size, table
 from starter.runs import start_and_follow
 from tenancy.errors import InvalidInput
@@ -215,7 +215,7 @@ async def show(args: argparse.Namespace, settings: Settings) -> int:
                 "SELECT pg_database_size(datname) FROM pg_database WHERE datname = %s", [tenant.database_name]
             ).fetchone()
             size = row[0] if row else None
-    backups = LocalStorage(settings.storage_root).describe_backups(tenant_id)
+    backups = open_storage(settings).describe_backups(tenant_id)
     last = next((b for b in reversed(backups) if b.verified), None)
     events = await catalog.events(tenant_id, limit=10)
     plan = settings.plans.get(tenant.plan)

@@ -44,6 +44,9 @@ class DumpRequest(BaseModel):
 
 class DumpResult(BaseModel):
     tenant_id: str
+    # age encryption of the stored bytes: to these public recipients (never a private key)
+    encrypted: bool = False
+    recipients: list[str] = Field(default_factory=list)
     database_name: str
     backup_name: str
     format: Literal["custom"] = "custom"
@@ -63,6 +66,9 @@ class BackupManifest(DumpResult):
     verified_at: datetime | None = None
     toc_entries: int = 0
     workflow_id: str | None = None
+    pinned: bool = False  # retention never deletes a pinned backup
+    drilled_at: datetime | None = None  # last restore drill, and whether it passed
+    drill_ok: bool | None = None
 
 
 class RetentionRequest(BaseModel):
@@ -132,6 +138,10 @@ class BackupInfo(BaseModel):
     verified: bool
     compression: str | None = None
     sha256: str | None = None
+    encrypted: bool = False
+    pinned: bool = False
+    drilled_at: datetime | None = None
+    drill_ok: bool | None = None
 
 
 class BackupSelection(BaseModel):

@@ -50,6 +50,16 @@ class Settings(BaseSettings):
     # Local state of the embedded stack (Temporal's database file, PostgreSQL data folder).
     state_dir: Path = Path(".tenants")
 
+    # S3-compatible storage (TENANTS_STORAGE_URL=s3://bucket/prefix): endpoint for MinIO, GCS interoperability
+    # or a local test server; credentials come from the usual AWS variables or files.
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_part_size_mb: int = Field(default=16, ge=5, le=5120)
+    # Encryption at rest with age: backups are encrypted to these public recipients (age1…); restores and drills
+    # read the private identity from a file. Workers that only back up never need the identity.
+    age_recipients: list[str] = Field(default_factory=list)
+    age_identity_file: Path | None = None
+
     compression: Compression = "gzip"
     # gzip: 0-9 (6 is the original system's advice); zstd: 1-22 (3 is zstd's own default).
     compression_level: int | None = None
@@ -153,8 +163,10 @@ class Settings(BaseSettings):
         url = self.storage_url
         if url.startswith("file://"):
             return Path(urlparse(url).path).resolve()
+        if url.startswith("s3://"):
+            return (self.state_dir / "s3-cache").resolve()  # object storage: nothing is kept locally
         if "://" in url:
-            raise ValueError(f"unsupported storage URL {url!r}: use a folder path or a file:// URL")
+            raise ValueError(f"unsupported storage URL {url!r}: use a folder path, file:// or s3://bucket/prefix")
         return Path(url).expanduser().resolve()
 
 

@@ -101,6 +101,38 @@ def worker_with(temporal_env: WorkflowEnvironment, settings: Settings):
     return start
 
 
+@pytest.fixture(scope="session")
+def s3_endpoint() -> AsyncIterator[str]:
+    """A real S3-compatible server on loopback: moto in server mode."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    proc = subprocess.Popen(
+        [binary, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        os.environ.setdefault(name, value)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            break
+        time.sleep(0.1)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 @pytest.fixture
 def catalog(settings: Settings) -> Catalog:
     return Catalog(settings)
