@@ -16,7 +16,9 @@ from activities.heartbeat import Heartbeater
 from activities.pg import connect, count_rows, find_client_tools, libpq_env, server_major
 from activities.storage import open_storage
 from activities.subprocesses import kill_group, tail
+from tenancy.calendar_retention import CalendarEntry, plan_calendar
 from tenancy.errors import (
+    BACKUP_NOT_FOUND,
     BACKUP_VERIFICATION_FAILED,
     DUMP_FAILED,
     TENANT_DATABASE_MISSING,
@@ -28,11 +30,13 @@ from tenancy.models import (
     BackupManifest,
     DumpRequest,
     DumpResult,
+    PinRequest,
+    RetentionDecision,
     RetentionRequest,
     RetentionResult,
 )
 from tenancy.naming import backup_name
-from tenancy.retention import BackupEntry, plan_keep_newest
+from tenancy.retention import plan_keep_n
 from tenancy.settings import Settings
 
 
@@ -244,24 +248,49 @@ class BackupActivities:
 
     @activity.defn
     async def apply_retention(self, req: RetentionRequest) -> RetentionResult:
-        """Keep the N newest verified backups of the tenant and delete the older ones."""
+        """Decide which backups the policy keeps (keep-N, or calendar) and delete the others — or, in a dry run,
+        only say why each one would be kept or deleted. Pinned and unverified backups are never deleted."""
         log = self._log(req.tenant_id)
         entries = [
-            BackupEntry(name=b.name, taken_at=b.taken_at, verified=b.verified)
+            CalendarEntry(
+                name=b.name, taken_at=b.taken_at, verified=b.verified, size_bytes=b.size_bytes, pinned=b.pinned
+            )
             for b in self.storage.describe_backups(req.tenant_id)
         ]
         try:
-            plan = plan_keep_newest(entries, req.keep)
+            if self.settings.retention_policy == "calendar":
+                plan = plan_calendar(entries, self.settings.calendar_policy(), datetime.now(UTC))
+            else:
+                plan = plan_keep_n(entries, req.keep)
         except InvalidInput as exc:
             raise fail("InvalidInput", str(exc)) from None
-        kept = [b.name for b in plan.keep]
-        if req.newest_backup not in kept:
+        kept = [d.entry.name for d in plan.decisions if d.keep]
+        if req.newest_backup is not None and req.newest_backup not in kept:
             # Never delete around a backup we did not just verify: something is off with names or clocks.
             raise fail(
                 BACKUP_VERIFICATION_FAILED,
                 f"retention refused: the new backup {req.newest_backup!r} would not be among the kept ones",
             )
-        for entry in plan.delete:
-            self.storage.delete_backup(req.tenant_id, entry.name)
-            log.info("backup deleted by retention", backup=entry.name, keep=req.keep)
-        return RetentionResult(kept=kept, deleted=[b.name for b in plan.delete])
+        deleted = [d.entry.name for d in plan.decisions if not d.keep]
+        if not req.dry_run:
+            for name in deleted:
+                self.storage.delete_backup(req.tenant_id, name)
+                log.info("backup deleted by retention", backup=name, policy=self.settings.retention_policy)
+        return RetentionResult(
+            kept=kept,
+            deleted=deleted,
+            decisions=[RetentionDecision(name=d.entry.name, keep=d.keep, reason=d.reason) for d in plan.decisions],
+            policy=self.settings.retention_policy,
+        )
+
+    @activity.defn
+    async def set_pinned(self, req: PinRequest) -> bool:
+        """Pin a backup (retention never deletes it) or unpin it; the flag lives in its manifest."""
+        if not self.storage.exists(req.tenant_id, req.backup_name):
+            raise fail(BACKUP_NOT_FOUND, f"backup {req.backup_name!r} of tenant {req.tenant_id!r} does not exist")
+        manifest = self.storage.read_manifest(req.tenant_id, req.backup_name)
+        if manifest is None:
+            raise fail(BACKUP_NOT_FOUND, f"backup {req.backup_name!r} has no manifest: it was never verified")
+        self.storage.write_manifest(manifest.model_copy(update={"pinned": req.pinned}))
+        self._log(req.tenant_id).info("backup pinned" if req.pinned else "backup unpinned", backup=req.backup_name)
+        return req.pinned

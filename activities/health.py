@@ -63,6 +63,7 @@ class HealthActivities:
                 quota_bytes=plan.quota_mb * 2**20 if plan else None,
                 last_maintenance_at=(tenant.last_maintenance or {}).get("at"),
                 failed_runs=len(failed.get(tenant.id, [])),
+                backup_bytes=self.storage.usage(tenant.id),
             )
             rows.append(row)
             if row.backup_age_hours is not None:
@@ -74,7 +75,14 @@ class HealthActivities:
                 )
         for run in failed.get(None, []):
             alerts.append(Alert(kind="failed_run", tenant_id=None, message=f"{run} failed"))
-        return HealthReport(checked_at=now, tenants=rows, alerts=alerts)
+        return HealthReport(
+            checked_at=now,
+            tenants=rows,
+            alerts=alerts,
+            storage=self.storage.location(),
+            storage_used_bytes=self.storage.usage(),
+            storage_free_bytes=self.storage.free_bytes(),
+        )
 
     @activity.defn
     async def send_alerts(self, alerts: list[Alert]) -> list[str]:

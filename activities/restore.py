@@ -13,6 +13,7 @@ import re
 import subprocess
 import threading
 from collections import deque
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -40,6 +41,7 @@ from tenancy.log import get_logger
 from tenancy.models import (
     BackupManifest,
     BackupSelection,
+    DrillResult,
     RestoredCheckRequest,
     ScratchRestoreRequest,
     SwapRequest,
@@ -378,6 +380,30 @@ class RestoreActivities:
             await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(_ident(req.previous_name)))
         self._log(req.tenant_id).info("previous database dropped", database=req.previous_name)
         return existed
+
+    @activity.defn
+    async def drop_scratch_database(self, req: SwapRequest) -> None:
+        """Drop a scratch copy (a drill's, when it is done); refuses the tenant's own database."""
+        if req.scratch_name == req.database_name or "__rs_" not in req.scratch_name:
+            raise fail(INVALID_INPUT, f"{req.scratch_name!r} is not a scratch database")
+        await self._drop(req.scratch_name)
+
+    @activity.defn
+    async def record_drill(self, result: DrillResult) -> None:
+        """A drill's outcome goes into the backup's manifest (drilled at, passed or not) and the catalog."""
+        if result.backup_name:
+            manifest = self.storage.read_manifest(result.tenant_id, result.backup_name)
+            if manifest is not None:
+                self.storage.write_manifest(
+                    manifest.model_copy(update={"drilled_at": datetime.now(UTC), "drill_ok": result.ok})
+                )
+        await self.catalog.record_event(
+            result.tenant_id, "BackupDrilled", result.model_dump(mode="json"), activity.info().workflow_id
+        )
+        log = self._log(result.tenant_id)
+        (log.info if result.ok else log.warning)(
+            "restore drill", backup=result.backup_name, ok=result.ok, error=result.error
+        )
 
     @activity.defn
     async def clear_tenant_cache(self, tenant_id: str) -> int | None:

@@ -13,7 +13,16 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from starter import backup_cmd, list_cmd, maintenance_cmd, restore_cmd, schedules_cmd, stack, tenant_cmds
+from starter import (
+    backup_cmd,
+    list_cmd,
+    maintenance_cmd,
+    offsite_cmds,
+    restore_cmd,
+    schedules_cmd,
+    stack,
+    tenant_cmds,
+)
 from starter.output import error
 from tenancy.errors import InvalidInput, failure_message, failure_type
 from tenancy.log import configure_logging
@@ -40,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     tenant_cmds.add_parsers(subparsers)
     maintenance_cmd.add_parser(subparsers)
     schedules_cmd.add_parsers(subparsers)
+    offsite_cmds.add_parsers(subparsers)
     worker = subparsers.add_parser("worker", help="run a worker (same as `python worker.py`)")
     worker.set_defaults(handler=None)
     return parser

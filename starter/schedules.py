@@ -25,10 +25,11 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.catalog_db import Catalog
 from tenancy.errors import InvalidInput
-from tenancy.models import FleetBackupInput, FleetMaintenanceInput, HealthInput
+from tenancy.models import DrillFleetInput, FleetBackupInput, FleetMaintenanceInput, HealthInput
 from tenancy.schedules import ScheduleDeclaration, parse_schedules
 from tenancy.settings import Settings
 from workflows.backup_fleet import BackupAllTenantsWorkflow
+from workflows.drill import DrillAllTenantsWorkflow
 from workflows.health_check import HealthCheckWorkflow
 from workflows.maintain_tenant import MaintainAllTenantsWorkflow
 
@@ -62,6 +63,11 @@ def _action(decl: ScheduleDeclaration, settings: Settings) -> ScheduleActionStar
     if decl.workflow == "maintenance-all":
         arg = FleetMaintenanceInput(tasks=decl.tasks, days=decl.days, concurrency=settings.fleet_concurrency)
         return ScheduleActionStartWorkflow(MaintainAllTenantsWorkflow.run, arg, **common)
+    if decl.workflow == "drill-all":
+        arg = DrillFleetInput(
+            every_weeks=settings.drill_every_weeks, concurrency=max(1, settings.fleet_concurrency // 2)
+        )
+        return ScheduleActionStartWorkflow(DrillAllTenantsWorkflow.run, arg, **common)
     return ScheduleActionStartWorkflow(HealthCheckWorkflow.run, HealthInput(), **common)
 
 

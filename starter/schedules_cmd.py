@@ -127,8 +127,22 @@ async def health_cmd(args: argparse.Namespace, settings: Settings) -> int:
             else ""
         )
         age = f"{t.backup_age_hours:.1f} h" if t.backup_age_hours is not None else "never"
-        rows.append((t.tenant_id, t.status, age, usage, (t.last_maintenance_at or "never")[:16], t.failed_runs))
-    print(table(["tenant", "status", "last backup", "size / quota", "last maintenance", "failed runs"], rows))
+        rows.append(
+            (
+                t.tenant_id,
+                t.status,
+                age,
+                usage,
+                human_size(t.backup_bytes),
+                (t.last_maintenance_at or "never")[:16],
+                t.failed_runs,
+            )
+        )
+    print(
+        table(["tenant", "status", "last backup", "size / quota", "backups", "last maintenance", "failed runs"], rows)
+    )
+    free = f", {human_size(report.storage_free_bytes)} free" if report.storage_free_bytes is not None else ""
+    print(f"storage {report.storage}: {human_size(report.storage_used_bytes)} of backups{free}")
     for alert in report.alerts:
         print(f"ALERT {alert.kind}: {alert.message}")
     print(f"{len(report.alerts)} alert(s) at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")

@@ -75,12 +75,43 @@ class RetentionRequest(BaseModel):
     tenant_id: str
     keep: int
     # The backup this run just verified: retention refuses to run if it is not among the kept.
-    newest_backup: str
+    newest_backup: str | None = None
+    dry_run: bool = False
+
+
+class RetentionDecision(BaseModel):
+    name: str
+    keep: bool
+    reason: str
 
 
 class RetentionResult(BaseModel):
     kept: list[str]
     deleted: list[str]
+    decisions: list[RetentionDecision] = Field(default_factory=list)
+    policy: str = "keep"
+
+
+class PinRequest(BaseModel):
+    tenant_id: str
+    backup_name: str
+    pinned: bool
+
+
+class DrillInput(BaseModel):
+    tenant_id: str
+    backup_name: str | None = None  # None: the newest verified backup
+    checks: list[str] = Field(default_factory=list)
+
+
+class DrillResult(BaseModel):
+    tenant_id: str
+    backup_name: str | None
+    ok: bool
+    tables: int = 0
+    rows: int = 0
+    seconds: float = 0
+    error: str | None = None
 
 
 class BackupTenantResult(BaseModel):
@@ -451,10 +482,11 @@ class TenantHealth(BaseModel):
     quota_bytes: int | None
     last_maintenance_at: str | None
     failed_runs: int = 0
+    backup_bytes: int = 0  # storage used by the tenant's backups
 
 
 class Alert(BaseModel):
-    kind: Literal["stale_backup", "over_quota", "failed_run"]
+    kind: Literal["stale_backup", "over_quota", "failed_run", "failed_drill"]
     tenant_id: str | None
     message: str
 
@@ -463,3 +495,16 @@ class HealthReport(BaseModel):
     checked_at: datetime
     tenants: list[TenantHealth]
     alerts: list[Alert]
+    storage: str = ""
+    storage_used_bytes: int = 0
+    storage_free_bytes: int | None = None  # None for object storage
+
+
+class PruneInput(FleetOptions):
+    tenant_id: str | None = None  # None: every active tenant
+    keep: int = 7
+    dry_run: bool = True
+
+
+class DrillFleetInput(FleetOptions):
+    every_weeks: int = 1

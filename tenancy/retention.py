@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from tenancy.calendar_retention import NOT_VERIFIED, PINNED, CalendarEntry, CalendarPlan, Decision
 from tenancy.errors import InvalidInput
 
 
@@ -38,3 +39,22 @@ def plan_keep_newest(backups: list[BackupEntry], keep: int) -> RetentionPlan:
     verified = sorted((b for b in backups if b.verified), key=lambda b: (b.taken_at, b.name), reverse=True)
     untouched = [b for b in backups if not b.verified]
     return RetentionPlan(keep=verified[:keep], delete=verified[keep:], untouched=untouched)
+
+
+def plan_keep_n(backups: list[CalendarEntry], keep: int) -> CalendarPlan:
+    """Keep-N with pins and reasons: pinned and unverified backups are kept; of the verified ones, the `keep`
+    newest are kept and the older ones deleted."""
+    validate_keep(keep)
+    decisions = []
+    verified = sorted((b for b in backups if b.verified and not b.pinned), key=lambda b: (b.taken_at, b.name))
+    newest = set(id(b) for b in verified[-keep:])
+    for entry in sorted(backups, key=lambda b: (b.taken_at, b.name), reverse=True):
+        if entry.pinned:
+            decisions.append(Decision(entry, True, PINNED))
+        elif not entry.verified:
+            decisions.append(Decision(entry, True, NOT_VERIFIED))
+        elif id(entry) in newest:
+            decisions.append(Decision(entry, True, f"one of the {keep} newest verified backups"))
+        else:
+            decisions.append(Decision(entry, False, f"older than the {keep} newest verified backups"))
+    return CalendarPlan(decisions)

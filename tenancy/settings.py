@@ -64,6 +64,17 @@ class Settings(BaseSettings):
     # gzip: 0-9 (6 is the original system's advice); zstd: 1-22 (3 is zstd's own default).
     compression_level: int | None = None
     keep: int = Field(default=7, ge=1)
+    # Retention: "keep" keeps the N newest verified backups (--keep); "calendar" keeps all for a few days, then
+    # one a day, a week, a month, a year (spatie's defaults), with an optional size cap. Pinned backups always stay.
+    retention_policy: Literal["keep", "calendar"] = "keep"
+    calendar_keep_all_days: int = Field(default=7, ge=0)
+    calendar_daily_days: int = Field(default=16, ge=0)
+    calendar_weekly_weeks: int = Field(default=8, ge=0)
+    calendar_monthly_months: int = Field(default=4, ge=0)
+    calendar_yearly_years: int = Field(default=2, ge=0)
+    calendar_max_total_mb: int | None = Field(default=None, ge=1)
+    # Restore drills: each tenant's newest backup is drilled once every N weeks (1: every tenant every week).
+    drill_every_weeks: int = Field(default=1, ge=1)
     fleet_concurrency: int = Field(default=4, ge=1, le=64)
     # How long a mutating operation waits for another one on the same tenant; 0 fails at once.
     lock_wait_seconds: int = Field(default=0, ge=0)
@@ -148,6 +159,19 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"postgresql://postgres@127.0.0.1:{self.embedded_pg_port}/postgres"
+
+    def calendar_policy(self):
+        from tenancy.calendar_retention import CalendarPolicy
+
+        cap = self.calendar_max_total_mb * 2**20 if self.calendar_max_total_mb else None
+        return CalendarPolicy(
+            keep_all_days=self.calendar_keep_all_days,
+            daily_days=self.calendar_daily_days,
+            weekly_weeks=self.calendar_weekly_weeks,
+            monthly_months=self.calendar_monthly_months,
+            yearly_years=self.calendar_yearly_years,
+            max_total_bytes=cap,
+        )
 
     @property
     def effective_secrets_dir(self) -> Path:

@@ -139,3 +139,94 @@ async def test_encrypted_backup_restores_with_the_identity_and_fails_clearly_wit
     async with worker_with(age_identity_file=right) as queue:
         await run(temporal_env, queue, RestoreTenantWorkflow.run, RestoreTenantInput(tenant_id=tenant.id, jobs=2))
     assert await table_fingerprint(url, tenant.database_name) == expected
+
+
+async def test_drill_of_a_good_backup_passes_and_of_a_tampered_one_fails_and_alerts(
+    temporal_env, worker_with, settings, make_tenant, catalog
+):
+    from tenancy.models import DrillInput
+    from tests.servers import WebhookReceiver
+    from workflows.drill import BackupDrillWorkflow
+
+    tenant = await make_tenant(entries=3000)
+    with WebhookReceiver() as hook:
+        async with worker_with(alert_webhook_url=hook.url) as queue:
+            good = await run(temporal_env, queue, BackupTenantWorkflow.run, BackupTenantInput(tenant_id=tenant.id))
+            passed = await run(temporal_env, queue, BackupDrillWorkflow.run, DrillInput(tenant_id=tenant.id))
+            assert passed.ok and passed.backup_name == good.backup_name and passed.rows >= 3000
+            manifest = open_storage(settings).read_manifest(tenant.id, good.backup_name)
+            assert manifest.drill_ok is True and manifest.drilled_at is not None
+
+            path = settings.storage_root / good.path
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2] ^= 0x01
+            path.write_bytes(bytes(data))
+            failed = await run(
+                temporal_env,
+                queue,
+                BackupDrillWorkflow.run,
+                DrillInput(tenant_id=tenant.id, backup_name=good.backup_name),
+            )
+            await wait_until(lambda: hook.received, what="the alert")
+    assert not failed.ok and "does not match its manifest" in failed.error
+    assert open_storage(settings).read_manifest(tenant.id, good.backup_name).drill_ok is False
+    alerts = [a for body in hook.events() for a in body["alerts"]]
+    assert alerts[0]["kind"] == "failed_drill" and alerts[0]["tenant_id"] == tenant.id
+    with psycopg.connect(settings.effective_database_url) as conn:  # no scratch copy left behind
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM pg_database WHERE datname LIKE %s", [tenant.database_name + "\\_\\_%"]
+            ).fetchone()[0]
+            == 0
+        )
+    assert [e["type"] for e in await catalog.events(tenant.id)][:2] == ["BackupDrilled", "BackupDrilled"]
+
+
+async def test_calendar_retention_keeps_pinned_backups_and_prune_explains(
+    temporal_env, worker_with, settings, make_tenant
+):
+    from datetime import UTC, datetime, timedelta
+
+    from tenancy.models import PinRequest, PruneInput
+    from tenancy.naming import backup_name
+    from workflows.retention import PinBackupWorkflow, PruneTenantWorkflow
+
+    tenant = await make_tenant(entries=50)
+    storage = open_storage(settings)
+    async with worker_with() as queue:
+        taken = await run(temporal_env, queue, BackupTenantWorkflow.run, BackupTenantInput(tenant_id=tenant.id))
+    # A history: copies of that verified backup under the names of backups taken 1 to 40 days ago.
+    manifest = storage.read_manifest(tenant.id, taken.backup_name)
+    source = (settings.storage_root / taken.path).read_bytes()
+    names = []
+    for days in range(1, 41):
+        name = backup_name(tenant.id, datetime.now(UTC) - timedelta(days=days, hours=1), "gzip")
+        with storage.open_for_write(tenant.id, name) as sink:
+            sink.write(source)
+        storage.write_manifest(manifest.model_copy(update={"backup_name": name}))
+        names.append(name)
+    oldest = names[-1]
+    calendar = {
+        "retention_policy": "calendar",
+        "calendar_keep_all_days": 7,
+        "calendar_daily_days": 7,
+        "calendar_weekly_weeks": 2,
+        "calendar_monthly_months": 0,
+        "calendar_yearly_years": 0,
+    }
+    async with worker_with(**calendar) as queue:
+        await run(
+            temporal_env, queue, PinBackupWorkflow.run, PinRequest(tenant_id=tenant.id, backup_name=oldest, pinned=True)
+        )
+        dry = await run(temporal_env, queue, PruneTenantWorkflow.run, PruneInput(tenant_id=tenant.id, dry_run=True))
+        assert len(storage.list_backups(tenant.id)) == 41  # a dry run deletes nothing
+        reasons = {d.name: (d.keep, d.reason) for d in dry.decisions}
+        assert reasons[oldest] == (True, "pinned")
+        assert reasons[taken.backup_name] == (True, "newest verified backup")
+        assert reasons[names[2]][0] and "within 7 days" in reasons[names[2]][1]
+        assert not reasons[names[30]][0]
+        done = await run(temporal_env, queue, PruneTenantWorkflow.run, PruneInput(tenant_id=tenant.id, dry_run=False))
+    assert sorted(done.deleted) == sorted(n for n, (keep, _) in reasons.items() if not keep)
+    left = storage.list_backups(tenant.id)
+    assert oldest in left and taken.backup_name in left and len(left) == len(done.kept)
+    assert all(name not in left for name in done.deleted)

@@ -17,15 +17,20 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from activities.storage import open_storage
 from tenancy.models import (
     BackupTenantInput,
     DeprovisionTenantInput,
+    DrillFleetInput,
+    DrillInput,
     FleetBackupInput,
     FleetInput,
     FleetMaintenanceInput,
     HealthInput,
     MaintainTenantInput,
+    PinRequest,
     ProvisionTenantInput,
+    PruneInput,
     RestoreTenantInput,
     SettingsChange,
     StatusChange,
@@ -33,12 +38,14 @@ from tenancy.models import (
 from workflows.backup_fleet import BackupAllTenantsWorkflow
 from workflows.backup_tenant import BackupTenantWorkflow
 from workflows.deprovision_tenant import DeprovisionTenantWorkflow
+from workflows.drill import BackupDrillWorkflow, DrillAllTenantsWorkflow
 from workflows.health_check import HealthCheckWorkflow
 from workflows.maintain_tenant import MaintainAllTenantsWorkflow, MaintainTenantWorkflow
 from workflows.migrate import MigrateAllTenantsWorkflow
 from workflows.provision_tenant import ProvisionTenantWorkflow
 from workflows.registry import WORKFLOWS
 from workflows.restore_tenant import RestoreTenantWorkflow
+from workflows.retention import PinBackupWorkflow, PruneAllTenantsWorkflow, PruneTenantWorkflow
 from workflows.tenant_status import ChangeTenantStatusWorkflow, UpdateTenantSettingsWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -59,7 +66,7 @@ async def test_recorded_histories_replay_on_the_current_code():
 
 
 @pytest.mark.skipif(not RECORD, reason="records the histories only when TENANTS_RECORD_HISTORIES=1")
-async def test_record_histories(temporal_env, task_queue, make_tenant, catalog):
+async def test_record_histories(temporal_env, task_queue, make_tenant, catalog, settings):
     client = temporal_env.client
     tenant = await make_tenant(entries=100)
     runs = [
@@ -70,6 +77,10 @@ async def test_record_histories(temporal_env, task_queue, make_tenant, catalog):
         (MaintainAllTenantsWorkflow.run, FleetMaintenanceInput(tasks=["cleanup"], dry_run=True)),
         (MigrateAllTenantsWorkflow.run, FleetInput()),
         (HealthCheckWorkflow.run, HealthInput(send_alerts=True)),
+        (BackupDrillWorkflow.run, DrillInput(tenant_id=tenant.id)),
+        (DrillAllTenantsWorkflow.run, DrillFleetInput()),
+        (PruneAllTenantsWorkflow.run, PruneInput(dry_run=True)),
+        (PruneTenantWorkflow.run, PruneInput(tenant_id=tenant.id, dry_run=False)),
     ]
     provisioned = f"replay-{uuid.uuid4().hex[:6]}"
     runs += [
@@ -83,7 +94,11 @@ async def test_record_histories(temporal_env, task_queue, make_tenant, catalog):
     ]
     HISTORIES.mkdir(exist_ok=True)
     try:
-        for run, arg in runs:
+        for run, arg in [*runs, (PinBackupWorkflow.run, None)]:
+            if arg is None:
+                arg = PinRequest(
+                    tenant_id=tenant.id, backup_name=open_storage(settings).list_backups(tenant.id)[-1], pinned=True
+                )
             handle = await client.start_workflow(run, arg, id=f"replay-{uuid.uuid4().hex[:8]}", task_queue=task_queue)
             await handle.result()
             (HISTORIES / f"{handle.id}.json").write_text((await handle.fetch_history()).to_json())

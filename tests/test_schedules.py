@@ -60,7 +60,14 @@ async def test_apply_creates_the_defaults_is_idempotent_and_removes_only_what_is
         report = await apply_schedules(client, local)
         assert sorted(report.created) == sorted(
             f"{prefix}{s}"
-            for s in ("daily-backup", "weekly-maintenance", "monthly-vacuum", "daily-cleanup", "hourly-health")
+            for s in (
+                "daily-backup",
+                "weekly-maintenance",
+                "monthly-vacuum",
+                "daily-cleanup",
+                "hourly-health",
+                "weekly-drill",
+            )
         )
         backup = await client.get_schedule_handle(f"{prefix}daily-backup").describe()
         spec = calendar(backup)
@@ -79,7 +86,7 @@ async def test_apply_creates_the_defaults_is_idempotent_and_removes_only_what_is
         # A pause made by an operator survives a changed declaration.
         await client.get_schedule_handle(f"{prefix}daily-backup").pause(note="migration tonight")
         again = await apply_schedules(client, local)
-        assert again.created == [] and again.updated == [] and again.deleted == [] and len(again.unchanged) == 5
+        assert again.created == [] and again.updated == [] and again.deleted == [] and len(again.unchanged) == 6
 
         declared.write_text(
             declarations_with_prefix(prefix, drop={"weekly-maintenance"}).replace("keep = 7", "keep = 9")

@@ -38,7 +38,8 @@ async def run_child(
         result = await start()
     except ChildWorkflowError as exc:
         return TenantOutcome(tenant_id=tenant_id, ok=False, workflow_id=child_id, error=failure_message(exc))
-    return TenantOutcome(tenant_id=tenant_id, ok=True, workflow_id=child_id, **describe(result))
+    # `describe` may say more, including that a run which completed did not succeed (a failed drill).
+    return TenantOutcome(**{"tenant_id": tenant_id, "ok": True, "workflow_id": child_id, **describe(result)})
 
 
 async def fan_out(

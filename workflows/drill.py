@@ -1,0 +1,141 @@
+"""Restore drills: a backup is restored into a scratch database, checked as a restore would check it, and
+dropped; the outcome is recorded, and a failed drill raises an alert. "A backup never restored is a hope."""
+
+from __future__ import annotations
+
+import zlib
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.catalog import CatalogActivities
+    from activities.health import HealthActivities
+    from activities.restore import RestoreActivities
+    from tenancy.errors import failure_message
+    from tenancy.models import (
+        Alert,
+        BackupSelection,
+        DrillFleetInput,
+        DrillInput,
+        DrillResult,
+        FleetResult,
+        RestoredCheckRequest,
+        ScratchRestoreRequest,
+        SwapRequest,
+        TenantOutcome,
+        TenantRef,
+    )
+    from tenancy.naming import scratch_database_name, workflow_id
+    from tenancy.search import tenant_attributes
+    from workflows.fanout import FanOutProgress, fan_out_catalog, result_of, run_child, skipped, start_cursor
+    from workflows.options import LOCAL, LONG, QUICK
+
+
+@workflow.defn
+class BackupDrillWorkflow:
+    @workflow.run
+    async def run(self, req: DrillInput) -> DrillResult:
+        tenant = await workflow.execute_local_activity_method(CatalogActivities.get_tenant, req.tenant_id, **LOCAL)
+        names = SwapRequest(
+            tenant_id=tenant.id,
+            database_name=tenant.database_name,
+            scratch_name=scratch_database_name(tenant.database_name, "d" + workflow.uuid4().hex[:9]),
+            previous_name="",
+        )
+        started = workflow.time()
+        result = DrillResult(tenant_id=tenant.id, backup_name=req.backup_name, ok=False)
+        try:
+            manifest = await workflow.execute_activity_method(
+                RestoreActivities.select_backup,
+                BackupSelection(tenant_id=tenant.id, backup_name=req.backup_name),
+                **LONG,
+            )
+            result.backup_name = manifest.backup_name
+            tables = await workflow.execute_activity_method(
+                RestoreActivities.restore_to_scratch,
+                ScratchRestoreRequest(
+                    tenant_id=tenant.id,
+                    database_name=tenant.database_name,
+                    scratch_name=names.scratch_name,
+                    backup_name=manifest.backup_name,
+                    compression=manifest.compression,
+                    jobs=2,
+                ),
+                **LONG,
+            )
+            counts = await workflow.execute_activity_method(
+                RestoreActivities.verify_restored,
+                RestoredCheckRequest(
+                    tenant_id=tenant.id,
+                    scratch_name=names.scratch_name,
+                    row_counts=manifest.row_counts,
+                    checks=req.checks,
+                ),
+                **LONG,
+            )
+            result = result.model_copy(update={"ok": True, "tables": tables, "rows": sum(counts.values())})
+        except ActivityError as exc:
+            result.error = failure_message(exc)
+        finally:
+            # The scratch copy never outlives the drill, whatever happened.
+            await workflow.execute_activity_method(RestoreActivities.drop_scratch_database, names, **QUICK)
+        result.seconds = round(workflow.time() - started, 2)
+        await workflow.execute_activity_method(RestoreActivities.record_drill, result, **QUICK)
+        if not result.ok:
+            alert = Alert(
+                kind="failed_drill",
+                tenant_id=tenant.id,
+                message=f"tenant {tenant.id}: restore drill of {result.backup_name or 'its newest backup'} failed: "
+                f"{result.error}",
+            )
+            await workflow.execute_activity_method(HealthActivities.send_alerts, [alert], **QUICK)
+        return result
+
+
+@workflow.defn
+class DrillAllTenantsWorkflow:
+    """The weekly drill: every active tenant's newest backup, or a rotating share of tenants each week."""
+
+    def __init__(self) -> None:
+        self._progress = FanOutProgress()
+
+    @workflow.query
+    def progress(self) -> dict[str, int]:
+        return self._progress.as_dict()
+
+    @workflow.run
+    async def run(self, req: DrillFleetInput) -> FleetResult:
+        cursor = start_cursor(req.cursor)
+        week = cursor.started_at.isocalendar().week
+
+        async def drill(tenant: TenantRef) -> TenantOutcome:
+            if (zlib.crc32(tenant.id.encode()) + week) % req.every_weeks:
+                return skipped(TenantRef(id=tenant.id, status=f"drilled another week (1 in {req.every_weeks})"))
+            child_id = workflow_id("drill", tenant.id, cursor.started_at)
+            outcome = await run_child(
+                tenant.id,
+                child_id,
+                lambda: workflow.execute_child_workflow(
+                    BackupDrillWorkflow.run,
+                    DrillInput(tenant_id=tenant.id),
+                    id=child_id,
+                    search_attributes=tenant_attributes(tenant.id),
+                    parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
+                ),
+                lambda result: {"ok": result.ok, "backup_name": result.backup_name, "error": result.error},
+            )
+            return outcome
+
+        cursor, done = await fan_out_catalog(
+            statuses=["active"],
+            cursor=cursor,
+            page_size=req.page_size,
+            history_limit=req.history_limit,
+            concurrency=req.concurrency,
+            one=drill,
+            progress=self._progress,
+        )
+        if not done:
+            workflow.continue_as_new(req.model_copy(update={"cursor": cursor}))
+        return result_of(cursor)

@@ -1,0 +1,88 @@
+"""Pins and pruning: PinBackupWorkflow and PruneTenantWorkflow (retention on demand, or only explained)."""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.backup import BackupActivities
+    from tenancy.models import (
+        FleetResult,
+        PinRequest,
+        PruneInput,
+        RetentionRequest,
+        RetentionResult,
+        TenantOutcome,
+        TenantRef,
+    )
+    from tenancy.naming import workflow_id
+    from tenancy.search import tenant_attributes
+    from workflows.fanout import FanOutProgress, fan_out_catalog, result_of, run_child, start_cursor
+    from workflows.options import LOCAL
+    from workflows.tenant_lock import tenant_lock
+
+
+@workflow.defn
+class PinBackupWorkflow:
+    @workflow.run
+    async def run(self, req: PinRequest) -> bool:
+        async with tenant_lock(req.tenant_id, "pin", 60):
+            return await workflow.execute_local_activity_method(BackupActivities.set_pinned, req, **LOCAL)
+
+
+@workflow.defn
+class PruneTenantWorkflow:
+    @workflow.run
+    async def run(self, req: PruneInput) -> RetentionResult:
+        assert req.tenant_id is not None
+        request = RetentionRequest(tenant_id=req.tenant_id, keep=req.keep, dry_run=req.dry_run)
+        if req.dry_run:  # reads only: no lock needed
+            return await workflow.execute_local_activity_method(BackupActivities.apply_retention, request, **LOCAL)
+        async with tenant_lock(req.tenant_id, "prune", 60):
+            return await workflow.execute_local_activity_method(BackupActivities.apply_retention, request, **LOCAL)
+
+
+@workflow.defn
+class PruneAllTenantsWorkflow:
+    def __init__(self) -> None:
+        self._progress = FanOutProgress()
+
+    @workflow.query
+    def progress(self) -> dict[str, int]:
+        return self._progress.as_dict()
+
+    @workflow.run
+    async def run(self, req: PruneInput) -> FleetResult:
+        cursor = start_cursor(req.cursor)
+
+        async def prune(tenant: TenantRef) -> TenantOutcome:
+            child_id = workflow_id("prune", tenant.id, cursor.started_at)
+            return await run_child(
+                tenant.id,
+                child_id,
+                lambda: workflow.execute_child_workflow(
+                    PruneTenantWorkflow.run,
+                    req.model_copy(update={"tenant_id": tenant.id, "cursor": None}),
+                    id=child_id,
+                    search_attributes=tenant_attributes(tenant.id),
+                ),
+                lambda result: {
+                    "detail": "; ".join(
+                        f"{'keep' if d.keep else 'DELETE'} {d.name}: {d.reason}" for d in result.decisions
+                    )
+                    or "no backups"
+                },
+            )
+
+        cursor, done = await fan_out_catalog(
+            statuses=["active", "inactive", "suspended"],
+            cursor=cursor,
+            page_size=req.page_size,
+            history_limit=req.history_limit,
+            concurrency=req.concurrency,
+            one=prune,
+            progress=self._progress,
+        )
+        if not done:
+            workflow.continue_as_new(req.model_copy(update={"cursor": cursor}))
+        return result_of(cursor)
