@@ -43,6 +43,15 @@ class Stack:
                 return int(line.split()[1]) / 1024
         raise RuntimeError("no VmHWM")
 
+    async def extra_worker(self, queue: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Another worker process on its own task queue with some settings changed (S3, encryption...)."""
+        worker_env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTS_")} | self.env | env
+        worker_env["TENANTS_TASK_QUEUE"] = queue
+        proc = subprocess.Popen([sys.executable, str(ROOT / "worker.py")], env=worker_env, cwd=str(self.work))
+        self.cleanup.append(lambda: (proc.terminate(), proc.wait(timeout=30)))
+        await _wait_for_poller(self.settings.model_copy(update={"task_queue": queue}))
+        return proc
+
     def worker_rss_mb(self) -> float:
         assert self.worker is not None
         for line in Path(f"/proc/{self.worker.pid}/status").read_text().splitlines():
@@ -158,6 +167,13 @@ async def atimed(coro) -> tuple[float, object]:
     started = time.perf_counter()
     out = await coro
     return time.perf_counter() - started, out
+
+
+def peak_rss_mb(proc: subprocess.Popen[bytes]) -> float:
+    for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
 
 
 def median(values: list[float]) -> float:

@@ -187,3 +187,27 @@ async def test_maintenance_from_the_command_line(cli_env, make_tenant):
     ]:
         bad = await tenants(cli_env, "maintenance", *args)
         assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
+
+
+async def test_drill_prune_and_pin_from_the_command_line(cli_env, make_tenant):
+    tenant = await make_tenant(entries=100)
+    for _ in range(2):
+        assert (await tenants(cli_env, "backup", "--tenant", tenant.id)).returncode == 0
+    listed = await tenants(cli_env, "restore", tenant.id, "--list", "--json")
+    oldest, newest = sorted(b["name"] for b in json.loads(listed.stdout))
+
+    drill = await tenants(cli_env, "drill", tenant.id, "--latest")
+    assert drill.returncode == 0, drill.stderr
+    assert f"drill passed: {newest}" in drill.stdout
+
+    pinned = await tenants(cli_env, "pin", tenant.id, oldest)
+    assert pinned.returncode == 0 and "pinned" in pinned.stdout
+    dry = await tenants(cli_env, "prune", "--tenant", tenant.id, "--keep", "1", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"{oldest}  keep" in dry.stdout and "pinned" in dry.stdout
+    assert "0 would delete" in dry.stdout
+    await tenants(cli_env, "unpin", tenant.id, oldest)
+    done = await tenants(cli_env, "prune", "--tenant", tenant.id, "--keep", "1")
+    assert "1 deleted" in done.stdout
+    bad = await tenants(cli_env, "pin", tenant.id, "../etc/passwd")
+    assert bad.returncode == 2 and "is not the name of a backup" in bad.stderr
