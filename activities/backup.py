@@ -25,7 +25,7 @@ from tenancy.errors import (
     InvalidInput,
     fail,
 )
-from tenancy.log import get_logger
+from tenancy.log import activity_logger
 from tenancy.models import (
     BackupManifest,
     DumpRequest,
@@ -46,15 +46,7 @@ class BackupActivities:
         self.storage = open_storage(settings)
 
     def _log(self, tenant_id: str):
-        info = activity.info()
-        return get_logger(
-            "activities.backup",
-            tenant_id=tenant_id,
-            workflow_id=info.workflow_id,
-            run_id=info.workflow_run_id,
-            activity=info.activity_type,
-            attempt=info.attempt,
-        )
+        return activity_logger("activities.backup", tenant_id)
 
     @activity.defn
     async def dump_database(self, req: DumpRequest) -> DumpResult:

@@ -19,7 +19,7 @@ from activities.heartbeat import Heartbeater
 from activities.pg import connect
 from activities.storage import open_storage
 from tenancy.errors import INVALID_INPUT, fail
-from tenancy.log import get_logger
+from tenancy.log import activity_logger
 from tenancy.maintenance import CleanupRule, bloat_ratio
 from tenancy.models import (
     CleanupRequest,
@@ -72,15 +72,7 @@ class MaintenanceActivities:
         self.catalog = Catalog(settings)
 
     def _log(self, tenant_id: str):
-        info = activity.info()
-        return get_logger(
-            "activities.maintenance",
-            tenant_id=tenant_id,
-            workflow_id=info.workflow_id,
-            run_id=info.workflow_run_id,
-            activity=info.activity_type,
-            attempt=info.attempt,
-        )
+        return activity_logger("activities.maintenance", tenant_id)
 
     @asynccontextmanager
     async def _session(self, dbname: str) -> AsyncIterator[psycopg.AsyncConnection]:

@@ -18,7 +18,7 @@ from activities.schema import (
     seed_once,
 )
 from tenancy.errors import PLAN_LIMIT_REACHED, TENANT_EXISTS, fail
-from tenancy.log import get_logger
+from tenancy.log import activity_logger
 from tenancy.models import MigrationResult, NewTenant, Tenant, TenantDatabase
 from tenancy.settings import Settings
 
@@ -34,14 +34,7 @@ class ProvisioningActivities:
         self.admin_url = settings.effective_database_url
 
     def _log(self, tenant_id: str):
-        info = activity.info()
-        return get_logger(
-            "activities.provisioning",
-            tenant_id=tenant_id,
-            workflow_id=info.workflow_id,
-            run_id=info.workflow_run_id,
-            activity=info.activity_type,
-        )
+        return activity_logger("activities.provisioning", tenant_id)
 
     @activity.defn
     async def check_plan_limit(self, new: NewTenant) -> int:

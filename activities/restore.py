@@ -37,7 +37,7 @@ from tenancy.errors import (
     InvalidInput,
     fail,
 )
-from tenancy.log import get_logger
+from tenancy.log import activity_logger
 from tenancy.models import (
     BackupManifest,
     BackupSelection,
@@ -103,15 +103,7 @@ class RestoreActivities:
         self.admin_url = settings.effective_database_url
 
     def _log(self, tenant_id: str):
-        info = activity.info()
-        return get_logger(
-            "activities.restore",
-            tenant_id=tenant_id,
-            workflow_id=info.workflow_id,
-            run_id=info.workflow_run_id,
-            activity=info.activity_type,
-            attempt=info.attempt,
-        )
+        return activity_logger("activities.restore", tenant_id)
 
     @activity.defn
     async def select_backup(self, selection: BackupSelection) -> BackupManifest:

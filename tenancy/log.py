@@ -42,3 +42,18 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
 
 def get_logger(name: str = "tenants", **bound: object) -> structlog.stdlib.BoundLogger:
     return structlog.get_logger(name).bind(**bound)
+
+
+def activity_logger(component: str, tenant_id: str | None = None) -> structlog.stdlib.BoundLogger:
+    """A logger bound to the running activity: tenant, workflow, run, activity type and attempt."""
+    from temporalio import activity
+
+    info = activity.info()
+    return get_logger(
+        component,
+        tenant_id=tenant_id,
+        workflow_id=info.workflow_id,
+        run_id=info.workflow_run_id,
+        activity=info.activity_type,
+        attempt=info.attempt,
+    )
