@@ -11,7 +11,7 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.retention import validate_keep
     from tenancy.search import tenant_attributes
     from workflows.backup_tenant import BackupTenantWorkflow
-    from workflows.fanout import FanOutProgress, fan_out_catalog, result_of, run_child, start_cursor
+    from workflows.fanout import FanOutProgress, fan_out_catalog, finish_fleet, run_child, start_cursor
 
 
 @workflow.defn
@@ -65,6 +65,4 @@ class BackupAllTenantsWorkflow:
             one=back_up,
             progress=self._progress,
         )
-        if not done:
-            workflow.continue_as_new(req.model_copy(update={"cursor": cursor}))
-        return result_of(cursor)
+        return finish_fleet(req, cursor, done)

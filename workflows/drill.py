@@ -28,7 +28,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from tenancy.naming import scratch_database_name, workflow_id
     from tenancy.search import tenant_attributes
-    from workflows.fanout import FanOutProgress, fan_out_catalog, result_of, run_child, skipped, start_cursor
+    from workflows.fanout import FanOutProgress, fan_out_catalog, finish_fleet, run_child, skipped, start_cursor
     from workflows.options import LOCAL, LONG, QUICK
 
 
@@ -136,6 +136,4 @@ class DrillAllTenantsWorkflow:
             one=drill,
             progress=self._progress,
         )
-        if not done:
-            workflow.continue_as_new(req.model_copy(update={"cursor": cursor}))
-        return result_of(cursor)
+        return finish_fleet(req, cursor, done)

@@ -102,3 +102,10 @@ def skipped(tenant: TenantRef) -> TenantOutcome:
 
 def result_of(cursor: FleetCursor) -> FleetResult:
     return FleetResult.of(cursor.outcomes)
+
+
+def finish_fleet(req: Any, cursor: FleetCursor, done: bool) -> FleetResult:
+    """The fleet's summary when it is done; otherwise continue as new with the cursor (this does not return)."""
+    if not done:
+        workflow.continue_as_new(req.model_copy(update={"cursor": cursor}))
+    return result_of(cursor)

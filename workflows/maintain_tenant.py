@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.naming import workflow_id
     from tenancy.search import tenant_attributes
     from workflows.backup_tenant import BackupTenantWorkflow
-    from workflows.fanout import FanOutProgress, fan_out_catalog, result_of, skipped, start_cursor
+    from workflows.fanout import FanOutProgress, fan_out_catalog, finish_fleet, skipped, start_cursor
     from workflows.options import QUICK
     from workflows.tenant_lock import tenant_lock
 
@@ -219,9 +219,7 @@ class MaintainAllTenantsWorkflow:
             one=maintain,
             progress=self._progress,
         )
-        if not done:
-            workflow.continue_as_new(req.model_copy(update={"cursor": cursor}))
-        return result_of(cursor)
+        return finish_fleet(req, cursor, done)
 
 
 def summarize(result: MaintainTenantResult) -> str:

@@ -12,7 +12,7 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.models import FleetInput, FleetResult, MigrationResult, TenantDatabase, TenantOutcome, TenantRef
     from tenancy.naming import workflow_id
     from tenancy.search import tenant_attributes
-    from workflows.fanout import FanOutProgress, fan_out_catalog, result_of, run_child, start_cursor
+    from workflows.fanout import FanOutProgress, fan_out_catalog, finish_fleet, run_child, start_cursor
     from workflows.options import QUICK, SLOW_DDL
     from workflows.tenant_lock import tenant_lock
 
@@ -72,6 +72,4 @@ class MigrateAllTenantsWorkflow:
             one=migrate,
             progress=self._progress,
         )
-        if not done:
-            workflow.continue_as_new(req.model_copy(update={"cursor": cursor}))
-        return result_of(cursor)
+        return finish_fleet(req, cursor, done)
