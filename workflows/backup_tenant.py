@@ -51,7 +51,7 @@ class BackupTenantWorkflow:
     async def run(self, req: BackupTenantInput) -> BackupTenantResult:
         try:
             result = await self._run(req)
-        except BaseException:
+        except Exception:  # a failed backup; not a cancellation, nor the worker evicting this run from its cache
             backups_total().with_additional_attributes({"outcome": "failed"}).add(1)
             raise
         backups_total().with_additional_attributes({"outcome": "ok"}).add(1)
