@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -14,7 +15,9 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from activities.marks import mark_database
 from activities.pg import connect
+from tenancy.marks import Mark
 from tenancy.models import LockOutcome, NewTenant, Tenant, TenantRef
 from tenancy.naming import database_name, validate_tenant_id
 from tenancy.settings import Settings
@@ -71,6 +74,42 @@ MIGRATIONS: list[str] = [
         id          text PRIMARY KEY,
         fingerprint text NOT NULL,
         applied_at  timestamptz NOT NULL DEFAULT now()
+    );
+    """,
+    # What can change about a backup after it is written (pins, drill outcomes, whether it is known to restore)
+    # lives here; the manifest in storage is the immutable record. NULL: not recorded, the manifest says.
+    # Databases a restore set aside, until they are dropped or swapped back (`tenants restore --undo`).
+    # Shared holds of a tenant (drills): they do not block backups, and they block what would disturb them.
+    """
+    CREATE TABLE backups (
+        tenant_id   text NOT NULL,
+        name        text NOT NULL,
+        pinned      boolean,
+        drilled_at  timestamptz,
+        drill_ok    boolean,
+        restorable  boolean,
+        updated_at  timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (tenant_id, name)
+    );
+    CREATE TABLE kept_databases (
+        name          text PRIMARY KEY,
+        tenant_id     text NOT NULL,
+        database_name text NOT NULL,
+        workflow_id   text NOT NULL,
+        backup_name   text,
+        kept_until    timestamptz NOT NULL,
+        created_at    timestamptz NOT NULL DEFAULT now(),
+        ended_at      timestamptz,
+        ended_how     text
+    );
+    CREATE INDEX kept_databases_by_tenant ON kept_databases (tenant_id, created_at DESC);
+    CREATE TABLE tenant_shared_locks (
+        tenant_id   text NOT NULL,
+        workflow_id text NOT NULL,
+        run_id      text NOT NULL,
+        operation   text NOT NULL,
+        acquired_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (tenant_id, workflow_id)
     );
     """,
 ]
@@ -152,6 +191,7 @@ class Catalog:
         if create_database:
             async with await connect(self.admin_url, autocommit=True) as admin:
                 await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+                await mark_database(admin, dbname, Mark(kind="tenant", tenant_id=tenant_id, at=datetime.now(UTC)))
         async with await self._connect() as conn:
             row = await (
                 await conn.execute(
