@@ -412,6 +412,36 @@ class Catalog:
                 )
             ).fetchall()
 
+    async def record_kept_database(
+        self, name: str, tenant_id: str, database_name: str, workflow_id: str, backup_name: str | None, kept_until
+    ) -> None:
+        """A database a restore set aside, kept until `kept_until` (idempotent: a retried call changes nothing)."""
+        async with await self._connect() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO kept_databases (name, tenant_id, database_name, workflow_id, backup_name, kept_until) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
+                [name, tenant_id, database_name, workflow_id, backup_name, kept_until],
+            )
+
+    async def end_kept_database(self, name: str, how: str) -> bool:
+        """The kept database is gone or back in service (`how` says which); False when it was already ended."""
+        async with await self._connect() as conn, conn.transaction():
+            cur = await conn.execute(
+                "UPDATE kept_databases SET ended_at = now(), ended_how = %s WHERE name = %s AND ended_at IS NULL",
+                [how, name],
+            )
+            return cur.rowcount > 0
+
+    async def kept_databases(self, tenant_id: str) -> list[dict[str, Any]]:
+        """The tenant's databases set aside by restores and not yet dropped or swapped back, newest first."""
+        async with await self._connect() as conn:
+            return await (
+                await conn.execute(
+                    "SELECT * FROM kept_databases WHERE tenant_id = %s AND ended_at IS NULL ORDER BY created_at DESC",
+                    [tenant_id],
+                )
+            ).fetchall()
+
     async def lock_holder(self, tenant_id: str) -> dict[str, Any] | None:
         async with await self._connect() as conn:
             return await (await conn.execute("SELECT * FROM tenant_locks WHERE tenant_id = %s", [tenant_id])).fetchone()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 TenantStatus = Literal["provisioning", "active", "inactive", "suspended", "deprovisioned", "failed"]
 
@@ -62,13 +62,28 @@ class DumpResult(BaseModel):
 
 
 class BackupManifest(DumpResult):
+    """The immutable record of a backup, written once when it is verified. `verified`: its bytes were read back
+    and match (checksum-verified); `restorable`: besides, pg_restore read its table of contents (with the age
+    identity when encrypted). What changes later (pins, drills) lives in the catalog's `backups` table."""
+
     verified: bool
+    restorable: bool = False
     verified_at: datetime | None = None
     toc_entries: int = 0
     workflow_id: str | None = None
-    pinned: bool = False  # retention never deletes a pinned backup
-    drilled_at: datetime | None = None  # last restore drill, and whether it passed
+    # Written by earlier versions, which kept these in the manifest; the catalog's row wins when there is one.
+    pinned: bool = False
+    drilled_at: datetime | None = None
     drill_ok: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _restorable_of_older_manifests(cls, data: Any) -> Any:
+        # Manifests from before `restorable` existed: the table of contents was read unless it was encrypted
+        # and checked by checksum only (then toc_entries stayed 0).
+        if isinstance(data, dict) and "restorable" not in data:
+            data = {**data, "restorable": bool(data.get("verified")) and int(data.get("toc_entries") or 0) > 0}
+        return data
 
 
 class RetentionRequest(BaseModel):
@@ -124,6 +139,7 @@ class BackupTenantResult(BaseModel):
     row_counts: dict[str, int]
     deleted_by_retention: list[str]
     kept: list[str]
+    restorable: bool = False  # pg_restore read its table of contents (see BackupManifest)
 
 
 class LockRequest(BaseModel):
@@ -201,6 +217,10 @@ class ScratchRestoreRequest(BaseModel):
     backup_name: str
     compression: str
     jobs: int
+    # When the tenant's database is missing (a reinstated or broken tenant) its grants cannot be copied: the
+    # restored database then lets in this role only (CONNECT, TEMPORARY when grant_connect), never PUBLIC.
+    role_name: str | None = None
+    grant_connect: bool = True
 
 
 class RestoredCheckRequest(BaseModel):
