@@ -18,13 +18,17 @@ from psycopg.types.json import Jsonb
 from activities.marks import mark_database
 from activities.pg import connect
 from tenancy.marks import Mark
-from tenancy.models import LockOutcome, NewTenant, Tenant, TenantRef
+from tenancy.models import AdoptionPlan, LockOutcome, NewTenant, Tenant, TenantRef
 from tenancy.naming import database_name, validate_tenant_id
 from tenancy.settings import Settings
 
 
 class TenantExists(Exception):
     """A live tenant already has this id."""
+
+
+# Statuses of a tenant whose database is in service.
+_LIVE = ("active", "inactive", "suspended")
 
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
@@ -116,6 +120,10 @@ MIGRATIONS: list[str] = [
 
 # Any constant: serialises concurrent schema upgrades of the catalog.
 _MIGRATION_LOCK_KEY = 7_411_902_315
+# With the tenant id's hash: serialises the takers of one tenant's lock.
+_LOCK_KEY = 7_411_902
+# Operations that may run while a drill holds the tenant in shared mode (and a drill while they run).
+SHARED_COMPATIBLE = {"backup", "pin"}
 
 
 async def _append_event(
@@ -128,6 +136,16 @@ async def _append_event(
         )
     ).fetchone()
     return row["id"] if isinstance(row, dict) else row[0]
+
+
+async def _adoption_event(conn: psycopg.AsyncConnection, tenant_id: str, workflow_id: str) -> int | None:
+    row = await (
+        await conn.execute(
+            "SELECT id FROM tenant_events WHERE tenant_id = %s AND type = 'TenantAdopted' AND workflow_id = %s",
+            [tenant_id, workflow_id],
+        )
+    ).fetchone()
+    return row["id"] if row else None
 
 
 class Catalog:
@@ -265,9 +283,11 @@ class Catalog:
         event_type: str,
         workflow_id: str | None,
         check: Callable[[str, str], None],
+        data: dict[str, Any] | None = None,
     ) -> tuple[str, int | None]:
-        """Move the tenant to `new_status` (after `check(old, new)`) and append the event, in one transaction.
-        Returns (old status, event id); changing to the status it already has changes nothing (no event)."""
+        """Move the tenant to `new_status` (after `check(old, new)`) and append the event (with `data` besides
+        the statuses), in one transaction. Returns (old status, event id); changing to the status it already has
+        changes nothing (no event)."""
         async with await self._connect() as conn, conn.transaction():
             row = await (
                 await conn.execute("SELECT status FROM tenants WHERE id = %s FOR UPDATE", [tenant_id])
@@ -282,8 +302,8 @@ class Catalog:
                 "UPDATE tenants SET status = %s, status_reason = %s, updated_at = now() WHERE id = %s",
                 [new_status, reason, tenant_id],
             )
-            data = {"old_status": old, "new_status": new_status, "reason": reason}
-            return old, await _append_event(conn, tenant_id, event_type, data, workflow_id)
+            event = {**(data or {}), "old_status": old, "new_status": new_status, "reason": reason}
+            return old, await _append_event(conn, tenant_id, event_type, event, workflow_id)
 
     async def update_settings(
         self, tenant_id: str, merge: Callable[[dict], dict], workflow_id: str | None
@@ -348,42 +368,115 @@ class Catalog:
         workflow_id: str,
         run_id: str,
         holder_is_gone: Callable[[str, str], Awaitable[bool]],
+        shared: bool = False,
     ) -> LockOutcome:
         """Take the tenant's operation lock, or say who holds it.
 
         The lock belongs to a workflow run, not to a worker: a crashed worker's run goes on elsewhere and still
         releases it. A lock whose run has ended without releasing it (terminated, timed out) is taken over.
+
+        Shared holds (drills) go together with each other and with the operations in SHARED_COMPATIBLE (a backup
+        may run during a drill); any other operation waits for them, and they wait for it.
         """
         async with await self._connect() as conn, conn.transaction():
+            # Exclusive and shared takers of one tenant decide one at a time.
+            await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [_LOCK_KEY, tenant_id])
+            row = await (await conn.execute("SELECT * FROM tenant_locks WHERE tenant_id = %s", [tenant_id])).fetchone()
+            if (
+                row is not None
+                and row["workflow_id"] != workflow_id
+                and await holder_is_gone(row["workflow_id"], row["run_id"])
+            ):
+                await conn.execute("DELETE FROM tenant_locks WHERE tenant_id = %s", [tenant_id])
+                taken_over, row = row, None
+            else:
+                taken_over = None
+            previous = (
+                {"holder_workflow_id": taken_over["workflow_id"], "holder_operation": taken_over["operation"]}
+                if taken_over
+                else {}
+            )
+            if shared:
+                if row is not None and row["operation"] not in SHARED_COMPATIBLE:
+                    return LockOutcome(
+                        acquired=False, holder_workflow_id=row["workflow_id"], holder_operation=row["operation"]
+                    )
+                await conn.execute(
+                    "INSERT INTO tenant_shared_locks (tenant_id, workflow_id, run_id, operation) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    [tenant_id, workflow_id, run_id, operation],
+                )
+                return LockOutcome(acquired=True, **previous)
+            if row is not None:
+                if row["workflow_id"] == workflow_id:
+                    return LockOutcome(acquired=True)
+                return LockOutcome(
+                    acquired=False, holder_workflow_id=row["workflow_id"], holder_operation=row["operation"]
+                )
+            if operation not in SHARED_COMPATIBLE:
+                holders = await (
+                    await conn.execute(
+                        "SELECT * FROM tenant_shared_locks WHERE tenant_id = %s AND workflow_id <> %s "
+                        "ORDER BY acquired_at",
+                        [tenant_id, workflow_id],
+                    )
+                ).fetchall()
+                for holder in holders:
+                    if await holder_is_gone(holder["workflow_id"], holder["run_id"]):
+                        await conn.execute(
+                            "DELETE FROM tenant_shared_locks WHERE tenant_id = %s AND workflow_id = %s",
+                            [tenant_id, holder["workflow_id"]],
+                        )
+                        continue
+                    return LockOutcome(
+                        acquired=False, holder_workflow_id=holder["workflow_id"], holder_operation=holder["operation"]
+                    )
             await conn.execute(
-                "INSERT INTO tenant_locks (tenant_id, operation, workflow_id, run_id) VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (tenant_id) DO NOTHING",
+                "INSERT INTO tenant_locks (tenant_id, operation, workflow_id, run_id) VALUES (%s, %s, %s, %s)",
                 [tenant_id, operation, workflow_id, run_id],
             )
-            row = await (
-                await conn.execute("SELECT * FROM tenant_locks WHERE tenant_id = %s FOR UPDATE", [tenant_id])
-            ).fetchone()
-            assert row is not None
-            if row["workflow_id"] == workflow_id:
-                return LockOutcome(acquired=True)
-            if await holder_is_gone(row["workflow_id"], row["run_id"]):
-                await conn.execute(
-                    "UPDATE tenant_locks SET operation = %s, workflow_id = %s, run_id = %s, acquired_at = now() "
-                    "WHERE tenant_id = %s",
-                    [operation, workflow_id, run_id, tenant_id],
-                )
-                return LockOutcome(
-                    acquired=True, holder_workflow_id=row["workflow_id"], holder_operation=row["operation"]
-                )
-            return LockOutcome(acquired=False, holder_workflow_id=row["workflow_id"], holder_operation=row["operation"])
+            return LockOutcome(acquired=True, **previous)
 
     async def release_lock(self, tenant_id: str, workflow_id: str) -> bool:
-        async with await self._connect() as conn:
+        async with await self._connect() as conn, conn.transaction():
             cur = await conn.execute(
                 "DELETE FROM tenant_locks WHERE tenant_id = %s AND workflow_id = %s", [tenant_id, workflow_id]
             )
-            await conn.commit()
-            return cur.rowcount > 0
+            shared = await conn.execute(
+                "DELETE FROM tenant_shared_locks WHERE tenant_id = %s AND workflow_id = %s", [tenant_id, workflow_id]
+            )
+            return cur.rowcount + shared.rowcount > 0
+
+    async def backup_facts(self, tenant_id: str) -> dict[str, dict[str, Any]]:
+        """What the catalog knows of each of the tenant's backups (pins, drills, restorable), by name."""
+        async with await self._connect() as conn:
+            rows = await (await conn.execute("SELECT * FROM backups WHERE tenant_id = %s", [tenant_id])).fetchall()
+        return {r["name"]: r for r in rows}
+
+    async def set_backup_pinned(self, tenant_id: str, name: str, pinned: bool) -> None:
+        """One statement on one column: a pin never overwrites a drill's outcome, nor the other way round."""
+        async with await self._connect() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO backups (tenant_id, name, pinned) VALUES (%s, %s, %s) ON CONFLICT (tenant_id, name) "
+                "DO UPDATE SET pinned = excluded.pinned, updated_at = now()",
+                [tenant_id, name, pinned],
+            )
+
+    async def record_backup_drill(self, tenant_id: str, name: str, ok: bool) -> None:
+        """A passed drill proves the backup restorable; a failed one marks it so it never counts as a good copy."""
+        async with await self._connect() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO backups (tenant_id, name, drilled_at, drill_ok, restorable) "
+                "VALUES (%s, %s, now(), %s, CASE WHEN %s THEN true END) ON CONFLICT (tenant_id, name) "
+                "DO UPDATE SET drilled_at = now(), drill_ok = excluded.drill_ok, "
+                "restorable = coalesce(excluded.restorable, backups.restorable), updated_at = now()",
+                [tenant_id, name, ok, ok],
+            )
+
+    async def forget_backup(self, tenant_id: str, name: str) -> None:
+        """The backup was deleted: its facts go with it."""
+        async with await self._connect() as conn, conn.transaction():
+            await conn.execute("DELETE FROM backups WHERE tenant_id = %s AND name = %s", [tenant_id, name])
 
     async def record_event(
         self, tenant_id: str, event_type: str, data: dict[str, Any], workflow_id: str | None = None
@@ -445,3 +538,112 @@ class Catalog:
     async def lock_holder(self, tenant_id: str) -> dict[str, Any] | None:
         async with await self._connect() as conn:
             return await (await conn.execute("SELECT * FROM tenant_locks WHERE tenant_id = %s", [tenant_id])).fetchone()
+
+    async def tenant_with_database(self, dbname: str) -> Tenant | None:
+        """The tenant (of any status) recorded with this database, if any."""
+        async with await self._connect() as conn:
+            row = await (await conn.execute("SELECT * FROM tenants WHERE database_name = %s", [dbname])).fetchone()
+        return Tenant.model_validate(row) if row else None
+
+    async def tenant_with_role(self, role: str) -> Tenant | None:
+        """A tenant not deprovisioned or failed that is recorded with this role, if any."""
+        async with await self._connect() as conn:
+            row = await (
+                await conn.execute(
+                    "SELECT * FROM tenants WHERE role_name = %s AND status NOT IN ('deprovisioned', 'failed') "
+                    "ORDER BY id LIMIT 1",
+                    [role],
+                )
+            ).fetchone()
+        return Tenant.model_validate(row) if row else None
+
+    async def record_adoption(self, plan: AdoptionPlan, marker: str) -> None:
+        """Record a tenant being adopted as `provisioning` (with `marker` as its status reason, so a retried call
+        knows its own row), which lets its lock be taken. A tenant already recorded with the database (mark only)
+        is left as it is. TenantExists when the id or the database is another tenant's."""
+        async with await self._connect() as conn, conn.transaction():
+            row = await (
+                await conn.execute("SELECT * FROM tenants WHERE id = %s FOR UPDATE", [plan.tenant_id])
+            ).fetchone()
+            holder = await (
+                await conn.execute(
+                    "SELECT id, status FROM tenants WHERE database_name = %s AND id <> %s",
+                    [plan.database_name, plan.tenant_id],
+                )
+            ).fetchone()
+            if holder:
+                raise TenantExists(
+                    f"database {plan.database_name} is recorded for tenant {holder['id']!r} ({holder['status']})"
+                )
+            if plan.mark_only:
+                if row is None or row["database_name"] != plan.database_name or row["status"] not in _LIVE:
+                    raise TenantExists(f"tenant {plan.tenant_id!r} changed while it was being adopted; try again")
+                return
+            if row and row["status"] == "provisioning" and row["status_reason"] == marker:
+                return
+            if row and row["status"] not in ("failed", "deprovisioned"):
+                raise TenantExists(f"tenant {plan.tenant_id!r} already exists ({row['status']})")
+            values = [plan.name, plan.plan, plan.owner_email, plan.database_name, plan.role_name, marker]
+            if row:  # a failed or deprovisioned tenant comes back with the adopted database
+                await conn.execute(
+                    "UPDATE tenants SET name = %s, plan = %s, owner_email = %s, database_name = %s, role_name = %s, "
+                    "status_reason = %s, status = 'provisioning', updated_at = now() WHERE id = %s",
+                    [*values, plan.tenant_id],
+                )
+            else:
+                await conn.execute(
+                    "INSERT INTO tenants (name, plan, owner_email, database_name, role_name, status_reason, id, "
+                    "status) VALUES (%s, %s, %s, %s, %s, %s, %s, 'provisioning')",
+                    [*values, plan.tenant_id],
+                )
+
+    async def record_adopted(self, plan: AdoptionPlan, marker: str, workflow_id: str) -> int:
+        """The adopted tenant is active (a mark-only adoption keeps its status), with one TenantAdopted event per
+        run: a retried call returns the event it recorded."""
+        async with await self._connect() as conn, conn.transaction():
+            row = await (
+                await conn.execute(
+                    "SELECT status, status_reason FROM tenants WHERE id = %s FOR UPDATE", [plan.tenant_id]
+                )
+            ).fetchone()
+            if row is None:
+                raise LookupError(f"tenant {plan.tenant_id!r} is not in the catalog")
+            done = await _adoption_event(conn, plan.tenant_id, workflow_id)
+            if done is not None:
+                return done
+            if row["status"] == "provisioning" and row["status_reason"] == marker:
+                await conn.execute(
+                    "UPDATE tenants SET status = 'active', status_reason = NULL, updated_at = now() WHERE id = %s",
+                    [plan.tenant_id],
+                )
+            elif plan.role_name:  # mark only: a tenant recorded without a role gets the one named
+                await conn.execute(
+                    "UPDATE tenants SET role_name = coalesce(role_name, %s), updated_at = now() WHERE id = %s",
+                    [plan.role_name, plan.tenant_id],
+                )
+            data = {
+                "database": plan.database_name,
+                "role": plan.role_name,
+                "mark_only": plan.mark_only,
+                "plan": plan.plan,
+                "owner_email": plan.owner_email,
+            }
+            return await _append_event(conn, plan.tenant_id, "TenantAdopted", data, workflow_id)
+
+    async def adoption_event(self, tenant_id: str, workflow_id: str) -> int | None:
+        """The TenantAdopted event this run recorded: its adoption finished."""
+        async with await self._connect() as conn:
+            return await _adoption_event(conn, tenant_id, workflow_id)
+
+    async def fail_adoption(self, tenant_id: str, marker: str, reason: str, workflow_id: str) -> bool:
+        """An adoption that did not finish: the row it recorded (and only that one) becomes failed."""
+        async with await self._connect() as conn, conn.transaction():
+            cur = await conn.execute(
+                "UPDATE tenants SET status = 'failed', status_reason = %s, updated_at = now() "
+                "WHERE id = %s AND status = 'provisioning' AND status_reason = %s",
+                [reason[:500], tenant_id, marker],
+            )
+            if cur.rowcount:
+                data = {"old_status": "provisioning", "new_status": "failed", "reason": reason[:500]}
+                await _append_event(conn, tenant_id, "TenantAdoptionFailed", data, workflow_id)
+            return cur.rowcount > 0

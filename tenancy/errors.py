@@ -83,3 +83,10 @@ NON_RETRYABLE += [
     MIGRATION_CHANGED,
     SCHEMA_ERROR,
 ]
+
+NOTHING_TO_UNDO = "NothingToUndo"
+NON_RETRYABLE += [NOTHING_TO_UNDO]
+
+# A database or role of the expected name that carries no mark of the tenant: it may be someone else's.
+NOT_MARKED = "NotMarked"
+NON_RETRYABLE += [NOT_MARKED]

@@ -40,6 +40,9 @@ class DumpRequest(BaseModel):
     database_name: str
     compression: Literal["gzip", "zstd", "none"]
     compression_level: int
+    # Decided once per run by the workflow (BackupActivities.name_backup), so a retried attempt knows which
+    # partial file or upload a dead attempt left and removes it. None: runs recorded before that name it here.
+    backup_name: str | None = None
 
 
 class DumpResult(BaseModel):
@@ -147,6 +150,7 @@ class LockRequest(BaseModel):
     operation: str
     workflow_id: str
     run_id: str
+    shared: bool = False  # a drill: goes together with other drills and with backups
 
 
 class LockOutcome(BaseModel):
@@ -189,6 +193,7 @@ class BackupInfo(BaseModel):
     pinned: bool = False
     drilled_at: datetime | None = None
     drill_ok: bool | None = None
+    restorable: bool = False  # known to restore: its table of contents was read, or a drill passed
 
 
 class BackupSelection(BaseModel):
@@ -205,8 +210,9 @@ class RestoreTenantInput(BaseModel):
     jobs: int = 2
     # SQL queries run in the restored database before it is swapped in; each must return true.
     checks: list[str] = Field(default_factory=list)
-    # Keep the replaced database (renamed aside) this long before dropping it; 0 drops it at once.
-    keep_previous_seconds: int = 0
+    # Keep the replaced database (renamed aside) this long before dropping it, for `tenants restore --undo`;
+    # 0 drops it at once.
+    keep_previous_seconds: int = 86_400
     lock_wait_seconds: int = 0
 
 
@@ -233,8 +239,20 @@ class RestoredCheckRequest(BaseModel):
 class SwapRequest(BaseModel):
     tenant_id: str
     database_name: str
-    scratch_name: str
+    scratch_name: str  # the database swapped in: a restored copy, or a kept previous one (undo)
     previous_name: str
+    keep_until: datetime | None = None  # written in the set-aside database's mark
+
+
+class KeptDatabase(BaseModel):
+    """A tenant database a restore set aside (`<db>__old_<token>`), kept for `tenants restore --undo`."""
+
+    name: str
+    tenant_id: str
+    database_name: str
+    workflow_id: str
+    backup_name: str | None = None
+    kept_until: datetime
 
 
 class SwapResult(BaseModel):
@@ -343,6 +361,8 @@ class DeprovisionTenantResult(BaseModel):
     tenant_id: str
     final_backup: str | None
     database_dropped: bool
+    leftover_databases: list[str] = Field(default_factory=list)  # the tenant's scratch/previous copies dropped
+    role_left: str | None = None  # why the role was left in place (not marked as this tenant's), if it was
 
 
 class WelcomeMail(BaseModel):
@@ -428,6 +448,7 @@ class CleanupResult(BaseModel):
     batches: int
     longest_batch_ms: float
     stale_files_removed: int = 0
+    skipped: dict[str, str] = Field(default_factory=dict)  # rule → why it does not apply to this tenant
 
 
 class VacuumRequest(MaintenanceTarget):
@@ -437,6 +458,8 @@ class VacuumRequest(MaintenanceTarget):
 class VacuumResult(BaseModel):
     dead_tuples_before: int
     dead_tuples_after: int
+    tables: int = 0  # vacuumed, one statement each
+    timed_out: dict[str, str] = Field(default_factory=dict)  # table → which timeout
 
 
 class IndexBloat(BaseModel):
@@ -450,6 +473,8 @@ class OptimizeResult(BaseModel):
     rebuilt: list[IndexBloat]
     bytes_before: int
     bytes_after: int
+    leftovers_dropped: list[str] = Field(default_factory=list)  # invalid copies of interrupted rebuilds
+    timed_out: dict[str, str] = Field(default_factory=dict)  # index (or table analyzed) → which timeout
 
 
 class MaintenancePlan(BaseModel):
@@ -458,6 +483,8 @@ class MaintenancePlan(BaseModel):
     cleanup_rows: dict[str, int]
     indexes_to_rebuild: list[IndexBloat]
     dead_tuples: int
+    skipped: dict[str, str] = Field(default_factory=dict)  # cleanup rule → why it does not apply here
+    leftover_indexes: list[str] = Field(default_factory=list)  # of interrupted rebuilds: optimize drops them
 
 
 class TaskReport(BaseModel):
@@ -503,10 +530,13 @@ class TenantHealth(BaseModel):
     last_maintenance_at: str | None
     failed_runs: int = 0
     backup_bytes: int = 0  # storage used by the tenant's backups
+    # The newest backup known to restore (its table of contents read, or a passed drill): the age that matters.
+    last_restorable_at: datetime | None = None
+    restorable_age_hours: float | None = None
 
 
 class Alert(BaseModel):
-    kind: Literal["stale_backup", "over_quota", "failed_run", "failed_drill"]
+    kind: Literal["stale_backup", "stale_restorable_backup", "over_quota", "failed_run", "failed_drill"]
     tenant_id: str | None
     message: str
 
@@ -528,3 +558,149 @@ class PruneInput(FleetOptions):
 
 class DrillFleetInput(FleetOptions):
     every_weeks: int = 1
+
+
+class DeprovisionCheck(BaseModel):
+    """What deprovisioning finds before it changes anything."""
+
+    database_exists: bool
+    # The final backup an earlier attempt took and recorded (TenantFinalBackup), for a re-run to report.
+    earlier_final_backup: str | None = None
+
+
+class RoleRemoval(BaseModel):
+    role_name: str
+    dropped: bool
+    # Databases where the role's privileges and objects were removed (REASSIGN OWNED / DROP OWNED) first.
+    cleaned_in: list[str] = Field(default_factory=list)
+    left_reason: str | None = None  # set when the role exists and is left in place
+
+
+class ReinstateTenantInput(BaseModel):
+    tenant_id: str
+    backup_name: str | None = None  # None: the newest restorable backup
+    jobs: int = 2
+    checks: list[str] = Field(default_factory=list)  # SQL run in the restored database; each must return true
+    lock_wait_seconds: int = 0
+
+
+class ReinstatementUndo(BaseModel):
+    db: TenantDatabase
+    drop_role: bool  # only when this run created the role (not when it took up one of the tenant's)
+
+
+class Reinstatement(BaseModel):
+    tenant_id: str
+    backup_name: str
+    backup_taken_at: datetime
+
+
+class ReinstateTenantResult(BaseModel):
+    tenant_id: str
+    backup_name: str
+    database_name: str
+    role_name: str
+    row_counts: dict[str, int]
+    # Where the role's new credentials are kept (a 0600 file on the worker's host); never the password itself.
+    credentials_file: str
+
+
+class SweepInput(BaseModel):
+    dry_run: bool = False
+    # Age after which a `.partial` file or unfinished upload is abandoned, and a run Temporal does not know counts
+    # as gone; None: TENANTS_STALE_PARTIAL_HOURS. Bounded (0 to a year) by the workflow.
+    stale_hours: int | None = None
+    limit: int = 1000  # removable items acted on in one sweep; the rest wait for the next one
+
+
+class SweepItem(BaseModel):
+    kind: Literal["scratch", "previous", "provisioning", "database", "role", "partial", "upload", "work"]
+    name: str  # database or role name, file path, or object key
+    reason: str
+    removable: bool
+    removed: bool = False
+    upload_id: str | None = None  # S3 multipart uploads
+    error: str | None = None
+
+    def action(self, dry_run: bool) -> str:
+        if self.error:
+            return "FAILED"
+        if self.removed:
+            return "removed"
+        if self.removable:
+            return "would remove" if dry_run else "not removed"
+        return "left alone"
+
+
+class SweepReport(BaseModel):
+    swept_at: datetime
+    dry_run: bool
+    stale_hours: int
+    items: list[SweepItem] = Field(default_factory=list)
+    more: int = 0  # removable items past the limit, left for the next sweep
+
+    @property
+    def removed(self) -> int:
+        return sum(i.removed for i in self.items)
+
+    @property
+    def failed(self) -> int:
+        return sum(i.error is not None for i in self.items)
+
+
+class UndoRestoreInput(BaseModel):
+    tenant_id: str
+    # How long the database the undo replaces (the restored one) is kept in turn; 0 drops it at once.
+    keep_previous_seconds: int = 86_400
+    lock_wait_seconds: int = 0
+
+
+class UndoRestoreResult(BaseModel):
+    tenant_id: str
+    database_name: str
+    restored_from: str  # the kept database that is the tenant's database again
+    backup_name: str | None  # the backup whose restore was undone
+    replaced_database: str  # the restored database, now set aside in turn
+    replaced_kept_until: datetime | None
+    terminated_sessions: int
+
+
+class AdoptTenantInput(BaseModel):
+    """`tenants adopt`: register an existing database as a tenant (or mark a tenant's unmarked database)."""
+
+    tenant_id: str
+    database_name: str
+    plan: str = "free"
+    # Adopted databases come without an owner on record: a placeholder that can never receive mail.
+    owner_email: str = "unknown@adopted.invalid"
+    name: str | None = None  # display name; the tenant id when not given
+    role_name: str | None = None  # an existing role to record (and mark) as the tenant's
+    lock_wait_seconds: int = 0
+
+
+class AdoptionPlan(BaseModel):
+    """A checked adoption: what is recorded and marked, and what the marks replace (put back by an undo)."""
+
+    tenant_id: str
+    name: str
+    plan: str
+    owner_email: str
+    database_name: str
+    role_name: str | None = None
+    # The tenant is in the catalog with this database already (from before marks): only the marks are written.
+    mark_only: bool = False
+    database_comment: str | None = None
+    role_comment: str | None = None
+
+
+class AdoptTenantResult(BaseModel):
+    tenant_id: str
+    database_name: str
+    role_name: str | None
+    mark_only: bool
+    event_id: int | None
+
+
+class AnalyzeResult(BaseModel):
+    tables: int  # analyzed, one statement each
+    timed_out: dict[str, str] = Field(default_factory=dict)  # table → which timeout

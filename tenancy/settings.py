@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tenancy.errors import InvalidInput
 from tenancy.maintenance import DEFAULT_CLEANUP_RULES, CleanupRule
 
 Compression = Literal["gzip", "zstd", "none"]
@@ -74,12 +75,15 @@ class Settings(BaseSettings):
     calendar_yearly_years: int = Field(default=2, ge=0)
     calendar_max_total_mb: int | None = Field(default=None, ge=1)
     # Restore drills: each tenant's newest backup is drilled once every N weeks (1: every tenant every week).
-    drill_every_weeks: int = Field(default=1, ge=1)
+    drill_every_weeks: int = Field(default=1, ge=1, le=52)
     fleet_concurrency: int = Field(default=4, ge=1, le=64)
     # How long a mutating operation waits for another one on the same tenant; 0 fails at once.
-    lock_wait_seconds: int = Field(default=0, ge=0)
+    lock_wait_seconds: int = Field(default=0, ge=0, le=86_400)
     # pg_restore --jobs for restores (parallel restore of custom-format archives).
     restore_jobs: int = Field(default=2, ge=1, le=32)
+    # How long a restore keeps the database it replaced (renamed aside), so `tenants restore --undo` can swap it
+    # back: "24h", "90m", "7d", "3600" (seconds), or 0 to drop it at once. TENANTS_RESTORE_KEEP_PREVIOUS.
+    restore_keep_previous: int = 86_400
     # SQL queries that must each return true in a restored database before it replaces the tenant's.
     restore_checks: list[str] = Field(default_factory=list)
     # Cache clearing after a restore: with a Redis URL, the tenant's keys (this prefix) are deleted.
@@ -137,6 +141,37 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"{value!r} is not an IANA time zone") from None
+        return value
+
+    @field_validator("restore_keep_previous", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        from tenancy.durations import parse_duration
+
+        if isinstance(value, str):
+            try:
+                return parse_duration(value)
+            except InvalidInput as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("database_prefix")
+    @classmethod
+    def _plain_prefix(cls, value: str) -> str:
+        from tenancy.naming import validate_database_prefix
+
+        try:
+            return validate_database_prefix(value)
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("catalog_database")
+    @classmethod
+    def _catalog_not_a_system_database(cls, value: str) -> str:
+        from tenancy.naming import SYSTEM_DATABASES
+
+        if not value or len(value.encode()) > 63 or value in SYSTEM_DATABASES:
+            raise ValueError(f"{value!r} cannot be the catalog database: give a name of its own (1-63 bytes)")
         return value
 
     @field_validator("compression_level")
