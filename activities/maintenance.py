@@ -1,13 +1,15 @@
-"""Maintenance activities: cleanup of old rows in short batches, VACUUM, index rebuilds, ANALYZE, dry-run
-planning. Every statement runs under a statement timeout and a lock timeout, so a busy table is reported and
-retried later instead of waited on forever."""
+"""Maintenance activities: cleanup of old rows in short batches (heap by heap, whatever the table's shape),
+VACUUM and ANALYZE table by table, index rebuilds (after dropping what an interrupted one left), dry-run planning.
+Every statement runs under a statement timeout and a lock timeout, so a busy table is reported (or, for cleanup,
+retried later) instead of waited on forever. The SQL itself is in activities/maintenance_sql.py."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -16,12 +18,30 @@ from temporalio.exceptions import ApplicationError
 
 from activities.catalog_db import Catalog
 from activities.heartbeat import Heartbeater
+from activities.maintenance_sql import (
+    Heap,
+    Leftover,
+    Table,
+    analyze_only,
+    any_old,
+    count_old,
+    delete_blocks,
+    delete_some,
+    drop_leftover,
+    heap_blocks,
+    old_rows,
+    reindex_leftovers,
+    rule_heaps,
+    vacuum_one,
+    vacuum_tables,
+)
 from activities.pg import connect
 from activities.storage import open_storage
 from tenancy.errors import INVALID_INPUT, fail
 from tenancy.log import activity_logger
-from tenancy.maintenance import CleanupRule, bloat_ratio
+from tenancy.maintenance import CleanupRule, bloat_ratio, rule_keys
 from tenancy.models import (
+    AnalyzeResult,
     CleanupRequest,
     CleanupResult,
     IndexBloat,
@@ -52,17 +72,6 @@ WHERE am.amname = 'btree' AND i.indisvalid AND i.indexprs IS NULL
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%'
 ORDER BY 1
 """
-
-
-def _table(rule: CleanupRule) -> sql.Composable:
-    return sql.SQL(".").join(sql.Identifier(p) for p in rule.table.split("."))
-
-
-def _where(rule: CleanupRule) -> sql.Composable:
-    where = sql.SQL("{} < %(cutoff)s").format(sql.Identifier(rule.timestamp_column))
-    if rule.condition:
-        where = sql.SQL("{} AND ({})").format(where, sql.SQL(rule.condition))  # the operator's own SQL
-    return where
 
 
 class MaintenanceActivities:
@@ -107,12 +116,35 @@ class MaintenanceActivities:
             row = await (await conn.execute("SELECT pg_database_size(%s)", [target.database_name])).fetchone()
         return row[0]
 
-    async def _cleanup_counts(self, conn: psycopg.AsyncConnection, cutoff: datetime) -> dict[str, int]:
+    def _timeout(self, exc: psycopg.Error) -> str:
+        if isinstance(exc, psycopg.errors.LockNotAvailable):
+            return f"lock timeout after {self.settings.maintenance_lock_timeout_ms} ms"
+        return f"statement timeout after {self.settings.maintenance_statement_timeout_s} s"
+
+    async def _rules(
+        self, conn: psycopg.AsyncConnection, cutoff: datetime
+    ) -> tuple[list[tuple[str, CleanupRule, list[Heap]]], dict[str, str]]:
+        """Each rule with the heaps it covers in this database; the rules that do not apply here, and why."""
+        rules = self.settings.cleanup_rules
+        found, skipped = [], {}
+        for key, rule in zip(rule_keys(rules), rules, strict=True):
+            heaps = await rule_heaps(conn, rule, cutoff)
+            if isinstance(heaps, str):
+                skipped[key] = heaps
+            else:
+                found.append((key, rule, heaps))
+        return found, skipped
+
+    async def _cleanup_counts(
+        self, conn: psycopg.AsyncConnection, cutoff: datetime
+    ) -> tuple[dict[str, int], dict[str, str]]:
+        """Rows each rule would delete, heap by heap as the cleanup deletes them; and the rules skipped here."""
+        found, skipped = await self._rules(conn, cutoff)
         counts = {}
-        for rule in self.settings.cleanup_rules:
-            query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(_table(rule), _where(rule))
-            counts[rule.table] = (await (await conn.execute(query, {"cutoff": cutoff})).fetchone())[0]
-        return counts
+        for key, rule, heaps in found:
+            where = old_rows(rule, cutoff)
+            counts[key] = sum([await count_old(conn, heap, where) for heap in heaps])
+        return counts, skipped
 
     async def _index_bloat(self, conn: psycopg.AsyncConnection) -> list[IndexBloat]:
         rows = await (await conn.execute(_INDEXES_SQL)).fetchall()
@@ -130,92 +162,100 @@ class MaintenanceActivities:
 
     @activity.defn
     async def plan_maintenance(self, req: CleanupRequest) -> MaintenancePlan:
-        """Dry run: rows each cleanup rule would delete, indexes optimize would rebuild, dead tuples vacuum would
+        """Dry run: rows each cleanup rule would delete (counted as the cleanup counts them), the rules that do
+        not apply to this tenant, indexes optimize would rebuild or drop as leftovers, dead tuples vacuum would
         reclaim. Reads only."""
         async with self._session(req.database_name) as conn:
             await conn.execute("SET default_transaction_read_only = on")
-            counts = await self._cleanup_counts(conn, req.cutoff)
+            counts, skipped = await self._cleanup_counts(conn, req.cutoff)
             rebuild = self._to_rebuild(await self._index_bloat(conn))
+            leftovers = [leftover.index for leftover in await reindex_leftovers(conn)]
             dead = (
                 await (await conn.execute("SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables")).fetchone()
             )[0]
-        return MaintenancePlan(cleanup_rows=counts, indexes_to_rebuild=rebuild, dead_tuples=int(dead))
+        return MaintenancePlan(
+            cleanup_rows=counts,
+            indexes_to_rebuild=rebuild,
+            dead_tuples=int(dead),
+            skipped=skipped,
+            leftover_indexes=leftovers,
+        )
 
     @activity.defn
     async def count_old_rows(self, req: CleanupRequest) -> dict[str, int]:
-        """Rows each cleanup rule would delete, counted before the cleanup starts."""
+        """Rows each cleanup rule would delete, counted before the cleanup starts (rules that do not apply to this
+        tenant are left out; the cleanup says why)."""
         async with self._session(req.database_name) as conn:
-            return await self._cleanup_counts(conn, req.cutoff)
+            return (await self._cleanup_counts(conn, req.cutoff))[0]
 
     @activity.defn
     async def cleanup_old_rows(self, req: CleanupRequest) -> CleanupResult:
         """Delete rows older than the run's cutoff, `cleanup_batch_size` at a time, each batch its own short
-        transaction. A retried attempt simply goes on: the cutoff is the run's, so nothing newer is touched and a
-        deleted row cannot be deleted again. Rows deleted = the run's planned count (taken before the first attempt,
-        in the history) minus what is left at the end."""
+        transaction, one heap at a time (a plain table, each inheritance child, each leaf partition: a ctid names a
+        row in one file only). A retried attempt goes on where the last one got to: the cutoff is the run's and
+        every DELETE re-checks it with the rule's condition, so nothing newer is touched. Rows deleted = the run's
+        planned count (taken before the first attempt, in the history) minus what is left at the end."""
         log = self._log(req.tenant_id)
         details = activity.info().heartbeat_details
         previous = details[0] if details and isinstance(details[0], dict) else {}
-        # Resumable progress: the next heap block of each table; a retried attempt starts there.
-        progress = {"batches": previous.get("batches", 0), "next_block": dict(previous.get("next_block", {}))}
+        # Resumable progress: per rule, the next block of each of its heaps. (Details of an older shape, one
+        # block per table, are not trusted: starting a heap again from block 0 is only slower.)
+        next_block = {k: dict(v) for k, v in previous.get("next_block", {}).items() if isinstance(v, dict)}
+        progress = {"batches": previous.get("batches", 0), "next_block": next_block}
         longest = float(previous.get("longest_batch_ms", 0.0))
+        batch = self.settings.cleanup_batch_size
 
-        async def timed(query: sql.Composable, params: dict) -> psycopg.AsyncCursor:
+        async def timed(query: sql.Composable) -> int:
             nonlocal longest
             started = time.perf_counter()
-            cursor = await conn.execute(query, params)
+            cursor = await conn.execute(query)  # no parameters: a `%` in a condition is just a `%`
             longest = max(longest, (time.perf_counter() - started) * 1000)
             progress["batches"] += 1
-            return cursor
+            return cursor.rowcount
 
         async with (
             self._session(req.database_name) as conn,
             Heartbeater(lambda: {**progress, "longest_batch_ms": longest}),
         ):
-            planned = req.planned or await self._cleanup_counts(conn, req.cutoff)
-            for rule in self.settings.cleanup_rules:
-                params = {"cutoff": req.cutoff}
-                # Walk the heap in block ranges (a TID range scan: as cheap as the sequential scan of one big
-                # DELETE) sized to hold about `cleanup_batch_size` rows, each range its own short transaction.
-                pages, tuples = await (
-                    await conn.execute(
-                        sql.SQL(
-                            "SELECT pg_relation_size({t}) / current_setting('block_size')::int, "
-                            "greatest(reltuples, 0) FROM pg_class WHERE oid = {t}::regclass"
-                        ).format(t=sql.Literal(rule.table))
-                    )
-                ).fetchone()
-                per_block = max(1.0, tuples / pages) if pages else 1.0
-                step = max(1, int(self.settings.cleanup_batch_size / per_block))
-                by_blocks = sql.SQL(
-                    "DELETE FROM {table} WHERE ctid >= %(lo)s::tid AND ctid < %(hi)s::tid AND {where}"
-                ).format(table=_table(rule), where=_where(rule))
-                block = int(progress["next_block"].get(rule.table, 0))
-                while block < pages:
-                    await timed(by_blocks, {**params, "lo": f"({block},0)", "hi": f"({block + step},0)"})
-                    block += step
-                    progress["next_block"][rule.table] = block
-                # Rows that were not in those blocks (moved or added while we ran): looked for with a plain read
-                # first, so the usual case takes no lock at all.
-                leftover = sql.SQL(
-                    "DELETE FROM {table} WHERE ctid = ANY (ARRAY(SELECT ctid FROM {table} WHERE {where} LIMIT %(n)s))"
-                ).format(table=_table(rule), where=_where(rule))
-                exists = sql.SQL("SELECT EXISTS (SELECT 1 FROM {table} WHERE {where})").format(
-                    table=_table(rule), where=_where(rule)
-                )
-                while (await (await conn.execute(exists, params)).fetchone())[0]:
-                    await timed(leftover, {**params, "n": self.settings.cleanup_batch_size})
-            remaining = await self._cleanup_counts(conn, req.cutoff)
+            if req.planned:
+                planned = dict(req.planned)
+                found, skipped = await self._rules(conn, req.cutoff)
+            else:
+                planned, skipped = await self._cleanup_counts(conn, req.cutoff)
+                found, _ = await self._rules(conn, req.cutoff)
+            for key, rule, heaps in found:
+                if key not in planned:  # appeared after the count: its deletions could not be told apart
+                    skipped[key] = "appeared after the rows were counted; left for the next run"
+                    continue
+                where = old_rows(rule, req.cutoff)
+                done = progress["next_block"].setdefault(key, {})
+                for heap in heaps:
+                    # Walk the heap in block ranges (a TID range scan: as cheap as the sequential scan of one big
+                    # DELETE) sized to hold about `cleanup_batch_size` rows, each range its own short transaction.
+                    pages, per_block = await heap_blocks(conn, heap)
+                    step = max(1, int(batch / per_block))
+                    block = int(done.get(heap.key, 0))
+                    while block < pages:
+                        await timed(delete_blocks(heap, where, block, block + step))
+                        block += step
+                        done[heap.key] = block
+                    # Rows that were not in those blocks (moved or added while we ran): looked for with a plain
+                    # read first, so the usual case takes no lock at all.
+                    while await any_old(conn, heap, where):
+                        if not await timed(delete_some(heap, where, batch)):
+                            break  # nothing it may delete (a trigger or a policy says no): left, and counted so
+            remaining, _ = await self._cleanup_counts(conn, req.cutoff)
         removed = open_storage(self.settings).remove_stale_partials(
             req.tenant_id, timedelta(hours=self.settings.stale_partial_hours)
         )
-        deleted = {t: planned.get(t, 0) - remaining.get(t, 0) for t in planned}
-        log.info("old rows deleted", rows=deleted, batches=progress["batches"], stale_files=removed)
+        deleted = {key: planned[key] - remaining[key] for key in planned if key in remaining}
+        log.info("old rows deleted", rows=deleted, skipped=skipped, batches=progress["batches"], stale_files=removed)
         return CleanupResult(
             rows_deleted=deleted,
             batches=progress["batches"],
             longest_batch_ms=round(longest, 1),
             stale_files_removed=removed,
+            skipped=skipped,
         )
 
     async def _dead_tuples(self, conn: psycopg.AsyncConnection) -> int:
@@ -223,36 +263,150 @@ class MaintenanceActivities:
         row = await (await conn.execute("SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables")).fetchone()
         return int(row[0])
 
+    async def _table_by_table(
+        self,
+        conn: psycopg.AsyncConnection,
+        tables: list[Table],
+        statement: Callable[[Table], sql.Composable],
+        state: dict[str, Any],
+    ) -> None:
+        """One statement per table, each under its own statement and lock timeouts. A timeout is noted for its
+        table and the next table goes on; `state` (heartbeat details) says how far we got, so a retried attempt
+        skips the tables done."""
+        after = state.get("after")
+        for table in tables:
+            if after is not None and table.order <= after:
+                continue
+            try:
+                await conn.execute(statement(table))
+                state["tables"] += 1
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+                state["timed_out"][table.key] = self._timeout(exc)
+            except psycopg.errors.UndefinedTable:
+                pass  # dropped since it was listed
+            state["after"] = table.order
+
+    def _table_state(self) -> dict[str, Any]:
+        details = activity.info().heartbeat_details
+        previous = details[0] if details and isinstance(details[0], dict) else {}
+        return {
+            "after": previous.get("after"),
+            "tables": int(previous.get("tables", 0)),
+            "timed_out": dict(previous.get("timed_out", {})),
+            "dead_before": previous.get("dead_before"),
+        }
+
     @activity.defn
     async def vacuum_database(self, req: VacuumRequest) -> VacuumResult:
-        """Plain VACUUM (ANALYZE); VACUUM FULL only when asked (it locks each table while it rewrites it)."""
-        async with self._session(req.database_name) as conn, Heartbeater():
-            before = await self._dead_tuples(conn)
-            await conn.execute("VACUUM (FULL, ANALYZE)" if req.full else "VACUUM (ANALYZE)")
+        """VACUUM (ANALYZE) table by table (VACUUM FULL only when asked: it locks each table while it rewrites
+        it); a table that times out is reported and the others still run."""
+        state = self._table_state()
+        async with self._session(req.database_name) as conn, Heartbeater(lambda: state):
+            if state["dead_before"] is None:
+                state["dead_before"] = await self._dead_tuples(conn)
+            version = conn.info.server_version
+            await self._table_by_table(
+                conn, await vacuum_tables(conn), lambda t: vacuum_one(version, t, req.full), state
+            )
             after = await self._dead_tuples(conn)
-        self._log(req.tenant_id).info("vacuumed", full=req.full, dead_before=before, dead_after=after)
-        return VacuumResult(dead_tuples_before=before, dead_tuples_after=after)
+        self._log(req.tenant_id).info(
+            "vacuumed",
+            full=req.full,
+            dead_before=state["dead_before"],
+            dead_after=after,
+            tables=state["tables"],
+            timed_out=state["timed_out"],
+        )
+        return VacuumResult(
+            dead_tuples_before=state["dead_before"],
+            dead_tuples_after=after,
+            tables=state["tables"],
+            timed_out=state["timed_out"],
+        )
+
+    async def _drop_leftovers(
+        self, conn: psycopg.AsyncConnection, leftovers: list[Leftover], kept: dict[str, str]
+    ) -> list[str]:
+        """DROP INDEX CONCURRENTLY each leftover; one that cannot be dropped now is noted in `kept` and stays for
+        the next run (which finds it again)."""
+        dropped = []
+        for leftover in leftovers:
+            try:
+                await conn.execute(drop_leftover(leftover))
+                dropped.append(leftover.index)
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+                kept[leftover.index] = f"leftover of an interrupted rebuild, not dropped yet: {self._timeout(exc)}"
+        return dropped
 
     @activity.defn
     async def optimize_indexes(self, target: MaintenanceTarget) -> OptimizeResult:
-        """REINDEX CONCURRENTLY every btree whose estimated bloat is over the threshold, then ANALYZE."""
+        """Drop what an interrupted REINDEX CONCURRENTLY left behind, then REINDEX CONCURRENTLY every btree whose
+        estimated bloat is over the threshold, then ANALYZE the tables rebuilt. An index that times out is
+        reported (with the others of its table, not tried behind the same lock) and the rest go on."""
+        timed_out: dict[str, str] = {}
         async with self._session(target.database_name) as conn, Heartbeater():
+            # Invalid copies are never read but may be written on every change of their table: gone first.
+            dropped = await self._drop_leftovers(conn, await reindex_leftovers(conn), timed_out)
             candidates = self._to_rebuild(await self._index_bloat(conn))
-            before = sum(i.bytes for i in candidates)
+            rebuilt: list[IndexBloat] = []
+            busy: set[str] = set()
             for index in candidates:
-                await conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.SQL(index.index)))
+                if index.table in busy:
+                    timed_out[index.index] = "not tried: a rebuild on the same table had just timed out"
+                    continue
+                before = {leftover.oid for leftover in await reindex_leftovers(conn)}
+                try:
+                    await conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.SQL(index.index)))
+                    rebuilt.append(index)
+                except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+                    timed_out[index.index] = self._timeout(exc)
+                    busy.add(index.table)
+                    # The copy it was building stays behind, invalid: dropped now, waiting for the transactions in
+                    # its way up to the statement timeout rather than the short lock timeout.
+                    ours = [
+                        leftover
+                        for leftover in await reindex_leftovers(conn)
+                        if leftover.table == index.table and leftover.oid not in before
+                    ]
+                    await conn.execute("SET lock_timeout = 0")
+                    try:
+                        dropped += await self._drop_leftovers(conn, ours, timed_out)
+                    finally:
+                        await conn.execute(
+                            sql.SQL("SET lock_timeout = {}").format(
+                                sql.Literal(f"{self.settings.maintenance_lock_timeout_ms}ms")
+                            )
+                        )
             after_sizes = {i.index: i.bytes for i in await self._index_bloat(conn)}
-            await conn.execute("ANALYZE")
-        after = sum(after_sizes.get(i.index, 0) for i in candidates)
+            touched = {i.table for i in rebuilt}
+            state: dict[str, Any] = {"after": None, "tables": 0, "timed_out": timed_out}
+            version = conn.info.server_version
+            tables = [t for t in await vacuum_tables(conn) if t.key in touched]
+            await self._table_by_table(conn, tables, lambda t: analyze_only(version, t), state)
+        before = sum(i.bytes for i in rebuilt)
+        after = sum(after_sizes.get(i.index, 0) for i in rebuilt)
         self._log(target.tenant_id).info(
-            "indexes rebuilt", indexes=[i.index for i in candidates], before=before, after=after
+            "indexes rebuilt",
+            indexes=[i.index for i in rebuilt],
+            before=before,
+            after=after,
+            leftovers_dropped=dropped,
+            timed_out=timed_out,
         )
-        return OptimizeResult(rebuilt=candidates, bytes_before=before, bytes_after=after)
+        return OptimizeResult(
+            rebuilt=rebuilt, bytes_before=before, bytes_after=after, leftovers_dropped=dropped, timed_out=timed_out
+        )
 
     @activity.defn
-    async def analyze_database(self, target: MaintenanceTarget) -> None:
-        async with self._session(target.database_name) as conn, Heartbeater():
-            await conn.execute("ANALYZE")
+    async def analyze_database(self, target: MaintenanceTarget) -> AnalyzeResult | None:
+        """ANALYZE table by table; a table that times out is reported and the others still run. (None only in
+        histories recorded before it reported anything.)"""
+        state = self._table_state()
+        async with self._session(target.database_name) as conn, Heartbeater(lambda: state):
+            version = conn.info.server_version
+            await self._table_by_table(conn, await vacuum_tables(conn), lambda t: analyze_only(version, t), state)
+        self._log(target.tenant_id).info("analyzed", tables=state["tables"], timed_out=state["timed_out"])
+        return AnalyzeResult(tables=state["tables"], timed_out=state["timed_out"])
 
     @activity.defn
     async def record_maintenance(self, tenant_id: str, summary: dict) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 
 from pydantic import BaseModel, field_validator
 
@@ -46,10 +47,33 @@ def ordered_tasks(asked: list[str]) -> list[str]:
     return [t for t in TASK_ORDER if t in asked]
 
 
+# A hundred years: far beyond any retention, far below what a date can hold (a cutoff never overflows).
+MAX_DAYS = 36500
+
+
 def validate_days(days: int) -> int:
-    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
-        raise InvalidInput(f"--days must be a whole number of at least 1 (got {days!r})")
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
+        raise InvalidInput(f"--days must be a whole number from 1 to {MAX_DAYS} (got {days!r})")
     return days
+
+
+def rule_keys(rules: list[CleanupRule]) -> list[str]:
+    """How each rule is named in counts and results: its table; when several rules name the same table, the
+    table with the rule's own condition (and its place among identical ones), so no two rules share a count."""
+    per_table = Counter(r.table for r in rules)
+    keys = []
+    for rule in rules:
+        if per_table[rule.table] == 1:
+            keys.append(rule.table)
+        else:
+            condition = f" and {rule.condition}" if rule.condition else ""
+            keys.append(f"{rule.table} [{rule.timestamp_column} < cutoff{condition}]")
+    seen: Counter[str] = Counter()
+    unique = []
+    for key in keys:
+        seen[key] += 1
+        unique.append(key if seen[key] == 1 else f"{key} #{seen[key]}")
+    return unique
 
 
 PAGE = 8192
