@@ -10,14 +10,19 @@ from typing import Any
 
 from temporalio import activity
 
+# Twice a second: the worker sends at most one heartbeat a second to the server (worker.HEARTBEAT_THROTTLE), and
+# the server's answer to it is how a cancellation reaches the activity: within about a second, whatever its length.
+INTERVAL = 0.5
+
 
 class Heartbeater:
     """`async with Heartbeater(lambda: {"bytes_written": n}):` heartbeats the current details every interval.
 
-    The details are what a retried attempt finds in `activity.info().heartbeat_details`.
+    The details are what a retried attempt finds in `activity.info().heartbeat_details`, and what `tenants` shows
+    as the run's progress.
     """
 
-    def __init__(self, details: Callable[[], Any] = lambda: None, interval: float = 2.0) -> None:
+    def __init__(self, details: Callable[[], Any] = lambda: None, interval: float = INTERVAL) -> None:
         self._details = details
         self._interval = interval
         self._task: asyncio.Task[None] | None = None

@@ -21,6 +21,7 @@ from starter import (
     restore_cmd,
     schedules_cmd,
     stack,
+    sweep_cmd,
     tenant_cmds,
 )
 from starter.output import error
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     maintenance_cmd.add_parser(subparsers)
     schedules_cmd.add_parsers(subparsers)
     offsite_cmds.add_parsers(subparsers)
+    sweep_cmd.add_parser(subparsers)
     worker = subparsers.add_parser("worker", help="run a worker (same as `python worker.py`)")
     worker.set_defaults(handler=None)
     return parser

@@ -5,13 +5,15 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from tenancy.errors import INVALID_INPUT, InvalidInput, fail
+    from tenancy.bounds import validate_backup
+    from tenancy.errors import INVALID_INPUT, fail
     from tenancy.models import BackupTenantInput, FleetBackupInput, FleetResult, TenantOutcome, TenantRef
     from tenancy.naming import workflow_id
     from tenancy.retention import validate_keep
     from tenancy.search import tenant_attributes
     from workflows.backup_tenant import BackupTenantWorkflow
     from workflows.fanout import FanOutProgress, fan_out_catalog, finish_fleet, run_child, start_cursor
+    from workflows.validation import check_input
 
 
 @workflow.defn
@@ -25,12 +27,12 @@ class BackupAllTenantsWorkflow:
 
     @workflow.run
     async def run(self, req: FleetBackupInput) -> FleetResult:
-        try:
-            validate_keep(req.keep)
-        except InvalidInput as exc:
-            raise fail(INVALID_INPUT, str(exc)) from None
-        if req.concurrency < 1:
-            raise fail(INVALID_INPUT, "concurrency must be at least 1")
+        def legacy() -> None:  # the checks of runs recorded before the bounds
+            validate_keep(req.keep, most=None)
+            if req.concurrency < 1:
+                raise fail(INVALID_INPUT, "concurrency must be at least 1")
+
+        check_input(lambda: validate_backup(req), legacy)
         cursor = start_cursor(req.cursor)
 
         async def back_up(tenant: TenantRef) -> TenantOutcome:

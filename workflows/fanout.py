@@ -92,8 +92,19 @@ async def fan_out_catalog(
             return cursor, False
 
 
+# Children's ids carry the time the fleet run started. workflow.now() in the first task is not that: a query that
+# arrives before the task starts gives it the started event's time on replay instead (TMPRL1100 on the child ids).
+STARTED_AT_FROM_HISTORY = "fleet-started-at-from-start-event"
+
+
 def start_cursor(cursor: FleetCursor | None) -> FleetCursor:
-    return cursor or FleetCursor(started_at=workflow.now())
+    if cursor is not None:
+        return cursor
+    if workflow.patched(STARTED_AT_FROM_HISTORY):
+        # The WorkflowExecutionStarted event's time: the same on every replay (info().start_time is the first
+        # task's time, which moves like workflow.now()).
+        return FleetCursor(started_at=workflow.info().workflow_start_time)
+    return FleetCursor(started_at=workflow.now())
 
 
 def skipped(tenant: TenantRef) -> TenantOutcome:

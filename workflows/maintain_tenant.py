@@ -14,7 +14,8 @@ from temporalio.exceptions import ActivityError, ChildWorkflowError
 with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
     from activities.maintenance import MaintenanceActivities
-    from tenancy.errors import INVALID_INPUT, NON_RETRYABLE, InvalidInput, fail, failure_message
+    from tenancy.bounds import validate_maintenance
+    from tenancy.errors import INVALID_INPUT, NON_RETRYABLE, fail, failure_message
     from tenancy.maintenance import ordered_tasks, validate_days
     from tenancy.models import (
         BackupTenantInput,
@@ -30,18 +31,20 @@ with workflow.unsafe.imports_passed_through():
         VacuumRequest,
     )
     from tenancy.naming import workflow_id
+    from tenancy.retention import MAX_KEEP
     from tenancy.search import tenant_attributes
     from workflows.backup_tenant import BackupTenantWorkflow
     from workflows.fanout import FanOutProgress, fan_out_catalog, finish_fleet, skipped, start_cursor
-    from workflows.options import QUICK
+    from workflows.options import HEARTBEAT_TIMEOUT, QUICK
     from workflows.tenant_lock import tenant_lock
+    from workflows.validation import check_input
 
 
 def task_options(max_attempts: int) -> dict[str, Any]:
     """Lock timeouts come back later (backing off to five minutes) rather than waiting on the lock."""
     return {
         "start_to_close_timeout": timedelta(hours=6),
-        "heartbeat_timeout": timedelta(seconds=20),
+        "heartbeat_timeout": HEARTBEAT_TIMEOUT,
         "retry_policy": RetryPolicy(
             initial_interval=timedelta(seconds=5),
             backoff_coefficient=3.0,
@@ -63,14 +66,14 @@ class MaintainTenantWorkflow:
 
     @workflow.run
     async def run(self, req: MaintainTenantInput) -> MaintainTenantResult:
-        try:
-            tasks = ordered_tasks(req.tasks)
-            if "cleanup" in tasks or req.dry_run:
+        def legacy() -> None:  # the checks of runs recorded before the bounds
+            if "cleanup" in ordered_tasks(req.tasks) or req.dry_run:
                 validate_days(req.days)
-        except InvalidInput as exc:
-            raise fail(INVALID_INPUT, str(exc)) from None
-        if req.max_attempts < 1:
-            raise fail(INVALID_INPUT, "max_attempts must be at least 1")
+            if req.max_attempts < 1:
+                raise fail(INVALID_INPUT, "max_attempts must be at least 1")
+
+        check_input(lambda: validate_maintenance(req), legacy)
+        tasks = ordered_tasks(req.tasks)
         tenant = await workflow.execute_activity_method(CatalogActivities.get_tenant, req.tenant_id, **QUICK)
         target = MaintenanceTarget(tenant_id=tenant.id, database_name=tenant.database_name)
         # Fixed once for the whole run: retries and a resumed run delete exactly up to the same instant.
@@ -145,7 +148,7 @@ class MaintainTenantWorkflow:
         if task == "backup":
             backup = await workflow.execute_child_workflow(
                 BackupTenantWorkflow.run,
-                BackupTenantInput(tenant_id=tenant_id, keep=1_000_000, lock_held_by_parent=True),
+                BackupTenantInput(tenant_id=tenant_id, keep=MAX_KEEP, lock_held_by_parent=True),
                 id=f"backup-{tenant_id}-maintenance-{workflow.info().run_id[:8]}",
                 search_attributes=tenant_attributes(tenant_id),
                 static_summary=f"Backup of tenant {tenant_id} before maintenance",
@@ -166,8 +169,9 @@ class MaintainTenantWorkflow:
             return (
                 await workflow.execute_activity_method(MaintenanceActivities.optimize_indexes, target, **options)
             ).model_dump()
-        await workflow.execute_activity_method(MaintenanceActivities.analyze_database, target, **options)
-        return {}
+        # The same command as before; the result says which tables timed out (None in older histories).
+        analyzed = await workflow.execute_activity_method(MaintenanceActivities.analyze_database, target, **options)
+        return analyzed.model_dump() if analyzed is not None else {}
 
 
 @workflow.defn
@@ -181,8 +185,12 @@ class MaintainAllTenantsWorkflow:
 
     @workflow.run
     async def run(self, req: FleetMaintenanceInput) -> FleetResult:
-        if req.concurrency < 1:
-            raise fail(INVALID_INPUT, "concurrency must be at least 1")
+        def legacy() -> None:  # the checks of runs recorded before the bounds
+            if req.concurrency < 1:
+                raise fail(INVALID_INPUT, "concurrency must be at least 1")
+
+        # Tasks and days are checked once here, rather than failing every tenant's run.
+        check_input(lambda: validate_maintenance(req), legacy)
         cursor = start_cursor(req.cursor)
 
         async def maintain(tenant: TenantRef) -> TenantOutcome:

@@ -8,6 +8,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
     from activities.provisioning import ProvisioningActivities
+    from tenancy.bounds import validate_fleet
     from tenancy.errors import INVALID_INPUT, fail
     from tenancy.models import FleetInput, FleetResult, MigrationResult, TenantDatabase, TenantOutcome, TenantRef
     from tenancy.naming import workflow_id
@@ -15,6 +16,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.fanout import FanOutProgress, fan_out_catalog, finish_fleet, run_child, start_cursor
     from workflows.options import QUICK, SLOW_DDL
     from workflows.tenant_lock import tenant_lock
+    from workflows.validation import check_input
 
 
 @workflow.defn
@@ -42,8 +44,11 @@ class MigrateAllTenantsWorkflow:
 
     @workflow.run
     async def run(self, req: FleetInput) -> FleetResult:
-        if req.concurrency < 1:
-            raise fail(INVALID_INPUT, "concurrency must be at least 1")
+        def legacy() -> None:  # the checks of runs recorded before the bounds
+            if req.concurrency < 1:
+                raise fail(INVALID_INPUT, "concurrency must be at least 1")
+
+        check_input(lambda: validate_fleet(req), legacy)
         if req.cursor is None:  # the template first, once, so the children do not race to rebuild it
             await workflow.execute_activity_method(ProvisioningActivities.refresh_template, **SLOW_DDL)
         cursor = start_cursor(req.cursor)

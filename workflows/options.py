@@ -19,13 +19,16 @@ QUICK = {
     ),
 }
 
-# Long work on the data (dump, verify): heartbeats every 2 s, so a dead worker is noticed within 20 s and a
-# cancellation reaches the activity within a few seconds.
+# Activities that heartbeat do so every half second, and reach the server every second (worker.HEARTBEAT_THROTTLE):
+# a worker that died is noticed within this, and its activity retried elsewhere.
+HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+
+# Long work on the data (dump, verify): a cancellation reaches the activity within about a second.
 LONG = {
     "start_to_close_timeout": timedelta(hours=6),
-    "heartbeat_timeout": timedelta(seconds=20),
+    "heartbeat_timeout": HEARTBEAT_TIMEOUT,
     "retry_policy": RetryPolicy(
-        initial_interval=timedelta(seconds=10),
+        initial_interval=timedelta(seconds=5),
         backoff_coefficient=2.0,
         maximum_interval=timedelta(minutes=5),
         maximum_attempts=3,
@@ -48,3 +51,6 @@ SLOW_DDL = {
 # worker that runs the workflow, with no round trip through the server to schedule them (what dominates small
 # tenants' backups in a fleet run).
 LOCAL = QUICK
+
+# The swap of a restore: short, but heartbeating, so a cancellation reaches it and the undo waits for it to stop.
+SWAP = {**QUICK, "heartbeat_timeout": HEARTBEAT_TIMEOUT}

@@ -6,6 +6,8 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.backup import BackupActivities
+    from tenancy.bounds import validate_prune
+    from tenancy.errors import INVALID_INPUT, fail
     from tenancy.models import (
         FleetResult,
         PinRequest,
@@ -20,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.fanout import FanOutProgress, fan_out_catalog, finish_fleet, run_child, start_cursor
     from workflows.options import LOCAL
     from workflows.tenant_lock import tenant_lock
+    from workflows.validation import check_input
 
 
 @workflow.defn
@@ -34,7 +37,9 @@ class PinBackupWorkflow:
 class PruneTenantWorkflow:
     @workflow.run
     async def run(self, req: PruneInput) -> RetentionResult:
-        assert req.tenant_id is not None
+        check_input(lambda: validate_prune(req, fleet=False))
+        if req.tenant_id is None:  # checked above in new runs; never an assert (it would fail the task forever)
+            raise fail(INVALID_INPUT, "prune one tenant: its id is missing")
         request = RetentionRequest(tenant_id=req.tenant_id, keep=req.keep, dry_run=req.dry_run)
         if req.dry_run:  # reads only: no lock needed
             return await workflow.execute_local_activity_method(BackupActivities.apply_retention, request, **LOCAL)
@@ -53,6 +58,7 @@ class PruneAllTenantsWorkflow:
 
     @workflow.run
     async def run(self, req: PruneInput) -> FleetResult:
+        check_input(lambda: validate_prune(req, fleet=True))
         cursor = start_cursor(req.cursor)
 
         async def prune(tenant: TenantRef) -> TenantOutcome:
