@@ -7,13 +7,15 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.catalog_db import Catalog
-from tenancy.errors import INVALID_INPUT, TENANT_NOT_FOUND, InvalidInput, fail
+from activities.pg import connect
+from activities.schema import database_exists, existing_database_message, existing_role_message
+from tenancy.errors import INVALID_INPUT, TENANT_EXISTS, TENANT_NOT_FOUND, InvalidInput, fail
 from tenancy.log import get_logger
 from tenancy.models import LockOutcome, LockRequest, NewTenant, ProvisionTenantInput, Tenant, TenantPage, TenantRef
 from tenancy.naming import (
-    database_name,
     role_name,
     slugify,
+    tenant_database_name,
     validate_display_name,
     validate_email,
     validate_tenant_id,
@@ -30,23 +32,38 @@ class CatalogActivities:
 
     @activity.defn
     async def validate_new_tenant(self, req: ProvisionTenantInput) -> NewTenant:
-        """Everything about a provisioning request that can be wrong, refused before anything is created."""
+        """Everything about a provisioning request that can be wrong, refused before anything is created: a
+        database or role of the tenant's name that already exists is someone's (adopt it, or choose another id)."""
         try:
             name = validate_display_name(req.name)
             tenant_id = validate_tenant_id(req.tenant_id) if req.tenant_id else slugify(name)
             if req.plan not in self.settings.plans:
                 raise InvalidInput(f"unknown plan {req.plan!r}; plans: {', '.join(sorted(self.settings.plans))}")
-            return NewTenant(
+            new = NewTenant(
                 tenant_id=tenant_id,
                 name=name,
                 plan=req.plan,
                 owner_email=validate_email(req.owner_email),
-                database_name=database_name(self.settings.database_prefix, tenant_id),
+                database_name=tenant_database_name(
+                    self.settings.database_prefix,
+                    tenant_id,
+                    self.settings.catalog_database,
+                    self.settings.template_database,
+                ),
                 role_name=role_name(self.settings.database_prefix, tenant_id),
                 settings=validate_settings(req.settings),
             )
         except InvalidInput as exc:
             raise fail(INVALID_INPUT, str(exc)) from None
+        known = await self.catalog.get_tenant(new.tenant_id)
+        if known and known.status not in ("failed", "provisioning"):  # left to record_provisioning
+            raise fail(TENANT_EXISTS, f"tenant {new.tenant_id!r} already exists ({known.status})")
+        async with await connect(self.settings.effective_database_url) as admin:
+            if await database_exists(admin, new.database_name):
+                raise fail(TENANT_EXISTS, existing_database_message(new.database_name))
+            if await (await admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [new.role_name])).fetchone():
+                raise fail(TENANT_EXISTS, existing_role_message(new.role_name))
+        return new
 
     @activity.defn
     async def get_tenant(self, tenant_id: str) -> Tenant:
@@ -76,7 +93,7 @@ class CatalogActivities:
     @activity.defn
     async def acquire_tenant_lock(self, req: LockRequest) -> LockOutcome:
         outcome = await self.catalog.acquire_lock(
-            req.tenant_id, req.operation, req.workflow_id, req.run_id, self._holder_is_gone
+            req.tenant_id, req.operation, req.workflow_id, req.run_id, self._holder_is_gone, shared=req.shared
         )
         log = get_logger("activities.catalog", tenant_id=req.tenant_id, workflow_id=req.workflow_id, run_id=req.run_id)
         if outcome.acquired and outcome.holder_workflow_id:

@@ -3,28 +3,40 @@ and the compensation that undoes all of it."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from psycopg import sql
 from temporalio import activity
 
 from activities.catalog_db import Catalog, TenantExists
 from activities.credentials import delete_credentials, new_password, scram_sha256_verifier, write_credentials
+from activities.heartbeat import Heartbeater
+from activities.marks import database_mark, mark_role, role_mark
 from activities.pg import connect
 from activities.schema import (
     apply_migrations,
     create_from_template,
     database_exists,
     ensure_template,
+    existing_role_message,
     migration_files,
+    provisioning_copy_name,
     seed_once,
 )
 from tenancy.errors import PLAN_LIMIT_REACHED, TENANT_EXISTS, fail
 from tenancy.log import activity_logger
+from tenancy.marks import Mark
 from tenancy.models import MigrationResult, NewTenant, Tenant, TenantDatabase
 from tenancy.settings import Settings
 
 
 def _ident(name: str) -> sql.Identifier:
     return sql.Identifier(name)
+
+
+def _made_by_this_run(mark: Mark | None, tenant_id: str, *kinds: str) -> bool:
+    info = activity.info()
+    return mark is not None and mark.is_of(tenant_id, *kinds) and mark.made_by(info.workflow_id, info.workflow_run_id)
 
 
 class ProvisioningActivities:
@@ -60,12 +72,23 @@ class ProvisioningActivities:
 
     @activity.defn
     async def create_tenant_database(self, db: TenantDatabase) -> MigrationResult:
-        """Copy the template (kept at the newest migration) and apply anything newer; idempotent."""
+        """Copy the template (kept at the newest migration), marked as this run's, and apply anything newer.
+        A retried attempt goes on with what this run made; a database of the name that it did not make is
+        refused and left alone (schema.create_from_template)."""
         folder = self.settings.migrations_dir
-        await ensure_template(self.admin_url, self.settings.template_database, folder)
-        created = await create_from_template(self.admin_url, self.settings.template_database, db.database_name)
-        async with await connect(self.admin_url, db.database_name, autocommit=True) as conn:
-            applied = await apply_migrations(conn, migration_files(folder))
+        info = activity.info()
+        async with Heartbeater():
+            await ensure_template(self.admin_url, self.settings.template_database, folder)
+            created = await create_from_template(
+                self.admin_url,
+                self.settings.template_database,
+                db.database_name,
+                db.tenant_id,
+                info.workflow_id,
+                info.workflow_run_id,
+            )
+            async with await connect(self.admin_url, db.database_name, autocommit=True) as conn:
+                applied = await apply_migrations(conn, migration_files(folder))
         migrations = migration_files(folder)
         self._log(db.tenant_id).info("tenant database ready", database=db.database_name, created=created)
         return MigrationResult(
@@ -91,14 +114,33 @@ class ProvisioningActivities:
 
     @activity.defn
     async def create_tenant_role(self, db: TenantDatabase) -> str:
-        """A login role that can connect to its own database only; returns where its credentials are kept."""
+        """A login role that can connect to its own database only; returns where its credentials are kept.
+        The role is created and marked in one transaction; one of the name that this run did not create is
+        refused and left unchanged."""
+        info = activity.info()
         password = new_password()
         verifier = sql.Literal(scram_sha256_verifier(password))
         role, database = _ident(db.role_name), _ident(db.database_name)
-        async with await connect(self.admin_url, autocommit=True) as admin:
-            exists = await (await admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [db.role_name])).fetchone()
-            verb = "ALTER" if exists else "CREATE"
-            await admin.execute(sql.SQL(verb + " ROLE {} WITH LOGIN PASSWORD {}").format(role, verifier))
+        mark = Mark(
+            kind="role",
+            tenant_id=db.tenant_id,
+            workflow_id=info.workflow_id,
+            run_id=info.workflow_run_id,
+            at=datetime.now(UTC),
+        )
+        async with Heartbeater(), await connect(self.admin_url, autocommit=True) as admin:
+            if not _made_by_this_run(await database_mark(admin, db.database_name), db.tenant_id, "tenant"):
+                raise fail(TENANT_EXISTS, f"database {db.database_name} is not the one this run created")
+            async with admin.transaction():
+                exists = await (
+                    await admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [db.role_name])
+                ).fetchone()
+                # Only this run's own role (an attempt that failed after creating it) is taken up again.
+                if exists and not _made_by_this_run(await role_mark(admin, db.role_name), db.tenant_id, "role"):
+                    raise fail(TENANT_EXISTS, existing_role_message(db.role_name))
+                verb = "ALTER" if exists else "CREATE"
+                await admin.execute(sql.SQL(verb + " ROLE {} WITH LOGIN PASSWORD {}").format(role, verifier))
+                await mark_role(admin, db.role_name, mark)
             await admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(database))
             await admin.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(database, role))
         async with await connect(self.admin_url, db.database_name, autocommit=True) as conn:
@@ -118,7 +160,7 @@ class ProvisioningActivities:
 
     @activity.defn
     async def seed_tenant_database(self, db: TenantDatabase) -> bool:
-        async with await connect(self.admin_url, db.database_name, autocommit=True) as conn:
+        async with Heartbeater(), await connect(self.admin_url, db.database_name, autocommit=True) as conn:
             return await seed_once(conn, self.settings.migrations_dir)
 
     @activity.defn
@@ -131,11 +173,27 @@ class ProvisioningActivities:
 
     @activity.defn
     async def undo_provisioning(self, db: TenantDatabase, reason: str) -> None:
-        """Compensation: remove the database, role and credentials, and record the tenant as failed."""
+        """Compensation: remove what this run created (the database and its unfinished copy carrying this run's
+        mark, the role carrying this tenant's mark, the credentials), and record the tenant as failed. A
+        database or role of the name that is not marked so is someone else's: left as it is."""
+        info = activity.info()
+        left = []
         async with await connect(self.admin_url, autocommit=True) as admin:
-            await admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(_ident(db.database_name)))
-            await admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(_ident(db.role_name)))
-        delete_credentials(self.settings.effective_secrets_dir, db.tenant_id)
+            for name in (db.database_name, provisioning_copy_name(db.database_name, info.workflow_run_id)):
+                if _made_by_this_run(await database_mark(admin, name), db.tenant_id, "tenant", "provisioning"):
+                    await admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(_ident(name)))
+                elif await database_exists(admin, name):
+                    left.append(name)
+            mark = await role_mark(admin, db.role_name)
+            if mark and mark.is_of(db.tenant_id, "role"):
+                await admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(_ident(db.role_name)))
+                delete_credentials(self.settings.effective_secrets_dir, db.tenant_id)
+            elif await (await admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [db.role_name])).fetchone():
+                left.append(db.role_name)
+            else:
+                delete_credentials(self.settings.effective_secrets_dir, db.tenant_id)
+        if left:
+            self._log(db.tenant_id).warning("not created by this run: left alone", left=left)
         tenant = await self.catalog.get_tenant(db.tenant_id)
         if tenant and tenant.status == "provisioning":
             await self.catalog.change_status(
@@ -150,11 +208,20 @@ class ProvisioningActivities:
 
     @activity.defn
     async def drop_tenant_database(self, db: TenantDatabase) -> bool:
-        """Deprovisioning: end sessions, drop the database and role, delete the credentials."""
+        """Deprovisioning: end the sessions and drop the tenant's database, only if it carries this tenant's
+        mark (one without it may be someone else's: refused, nothing dropped). False when it was already gone.
+        The role and credentials go in their own step (DeprovisionActivities.drop_tenant_role)."""
+        # Imported here: this function is deprovisioning's, the rest of the module provisioning's.
+        from activities.deprovision import unmarked_database_message
+        from activities.marks import database_mark
+        from tenancy.errors import NOT_MARKED
+
         async with await connect(self.admin_url, autocommit=True) as admin:
-            existed = await database_exists(admin, db.database_name)
+            if not await database_exists(admin, db.database_name):
+                return False
+            mark = await database_mark(admin, db.database_name)
+            if mark is None or not mark.is_of(db.tenant_id, "tenant"):
+                raise fail(NOT_MARKED, unmarked_database_message(db) + "; nothing was dropped")
             await admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(_ident(db.database_name)))
-            await admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(_ident(db.role_name)))
-        delete_credentials(self.settings.effective_secrets_dir, db.tenant_id)
-        self._log(db.tenant_id).info("tenant database dropped", database=db.database_name, existed=existed)
-        return existed
+        self._log(db.tenant_id).info("tenant database dropped", database=db.database_name)
+        return True

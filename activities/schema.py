@@ -3,16 +3,22 @@ template database new tenants are copied from."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
+from activities.marks import database_mark, mark_database
 from activities.pg import connect
-from tenancy.errors import INVALID_INPUT, MIGRATION_CHANGED, SCHEMA_ERROR, fail
+from tenancy.errors import INVALID_INPUT, MIGRATION_CHANGED, SCHEMA_ERROR, TENANT_EXISTS, fail
+from tenancy.marks import Mark
+from tenancy.naming import provisioning_database_name
 
 MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 SEED_FILE = "seed.sql"
@@ -57,6 +63,11 @@ async def _run_sql_file(conn: psycopg.AsyncConnection, path: Path) -> None:
         psycopg.errors.FeatureNotSupported,
     ) as exc:
         raise fail(SCHEMA_ERROR, f"{path.name}: {str(exc).strip().splitlines()[0]}") from None
+
+
+async def _has_ledger(conn: psycopg.AsyncConnection) -> bool:
+    row = await (await conn.execute("SELECT to_regclass('public.tenant_schema_migrations')")).fetchone()
+    return row[0] is not None
 
 
 async def applied_migrations(conn: psycopg.AsyncConnection) -> dict[str, str]:
@@ -118,6 +129,13 @@ async def ensure_template(admin_url: str, template: str, folder: Path) -> str | 
                 async with await connect(admin_url, template, autocommit=True) as conn:
                     if await applied_migrations(conn) == wanted:
                         return migrations[-1].version if migrations else None
+                    ours = await _has_ledger(conn)
+                if not ours:  # a database of the template's name that this project did not build: left alone
+                    raise fail(
+                        TENANT_EXISTS,
+                        f"database {template} exists and is not this project's template (it has no "
+                        "tenant_schema_migrations table); rename it or change TENANTS_DATABASE_PREFIX",
+                    )
                 await admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(template)))
             await admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(template)))
             async with await connect(admin_url, template, autocommit=True) as conn:
@@ -127,16 +145,83 @@ async def ensure_template(admin_url: str, template: str, folder: Path) -> str | 
     return migrations[-1].version if migrations else None
 
 
-async def create_from_template(admin_url: str, template: str, database: str) -> bool:
-    """CREATE DATABASE … TEMPLATE; False when it already exists (a retried activity)."""
+def existing_database_message(name: str) -> str:
+    return f"database {name} already exists; adopt it with `tenants adopt`, or choose another id"
+
+
+def existing_role_message(name: str) -> str:
+    return f"role {name} already exists; adopt it with `tenants adopt --role`, or choose another id"
+
+
+def _run_token(run_id: str) -> str:
+    return run_id.replace("-", "")[:10].lower()
+
+
+def provisioning_copy_name(database: str, run_id: str) -> str:
+    """The name a run's copy of the template has until it is renamed to the tenant's."""
+    return provisioning_database_name(database, _run_token(run_id))
+
+
+def _made_by(mark: Mark | None, tenant_id: str, workflow_id: str, run_id: str, *kinds: str) -> bool:
+    return mark is not None and mark.is_of(tenant_id, *kinds) and mark.made_by(workflow_id, run_id)
+
+
+async def _to_the_end(work: Awaitable[None]) -> None:
+    """Run `work` to its end even when the activity is cancelled meanwhile, then let the cancellation through:
+    what it creates is marked before anyone (the undo) looks for it."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
+
+
+async def _copy_template(admin: psycopg.AsyncConnection, template: str, copy: str, mark: Mark) -> None:
+    await admin.execute("SELECT pg_advisory_lock_shared(%s)", [TEMPLATE_LOCK_KEY])
+    try:
+        await admin.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(copy), sql.Identifier(template))
+        )
+    finally:
+        await admin.execute("SELECT pg_advisory_unlock_shared(%s)", [TEMPLATE_LOCK_KEY])
+    await mark_database(admin, copy, mark)
+
+
+async def create_from_template(
+    admin_url: str, template: str, database: str, tenant_id: str, workflow_id: str, run_id: str
+) -> bool:
+    """Copy the template to `database` for this run. The copy is made as `<database>__pv_<token>` marked
+    "provisioning", then renamed and marked "tenant": the tenant's name only ever appears on a marked database.
+
+    True when this call made it; False when an earlier attempt of the same run did (its mark says so). A
+    database of that name that this run did not make is refused (TenantExists) and left exactly as it is."""
+
+    def mark(kind: str) -> Mark:
+        return Mark(kind=kind, tenant_id=tenant_id, workflow_id=workflow_id, run_id=run_id, at=datetime.now(UTC))
+
+    copy = provisioning_copy_name(database, run_id)
     async with await connect(admin_url, autocommit=True) as admin:
-        await admin.execute("SELECT pg_advisory_lock_shared(%s)", [TEMPLATE_LOCK_KEY])
+        if await database_exists(admin, database):
+            found = await database_mark(admin, database)
+            if not _made_by(found, tenant_id, workflow_id, run_id, "tenant", "provisioning"):
+                raise fail(TENANT_EXISTS, existing_database_message(database))
+            if found.kind != "tenant":  # an attempt that stopped between the rename and the re-mark
+                await mark_database(admin, database, mark("tenant"))
+            return False
+        if await database_exists(admin, copy):
+            # An attempt of this run that stopped half way: its copy is redone from the start.
+            if not _made_by(await database_mark(admin, copy), tenant_id, workflow_id, run_id, "provisioning"):
+                raise fail(TENANT_EXISTS, f"database {copy} exists and is not this run's copy; nothing was changed")
+            await admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(copy)))
+        await _to_the_end(_copy_template(admin, template, copy, mark("provisioning")))
         try:
-            if await database_exists(admin, database):
-                return False
             await admin.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(database), sql.Identifier(template))
+                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(copy), sql.Identifier(database))
             )
-            return True
-        finally:
-            await admin.execute("SELECT pg_advisory_unlock_shared(%s)", [TEMPLATE_LOCK_KEY])
+        except psycopg.errors.DuplicateDatabase:
+            # Someone made a database of the tenant's name meanwhile: ours goes, theirs stays.
+            await admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(copy)))
+            raise fail(TENANT_EXISTS, existing_database_message(database)) from None
+        await mark_database(admin, database, mark("tenant"))
+    return True

@@ -127,3 +127,48 @@ def validate_display_name(name: str) -> str:
     if not cleaned or len(cleaned) > 200 or any(ord(c) < 32 for c in cleaned):
         raise InvalidInput("a tenant name is 1 to 200 printable characters")
     return cleaned
+
+
+def provisioning_database_name(database: str, token: str) -> str:
+    """Where provisioning copies the template before renaming the copy to the tenant's name: the tenant's name
+    only ever appears on a database that already carries its mark."""
+    return _with_suffix(database, f"__pv_{token[:10]}")
+
+
+# Databases every PostgreSQL server has: never a tenant's.
+SYSTEM_DATABASES = frozenset({"postgres", "template0", "template1"})
+# A plain lowercase identifier (not PostgreSQL's reserved pg_ names), short enough that `<prefix>_template` and
+# ids of 23 characters fit in 63 bytes.
+DATABASE_PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
+
+
+def validate_database_prefix(prefix: str) -> str:
+    if not isinstance(prefix, str) or not DATABASE_PREFIX_RE.fullmatch(prefix) or prefix.startswith("pg_"):
+        raise InvalidInput(
+            f"invalid database prefix {prefix!r}: use 1-40 lowercase letters, digits and underscores, "
+            "starting with a letter or underscore (and not pg_)"
+        )
+    return prefix
+
+
+def reserved_database(name: str, catalog_database: str, template_database: str) -> str | None:
+    """What a database of this name already is to this project or to PostgreSQL, or None when it is free to be
+    a tenant's."""
+    if name == catalog_database:
+        return "the catalog database"
+    if name == template_database:
+        return "the template database"
+    if name in SYSTEM_DATABASES:
+        return "a PostgreSQL system database"
+    return None
+
+
+def tenant_database_name(prefix: str, tenant_id: str, catalog_database: str, template_database: str) -> str:
+    """`<prefix><tenant id>`, refused when it would be the catalog, the template or a system database."""
+    name = database_name(validate_database_prefix(prefix), tenant_id)
+    clash = reserved_database(name, catalog_database, template_database)
+    if clash:
+        raise InvalidInput(
+            f"tenant id {tenant_id!r} would name its database {name!r}, which is {clash}; choose another id"
+        )
+    return name

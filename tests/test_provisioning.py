@@ -3,25 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 import uuid
 
 import psycopg
+import pydantic
 import pytest
+from psycopg import sql
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
 from activities.credentials import read_credentials
 from activities.notify import sign
+from activities.provisioning import ProvisioningActivities
+from activities.schema import TEMPLATE_LOCK_KEY, provisioning_copy_name
 from starter.services import free_port
-from tenancy.errors import failure_message, failure_type
+from tenancy.errors import InvalidInput, failure_message, failure_type
+from tenancy.marks import Mark, parse_mark
 from tenancy.models import (
     DeprovisionTenantInput,
     FleetInput,
     ProvisionTenantInput,
     SettingsChange,
     StatusChange,
+    TenantDatabase,
 )
+from tenancy.naming import tenant_database_name, validate_database_prefix
+from tenancy.settings import Settings
 from tests.blocking import wait_until
 from tests.servers import SmtpServer, WebhookReceiver
 from workflows.deprovision_tenant import DeprovisionTenantWorkflow
@@ -328,7 +342,8 @@ async def test_deprovision_takes_a_final_backup_then_drops(temporal_env, task_qu
     assert not role_exists(settings, provisioned.role_name)
     tenant = await catalog.get_tenant(tenant_id)
     assert tenant.status == "deprovisioned"
-    assert [e["type"] for e in await catalog.events(tenant_id)][:2] == ["TenantStatusChanged", "TenantProvisioned"]
+    types = [e["type"] for e in await catalog.events(tenant_id)]  # newest first (a final-backup event between)
+    assert types[0] == "TenantStatusChanged" and types[-1] == "TenantProvisioned"
     assert await catalog.lock_holder(tenant_id) is None
 
 
@@ -356,3 +371,344 @@ async def test_migrate_all_applies_a_new_migration_and_rebuilds_the_template(
         cleanup.append(fresh)
         provisioned = await provision(temporal_env, queue, name="After", tenant_id=fresh)
         assert provisioned.schema_version == "0004_clients"
+
+
+# --- Provisioning never touches what it did not create ------------------------------------------------------------
+
+
+def admin(settings, dbname: str | None = None) -> psycopg.Connection:
+    info = psycopg.conninfo.make_conninfo(settings.effective_database_url, **({"dbname": dbname} if dbname else {}))
+    return psycopg.connect(info, autocommit=True)
+
+
+def make_legacy_database(settings, name: str, rows: int = 3) -> None:
+    """A database someone else made, with data in it."""
+    with admin(settings) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with admin(settings, name) as conn:
+        conn.execute("CREATE TABLE invoices (id int PRIMARY KEY, amount numeric)")
+        conn.execute("INSERT INTO invoices SELECT g, g * 10 FROM generate_series(1, %s) g", [rows])
+
+
+def invoice_count(settings, name: str) -> int:
+    with admin(settings, name) as conn:
+        return conn.execute("SELECT count(*) FROM invoices").fetchone()[0]
+
+
+def role_state(settings, name: str) -> tuple | None:
+    with admin(settings) as conn:
+        return conn.execute(
+            "SELECT rolpassword, shobj_description(oid, 'pg_authid'), rolcanlogin FROM pg_authid WHERE rolname = %s",
+            [name],
+        ).fetchone()
+
+
+def drop_database(settings, name: str) -> None:
+    with admin(settings) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def cli_env(temporal_env, settings, task_queue):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTS_")}
+    env.update(
+        TENANTS_SECRETS_DIR=str(settings.effective_secrets_dir),
+        TENANTS_DATABASE_URL=settings.effective_database_url,
+        TENANTS_CATALOG_DATABASE=settings.catalog_database,
+        TENANTS_DATABASE_PREFIX=settings.database_prefix,
+        TENANTS_STORAGE_URL=f"file://{settings.storage_root}",
+        TENANTS_TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
+        TENANTS_TASK_QUEUE=task_queue,
+    )
+    return env
+
+
+async def tenants(env, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "starter.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_provisioning_over_an_existing_database_refuses_and_leaves_it(
+    temporal_env, task_queue, cli_env, settings, catalog
+):
+    tenant_id = unique_id("legacy")
+    name = settings.database_prefix + tenant_id
+    make_legacy_database(settings, name, rows=5)
+    try:
+        with pytest.raises(WorkflowFailureError) as caught:
+            await provision(temporal_env, task_queue, name="Legacy", tenant_id=tenant_id)
+        assert failure_type(caught.value) == "TenantExists"
+        assert failure_message(caught.value) == (
+            f"database {name} already exists; adopt it with `tenants adopt`, or choose another id"
+        )
+        done = await tenants(
+            cli_env, "provision", "Legacy", "--plan", "pro", "--owner", "a@example.com", "--id", tenant_id
+        )
+        assert done.returncode == 2
+        # (Progress lines come first on stderr, then the error: one line, no traceback.)
+        assert done.stderr.strip().splitlines()[-1] == (
+            f"tenants: error: database {name} already exists; adopt it with `tenants adopt`, or choose another id "
+            "[TenantExists]"
+        )
+        assert "Traceback" not in done.stderr
+
+        # The database and its rows are as they were; no tenant owns it; no role or copy was made.
+        assert invoice_count(settings, name) == 5
+        with admin(settings) as conn:
+            assert conn.execute(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", [name]
+            ).fetchone() == (None,)
+            assert (
+                conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE %s", [name + "%"]).fetchone()[0] == 1
+            )
+        assert not role_exists(settings, name)
+        assert await catalog.get_tenant(tenant_id) is None
+        assert await catalog.tenant_with_database(name) is None
+
+        # Deprovisioning finds no tenant, and drops nothing.
+        with pytest.raises(WorkflowFailureError) as caught:
+            await temporal_env.client.execute_workflow(
+                DeprovisionTenantWorkflow.run,
+                DeprovisionTenantInput(tenant_id=tenant_id),
+                id=f"deprovision-{uuid.uuid4().hex[:8]}",
+                task_queue=task_queue,
+            )
+        assert failure_type(caught.value) == "TenantNotFound"
+        assert invoice_count(settings, name) == 5
+    finally:
+        drop_database(settings, name)
+
+
+async def test_provisioning_over_an_existing_role_refuses_and_leaves_it(temporal_env, task_queue, settings, catalog):
+    tenant_id = unique_id("legacy")
+    name = settings.database_prefix + tenant_id
+    with admin(settings) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'old-secret'").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("COMMENT ON ROLE {} IS 'the billing app'").format(sql.Identifier(name)))
+    before = role_state(settings, name)
+    try:
+        with pytest.raises(WorkflowFailureError) as caught:
+            await provision(temporal_env, task_queue, name="Legacy", tenant_id=tenant_id)
+        assert failure_type(caught.value) == "TenantExists"
+        assert failure_message(caught.value) == (
+            f"role {name} already exists; adopt it with `tenants adopt --role`, or choose another id"
+        )
+        assert role_state(settings, name) == before and before[1] == "the billing app"
+        assert not database_exists(settings, name)
+        assert await catalog.get_tenant(tenant_id) is None
+    finally:
+        with admin(settings) as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def in_run(workflow_id: str, run_id: str) -> ActivityEnvironment:
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, workflow_id=workflow_id, workflow_run_id=run_id)
+    return env
+
+
+async def test_the_create_steps_trust_only_what_their_own_run_made(settings):
+    """Behind the check at validation (a database or role can appear after it): each create step and the undo
+    go by the marks."""
+    acts = ProvisioningActivities(settings)
+    tenant_id = unique_id("race")
+    db = TenantDatabase(
+        tenant_id=tenant_id,
+        database_name=settings.database_prefix + tenant_id,
+        role_name=settings.database_prefix + tenant_id,
+    )
+    run = in_run(f"provision-{tenant_id}", str(uuid.uuid4()))
+    other_run = in_run(f"provision-{tenant_id}", str(uuid.uuid4()))
+    try:
+        # Someone else's database of the name: refused, and the undo leaves it.
+        make_legacy_database(settings, db.database_name, rows=4)
+        with pytest.raises(ApplicationError, match="already exists; adopt it") as caught:
+            await run.run(acts.create_tenant_database, db)
+        assert caught.value.type == "TenantExists" and caught.value.non_retryable
+        await run.run(acts.undo_provisioning, db, "refused")
+        assert invoice_count(settings, db.database_name) == 4
+        drop_database(settings, db.database_name)
+
+        # An attempt that stopped after copying (its copy marked "provisioning" by this run) is redone.
+        copy = provisioning_copy_name(db.database_name, run.info.workflow_run_id)
+        with admin(settings) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(copy)))
+            mark = Mark(
+                kind="provisioning",
+                tenant_id=tenant_id,
+                workflow_id=run.info.workflow_id,
+                run_id=run.info.workflow_run_id,
+            )
+            conn.execute(
+                sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(copy), sql.Literal(mark.comment()))
+            )
+        result = await run.run(acts.create_tenant_database, db)
+        assert result.version == "0003_activity_log" and not database_exists(settings, copy)
+        # A retried attempt of the same run goes on with it; another run of the same id does not.
+        assert (await run.run(acts.create_tenant_database, db)).applied == []
+        with pytest.raises(ApplicationError, match="already exists; adopt it"):
+            await other_run.run(acts.create_tenant_database, db)
+        with admin(settings) as conn:
+            found = parse_mark(
+                conn.execute(
+                    "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                    [db.database_name],
+                ).fetchone()[0]
+            )
+        assert found.is_of(tenant_id, "tenant") and found.made_by(run.info.workflow_id, run.info.workflow_run_id)
+
+        # Someone else's role of the name, made after validation: refused and unchanged.
+        with admin(settings) as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'theirs'").format(sql.Identifier(db.role_name)))
+        before = role_state(settings, db.role_name)
+        with pytest.raises(ApplicationError, match="already exists; adopt it") as caught:
+            await run.run(acts.create_tenant_role, db)
+        assert caught.value.type == "TenantExists"
+        assert role_state(settings, db.role_name) == before
+
+        # The undo of another run drops nothing; this run's undo drops its database, never the foreign role.
+        await other_run.run(acts.undo_provisioning, db, "not mine")
+        assert database_exists(settings, db.database_name)
+        await run.run(acts.undo_provisioning, db, "mine")
+        assert not database_exists(settings, db.database_name)
+        assert role_state(settings, db.role_name) == before
+    finally:
+        drop_database(settings, db.database_name)
+        with admin(settings) as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(db.role_name)))
+
+
+async def test_provisioned_database_and_role_carry_this_runs_marks(temporal_env, task_queue, settings, cleanup):
+    tenant_id = unique_id()
+    cleanup.append(tenant_id)
+    handle = await temporal_env.client.start_workflow(
+        ProvisionTenantWorkflow.run,
+        ProvisionTenantInput(name="Marked", plan="pro", owner_email="m@example.com", tenant_id=tenant_id),
+        id=f"provision-{tenant_id}",
+        task_queue=task_queue,
+    )
+    result = await handle.result()
+    run_id = (await handle.describe()).run_id
+    with admin(settings) as conn:
+        database = parse_mark(
+            conn.execute(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                [result.database_name],
+            ).fetchone()[0]
+        )
+        role = parse_mark(
+            conn.execute(
+                "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s", [result.role_name]
+            ).fetchone()[0]
+        )
+        leftovers = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", [result.database_name + "\\_\\_%"]
+        ).fetchall()
+    assert database.kind == "tenant" and database.made_by(f"provision-{tenant_id}", run_id)
+    assert database.tenant_id == tenant_id
+    assert role.kind == "role" and role.tenant_id == tenant_id and role.made_by(f"provision-{tenant_id}", run_id)
+    assert leftovers == []
+
+
+def test_names_that_would_be_the_catalog_template_or_a_system_database_are_refused():
+    catalog, template = "tenants_catalog", "tenants__template"
+    assert tenant_database_name("tenants_", "acme", catalog, template) == "tenants_acme"
+    for prefix, tenant_id, what in [
+        ("tenants_", "catalog", "the catalog database"),
+        ("tenants_", "x", "the template database"),  # with a template of that name (below)
+        ("template", "1", "a PostgreSQL system database"),
+        ("postgre", "s", "a PostgreSQL system database"),
+    ]:
+        with pytest.raises(InvalidInput, match=what):
+            tenant_database_name(prefix, tenant_id, catalog, "tenants_x" if tenant_id == "x" else template)
+    for bad in ["", "Tenant_", "tenant-", "pg_", "1tenant_", "tenant_;drop", "t" * 41, "ténant_"]:
+        with pytest.raises(InvalidInput, match="invalid database prefix"):
+            validate_database_prefix(bad)
+        with pytest.raises(pydantic.ValidationError, match="invalid database prefix"):
+            Settings(_env_file=None, database_prefix=bad)
+    with pytest.raises(pydantic.ValidationError, match="cannot be the catalog database"):
+        Settings(_env_file=None, catalog_database="postgres")
+
+
+async def test_a_tenant_id_that_names_the_catalog_or_a_system_database_is_refused(
+    temporal_env, worker_with, task_queue, settings, catalog
+):
+    # The test session's catalog is `<prefix>catalog`: tenant id "catalog" would be it.
+    before = await catalog.list_tenants()
+    with pytest.raises(WorkflowFailureError) as caught:
+        await provision(temporal_env, task_queue, name="Catalog", tenant_id="catalog")
+    assert failure_type(caught.value) == "InvalidInput"
+    assert failure_message(caught.value) == (
+        f"tenant id 'catalog' would name its database '{settings.catalog_database}', which is the catalog database; "
+        "choose another id"
+    )
+    async with worker_with(database_prefix="template") as queue:
+        with pytest.raises(WorkflowFailureError) as caught:
+            await provision(temporal_env, queue, name="System", tenant_id="1")
+    assert failure_type(caught.value) == "InvalidInput"
+    assert "'template1', which is a PostgreSQL system database" in failure_message(caught.value)
+    assert await catalog.list_tenants() == before
+
+
+async def test_a_cancelled_provisioning_undoes_only_after_the_create_has_stopped(
+    temporal_env, task_queue, settings, catalog
+):
+    """The database step waits on the template's lock (held here): cancelled meanwhile, the undo is scheduled only
+    once the step has stopped, and nothing is left behind when the lock is let go."""
+    tenant_id = unique_id("cancel")
+    holder = admin(settings)
+    holder.execute("SELECT pg_advisory_lock(%s)", [TEMPLATE_LOCK_KEY])
+    try:
+        handle = await temporal_env.client.start_workflow(
+            ProvisionTenantWorkflow.run,
+            ProvisionTenantInput(name="Cancelled", plan="pro", owner_email="c@example.com", tenant_id=tenant_id),
+            id=f"provision-{tenant_id}",
+            task_queue=task_queue,
+        )
+
+        async def creating() -> bool:
+            pending = (await handle.describe()).raw_description.pending_activities
+            return any(p.activity_type.name == "create_tenant_database" for p in pending)
+
+        for _ in range(100):
+            if await creating():
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await asyncio.wait_for(handle.result(), 30)
+    finally:
+        holder.execute("SELECT pg_advisory_unlock(%s)", [TEMPLATE_LOCK_KEY])
+        holder.close()
+    try:
+        events = [e async for e in handle.fetch_history_events()]
+        names = {}
+        for e in events:
+            if e.HasField("activity_task_scheduled_event_attributes"):
+                names[e.event_id] = e.activity_task_scheduled_event_attributes.activity_type.name
+        create = next(i for i, n in names.items() if n == "create_tenant_database")
+        canceled = [
+            e.event_id
+            for e in events
+            if e.HasField("activity_task_canceled_event_attributes")
+            and e.activity_task_canceled_event_attributes.scheduled_event_id == create
+        ]
+        undo = next(i for i, n in names.items() if n == "undo_provisioning")
+        # The create step acknowledged its cancellation (it had stopped) before the undo was scheduled.
+        assert canceled and canceled[0] < undo
+        await asyncio.sleep(1)
+        with admin(settings) as conn:
+            left = conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s", [settings.database_prefix + tenant_id + "%"]
+            ).fetchall()
+        assert left == []
+        assert (await catalog.get_tenant(tenant_id)).status == "failed"
+    finally:
+        await catalog.drop_tenant(tenant_id)

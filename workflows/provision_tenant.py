@@ -5,6 +5,7 @@ was created and records the tenant as failed."""
 from __future__ import annotations
 
 from temporalio import workflow
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
@@ -12,8 +13,15 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.errors import failure_message
     from tenancy.models import ProvisionTenantInput, ProvisionTenantResult, TenantDatabase, WelcomeMail
     from workflows.notify import SendWelcomeEmailWorkflow, announce
-    from workflows.options import QUICK, SLOW_DDL
+    from workflows.options import HEARTBEAT_TIMEOUT, QUICK, SLOW_DDL
     from workflows.tenant_lock import tenant_lock
+
+# What undo_provisioning may undo heartbeats (so a cancellation reaches it) and is waited for when cancelled:
+# the undo never runs beside the work it undoes.
+_UNDOABLE = {
+    "heartbeat_timeout": HEARTBEAT_TIMEOUT,
+    "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+}
 
 
 @workflow.defn
@@ -39,14 +47,16 @@ class ProvisionTenantWorkflow:
             try:
                 self._phase = "creating the database"
                 migration = await workflow.execute_activity_method(
-                    ProvisioningActivities.create_tenant_database, db, **SLOW_DDL
+                    ProvisioningActivities.create_tenant_database, db, **SLOW_DDL, **_UNDOABLE
                 )
                 self._phase = "creating the role"
                 credentials = await workflow.execute_activity_method(
-                    ProvisioningActivities.create_tenant_role, db, **QUICK
+                    ProvisioningActivities.create_tenant_role, db, **QUICK, **_UNDOABLE
                 )
                 self._phase = "seeding"
-                await workflow.execute_activity_method(ProvisioningActivities.seed_tenant_database, db, **QUICK)
+                await workflow.execute_activity_method(
+                    ProvisioningActivities.seed_tenant_database, db, **QUICK, **_UNDOABLE
+                )
                 self._phase = "activating"
                 event_id = await workflow.execute_activity_method(
                     ProvisioningActivities.activate_tenant, new.tenant_id, **QUICK
