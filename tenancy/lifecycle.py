@@ -15,11 +15,23 @@ ALLOWED: dict[str, set[str]] = {
 }
 # Statuses in which the tenant's own role may connect to its database.
 CAN_CONNECT = {"active"}
+# The one way back from deprovisioned: ReinstateTenantWorkflow, once the database is restored from a backup.
+# Not in ALLOWED, so an ordinary status change (`tenants activate`) cannot bring back a tenant with no database.
+REINSTATEMENT = ("deprovisioned", "active")
 
 
 def check_transition(current: str, new: str) -> None:
     if new not in ALLOWED:
         raise InvalidInput(f"unknown status {new!r}")
+    if (current, new) == REINSTATEMENT:
+        raise InvalidInput(
+            "a deprovisioned tenant has no database: bring it back from a backup with `tenants reinstate`"
+        )
     if new not in ALLOWED.get(current, set()):
         allowed = ", ".join(sorted(ALLOWED.get(current, set()))) or "none"
         raise InvalidInput(f"a tenant that is {current} cannot become {new} (allowed: {allowed})")
+
+
+def check_reinstatement(current: str, new: str) -> None:
+    if (current, new) != REINSTATEMENT:
+        raise InvalidInput(f"only a deprovisioned tenant can be reinstated; this one is {current}")

@@ -1,0 +1,273 @@
+"""Deprovisioning and reinstatement: the checks made before anything is dropped, the tenant's leftover copies,
+its role (privileges first, then the role), and the way back from `deprovisioned`.
+
+Only databases and roles that carry this tenant's mark (tenancy/marks.py) are dropped: one of the expected name
+without it may be someone else's.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import psycopg
+from psycopg import sql
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.catalog_db import Catalog
+from activities.credentials import delete_credentials
+from activities.marks import database_mark, mark_role, marked_databases, role_mark
+from activities.pg import connect
+from activities.schema import database_exists
+from tenancy.errors import INVALID_INPUT, NOT_MARKED, InvalidInput, fail
+from tenancy.lifecycle import check_reinstatement
+from tenancy.log import activity_logger
+from tenancy.marks import Mark
+from tenancy.models import (
+    DeprovisionCheck,
+    Reinstatement,
+    ReinstatementUndo,
+    RoleRemoval,
+    TenantDatabase,
+)
+from tenancy.settings import Settings
+
+FINAL_BACKUP_EVENT = "TenantFinalBackup"
+# Copies of a tenant's database that deprovisioning drops along with it.
+LEFTOVER_KINDS = ("scratch", "previous", "provisioning")
+# Events that start a new life of the tenant: a final backup recorded before one of them is not this life's.
+_NEW_LIFE_EVENTS = {"TenantProvisioned", "TenantReinstated"}
+
+
+def _ident(name: str) -> sql.Identifier:
+    return sql.Identifier(name)
+
+
+def unmarked_database_message(db: TenantDatabase) -> str:
+    return (
+        f"database {db.database_name!r} carries no tenant-lifecycle mark of tenant {db.tenant_id!r}; "
+        "run `tenants adopt` to confirm it is the tenant's"
+    )
+
+
+def unmarked_role_message(db: TenantDatabase) -> str:
+    return (
+        f"role {db.role_name!r} exists and carries no tenant-lifecycle mark of tenant {db.tenant_id!r} "
+        "(made before marks existed, or someone else's); adopt it with `tenants adopt --role` or drop it"
+    )
+
+
+def _is_tenant_database(mark: Mark | None, tenant_id: str) -> bool:
+    return mark is not None and mark.is_of(tenant_id, "tenant")
+
+
+async def _role_exists(conn: psycopg.AsyncConnection, role: str) -> bool:
+    return await (await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])).fetchone() is not None
+
+
+async def _disown(conn: psycopg.AsyncConnection, role: str) -> None:
+    """In the connection's database: what the role owns goes to the admin user, and its privileges (default
+    privileges included, and those on shared objects such as databases) are revoked."""
+    await conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(_ident(role)))
+    await conn.execute(sql.SQL("DROP OWNED BY {}").format(_ident(role)))
+
+
+async def remove_role(admin_url: str, role: str, also: list[str]) -> list[str]:
+    """Remove the role's privileges and objects in every database that mentions it (pg_shdepend) and in `also`,
+    end its sessions, then drop it. Returns the databases cleaned. Safe to repeat."""
+    async with await connect(admin_url, autocommit=True) as admin:
+        if not await _role_exists(admin, role):
+            return []
+        rows = await (
+            await admin.execute(
+                "SELECT DISTINCT d.datname FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid "
+                "WHERE s.refclassid = 'pg_authid'::regclass "
+                "AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = %s)",
+                [role],
+            )
+        ).fetchall()
+        databases = {r[0] for r in rows} | {name for name in also if await database_exists(admin, name)}
+        # Grants on databases themselves (shared objects) are revoked from any database: the admin's own.
+        await _disown(admin, role)
+        here = admin.info.dbname
+    for name in sorted(databases - {here}):
+        async with await connect(admin_url, name, autocommit=True) as conn:
+            await _disown(conn, role)
+    async with await connect(admin_url, autocommit=True) as admin:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()",
+            [role],
+        )
+        try:
+            await admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(_ident(role)))
+        except psycopg.errors.DependentObjectsStillExist as exc:
+            # A database that takes no connections still mentions it: retried, with what PostgreSQL says.
+            detail = (exc.diag.message_detail or "").replace("\n", "; ")
+            raise ApplicationError(f"role {role!r} cannot be dropped yet: {detail or exc}") from None
+    return sorted(databases)
+
+
+class DeprovisionActivities:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.catalog = Catalog(settings)
+        self.admin_url = settings.effective_database_url
+
+    def _log(self, tenant_id: str):
+        return activity_logger("activities.deprovision", tenant_id)
+
+    @activity.defn
+    async def check_before_deprovisioning(self, db: TenantDatabase) -> DeprovisionCheck:
+        """Refuse a tenant database that is not marked as this tenant's before anything is dropped or backed up.
+        When the database is already gone (an earlier attempt dropped it), the final backup that attempt
+        recorded, if any."""
+        async with await connect(self.admin_url, autocommit=True) as admin:
+            exists = await database_exists(admin, db.database_name)
+            if exists and not _is_tenant_database(await database_mark(admin, db.database_name), db.tenant_id):
+                raise fail(NOT_MARKED, unmarked_database_message(db) + "; nothing was dropped")
+        earlier = None if exists else await self._earlier_final_backup(db.tenant_id)
+        return DeprovisionCheck(database_exists=exists, earlier_final_backup=earlier)
+
+    async def _earlier_final_backup(self, tenant_id: str) -> str | None:
+        for event in await self.catalog.events(tenant_id, limit=200):  # newest first
+            if event["type"] == FINAL_BACKUP_EVENT:
+                return event["data"].get("backup")
+            if event["type"] in _NEW_LIFE_EVENTS:
+                break
+        return None
+
+    @activity.defn
+    async def record_final_backup(self, tenant_id: str, backup_name: str) -> int:
+        """The final backup's name, recorded as soon as it is taken: a re-run after a crash reports it."""
+        data = {"backup": backup_name}
+        return await self.catalog.record_event(tenant_id, FINAL_BACKUP_EVENT, data, activity.info().workflow_id)
+
+    @activity.defn
+    async def drop_leftover_databases(self, db: TenantDatabase) -> list[str]:
+        """Drop the copies of the tenant's database that carry its mark: restores' scratch copies, databases
+        kept by `--keep-previous` (their catalog entry is ended), unfinished provisioning copies."""
+        dropped = []
+        async with await connect(self.admin_url, autocommit=True) as admin:
+            for name, mark in sorted((await marked_databases(admin)).items()):
+                if name == db.database_name or not mark.is_of(db.tenant_id, *LEFTOVER_KINDS):
+                    continue
+                if mark.kind == "previous":
+                    # Ended first: a retry after the drop finds no database, and nothing left open.
+                    await self.catalog.end_kept_database(name, "dropped by deprovisioning")
+                await admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(_ident(name)))
+                dropped.append(name)
+        if dropped:
+            self._log(db.tenant_id).info("leftover databases dropped", databases=dropped)
+        return dropped
+
+    @activity.defn
+    async def drop_tenant_role(self, db: TenantDatabase) -> RoleRemoval:
+        """Drop the tenant's role, if it is marked as this tenant's, after removing its privileges everywhere;
+        delete the credentials file. A role without that mark (made before marks existed, or someone else's)
+        is left in place and reported."""
+        log = self._log(db.tenant_id)
+        async with await connect(self.admin_url, autocommit=True) as admin:
+            exists = await _role_exists(admin, db.role_name)
+            mark = await role_mark(admin, db.role_name) if exists else None
+        if exists and not (mark and mark.is_of(db.tenant_id, "role")):
+            delete_credentials(self.settings.effective_secrets_dir, db.tenant_id)
+            reason = f"role {db.role_name!r} carries no tenant-lifecycle mark of tenant {db.tenant_id!r}: left in place"
+            log.warning("tenant role left", role=db.role_name, reason=reason)
+            return RoleRemoval(role_name=db.role_name, dropped=False, left_reason=reason)
+        cleaned = await remove_role(self.admin_url, db.role_name, [db.database_name]) if exists else []
+        delete_credentials(self.settings.effective_secrets_dir, db.tenant_id)
+        log.info("tenant role dropped", role=db.role_name, existed=exists, cleaned_in=cleaned)
+        return RoleRemoval(role_name=db.role_name, dropped=exists, cleaned_in=cleaned)
+
+    @activity.defn
+    async def check_before_reinstatement(self, db: TenantDatabase) -> None:
+        """Nothing of the tenant's names may be in the way, checked before the backup is read: a database of
+        its name (reinstating would replace it), or a role of its name not marked as this tenant's."""
+        async with await connect(self.admin_url, autocommit=True) as admin:
+            if await database_exists(admin, db.database_name):
+                if _is_tenant_database(await database_mark(admin, db.database_name), db.tenant_id):
+                    raise fail(
+                        INVALID_INPUT,
+                        f"tenant {db.tenant_id!r} is deprovisioned but its database {db.database_name!r} exists; "
+                        "reinstating would replace it: look at it and drop it first; nothing was changed",
+                    )
+                raise fail(NOT_MARKED, unmarked_database_message(db) + "; nothing was changed")
+            exists = await _role_exists(admin, db.role_name)
+            mark = await role_mark(admin, db.role_name) if exists else None
+        if exists and not (mark and mark.is_of(db.tenant_id, "role")):
+            raise fail(NOT_MARKED, unmarked_role_message(db) + "; nothing was changed")
+
+    @activity.defn
+    async def create_reinstated_role(self, db: TenantDatabase) -> bool:
+        """The tenant's role, marked as this run's, before its database is restored (the backup's GRANTs name
+        it). It cannot log in yet: ProvisioningActivities.create_tenant_role gives it its login, password and
+        credentials once the database is in place. A role of the tenant's that is already there is taken up
+        (marked as this run's). Returns whether this run created the role."""
+        info = activity.info()
+        mark = Mark(
+            kind="role",
+            tenant_id=db.tenant_id,
+            workflow_id=info.workflow_id,
+            run_id=info.workflow_run_id,
+            at=datetime.now(UTC),
+        )
+        async with await connect(self.admin_url, autocommit=True) as admin, admin.transaction():
+            exists = await _role_exists(admin, db.role_name)
+            current = await role_mark(admin, db.role_name) if exists else None
+            if exists and not (current and current.is_of(db.tenant_id, "role")):
+                raise fail(NOT_MARKED, unmarked_role_message(db))
+            if current is not None:
+                created = current.made_by(info.workflow_id, info.workflow_run_id)  # a retried attempt's own
+                if not created:
+                    await mark_role(admin, db.role_name, mark)
+                return created
+            await admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(_ident(db.role_name)))
+            await mark_role(admin, db.role_name, mark)
+        self._log(db.tenant_id).info("tenant role created for reinstatement", role=db.role_name)
+        return True
+
+    @activity.defn
+    async def activate_reinstated_tenant(self, reinstatement: Reinstatement) -> int | None:
+        """deprovisioned → active, with a TenantReinstated event naming the backup; returns the event's id
+        (None when a retried attempt finds it done)."""
+        try:
+            _, event_id = await self.catalog.change_status(
+                reinstatement.tenant_id,
+                "active",
+                None,
+                "TenantReinstated",
+                activity.info().workflow_id,
+                check_reinstatement,
+                data={
+                    "backup": reinstatement.backup_name,
+                    "backup_taken_at": reinstatement.backup_taken_at.isoformat(),
+                },
+            )
+        except InvalidInput as exc:
+            raise fail(INVALID_INPUT, str(exc)) from None
+        self._log(reinstatement.tenant_id).info("tenant reinstated", backup=reinstatement.backup_name)
+        return event_id
+
+    @activity.defn
+    async def undo_reinstatement(self, undo: ReinstatementUndo) -> list[str]:
+        """After a reinstatement failed or was cancelled (its unfinished restore already undone): drop the
+        database this run put in place, if it got that far, and the role if this run created it. Nothing is
+        undone once the tenant is active again. Returns what was dropped."""
+        db, info = undo.db, activity.info()
+        tenant = await self.catalog.get_tenant(db.tenant_id)
+        if tenant is None or tenant.status != "deprovisioned":
+            return []
+        undone = []
+        async with await connect(self.admin_url, autocommit=True) as admin:
+            mark = await database_mark(admin, db.database_name)
+            # Only this run's restored copy: the swap marked it as the tenant's, with this run's id.
+            if mark and mark.is_of(db.tenant_id, "tenant") and mark.made_by(info.workflow_id, info.workflow_run_id):
+                await admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(_ident(db.database_name)))
+                undone.append(db.database_name)
+            role = await role_mark(admin, db.role_name) if undo.drop_role else None
+        if role and role.is_of(db.tenant_id, "role") and role.made_by(info.workflow_id, info.workflow_run_id):
+            await remove_role(self.admin_url, db.role_name, [])
+            delete_credentials(self.settings.effective_secrets_dir, db.tenant_id)
+            undone.append(db.role_name)
+        self._log(db.tenant_id).warning("unfinished reinstatement undone", dropped=undone)
+        return undone
