@@ -25,13 +25,14 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.catalog_db import Catalog
 from tenancy.errors import InvalidInput
-from tenancy.models import DrillFleetInput, FleetBackupInput, FleetMaintenanceInput, HealthInput
+from tenancy.models import DrillFleetInput, FleetBackupInput, FleetMaintenanceInput, HealthInput, SweepInput
 from tenancy.schedules import ScheduleDeclaration, parse_schedules
 from tenancy.settings import Settings
 from workflows.backup_fleet import BackupAllTenantsWorkflow
 from workflows.drill import DrillAllTenantsWorkflow
 from workflows.health_check import HealthCheckWorkflow
 from workflows.maintain_tenant import MaintainAllTenantsWorkflow
+from workflows.sweep import SweepWorkflow
 
 OVERLAP = {"skip": ScheduleOverlapPolicy.SKIP, "buffer_one": ScheduleOverlapPolicy.BUFFER_ONE}
 
@@ -68,6 +69,8 @@ def _action(decl: ScheduleDeclaration, settings: Settings) -> ScheduleActionStar
             every_weeks=settings.drill_every_weeks, concurrency=max(1, settings.fleet_concurrency // 2)
         )
         return ScheduleActionStartWorkflow(DrillAllTenantsWorkflow.run, arg, **common)
+    if decl.workflow == "sweep":
+        return ScheduleActionStartWorkflow(SweepWorkflow.run, SweepInput(), **common)
     return ScheduleActionStartWorkflow(HealthCheckWorkflow.run, HealthInput(), **common)
 
 

@@ -28,7 +28,7 @@ _ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 class ScheduleDeclaration(BaseModel):
     id: str
     description: str = ""
-    workflow: Literal["backup-all", "maintenance-all", "health-check", "drill-all"]
+    workflow: Literal["backup-all", "maintenance-all", "health-check", "drill-all", "sweep"]
     every: Literal["hour", "day", "week", "month"]
     at: str  # "HH:MM", or "MM" when hourly
     on: str | int | None = None  # weekday (weekly) or day of the month (monthly)

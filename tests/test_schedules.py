@@ -67,6 +67,7 @@ async def test_apply_creates_the_defaults_is_idempotent_and_removes_only_what_is
                 "daily-cleanup",
                 "hourly-health",
                 "weekly-drill",
+                "daily-sweep",
             )
         )
         backup = await client.get_schedule_handle(f"{prefix}daily-backup").describe()
@@ -86,7 +87,7 @@ async def test_apply_creates_the_defaults_is_idempotent_and_removes_only_what_is
         # A pause made by an operator survives a changed declaration.
         await client.get_schedule_handle(f"{prefix}daily-backup").pause(note="migration tonight")
         again = await apply_schedules(client, local)
-        assert again.created == [] and again.updated == [] and again.deleted == [] and len(again.unchanged) == 6
+        assert again.created == [] and again.updated == [] and again.deleted == [] and len(again.unchanged) == 7
 
         declared.write_text(
             declarations_with_prefix(prefix, drop={"weekly-maintenance"}).replace("keep = 7", "keep = 9")

@@ -1,0 +1,43 @@
+"""SweepWorkflow: find what dead runs left behind (databases, roles, work files, `.partial` files, unfinished
+uploads) and, unless it is a dry run, remove it; a report says what and why, item by item."""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.sweep import SweepActivities
+    from tenancy.errors import INVALID_INPUT, fail
+    from tenancy.models import SweepInput, SweepReport
+    from tenancy.sweep import MAX_STALE_HOURS, MAX_SWEEP_ITEMS
+    from workflows.options import LONG
+
+
+def validate_sweep_input(req: SweepInput) -> None:
+    if req.stale_hours is not None and not 0 <= req.stale_hours <= MAX_STALE_HOURS:
+        raise fail(INVALID_INPUT, f"stale hours must be between 0 and {MAX_STALE_HOURS}")
+    if not 1 <= req.limit <= MAX_SWEEP_ITEMS:
+        raise fail(INVALID_INPUT, f"limit must be between 1 and {MAX_SWEEP_ITEMS}")
+
+
+@workflow.defn
+class SweepWorkflow:
+    def __init__(self) -> None:
+        self._phase = "starting"
+
+    @workflow.query
+    def progress(self) -> dict[str, str]:
+        return {"phase": self._phase}
+
+    @workflow.run
+    async def run(self, req: SweepInput) -> SweepReport:
+        validate_sweep_input(req)
+        self._phase = "looking for orphans"
+        report = await workflow.execute_activity_method(SweepActivities.find_orphans, req, **LONG)
+        if req.dry_run or not any(item.removable for item in report.items):
+            self._phase = "done"
+            return report
+        self._phase = "removing orphans"
+        report = await workflow.execute_activity_method(SweepActivities.remove_orphans, report, **LONG)
+        self._phase = "done"
+        return report
