@@ -14,9 +14,10 @@ from typing import BinaryIO
 
 import pyrage
 import zstandard
+from temporalio.exceptions import ApplicationError
 
 from activities.subprocesses import kill_group
-from tenancy.errors import BACKUP_REJECTED, fail
+from tenancy.errors import BACKUP_REJECTED, InvalidInput, fail
 
 CHUNK = 1 << 20
 
@@ -96,6 +97,23 @@ def load_identities(identity_file: Path | None, backup_name: str) -> list:
         return [pyrage.x25519.Identity.from_str(line) for line in lines if line.startswith("AGE-SECRET-KEY-")]
     except (OSError, pyrage.IdentityError) as exc:
         raise fail(BACKUP_REJECTED, f"cannot read the age identity file {identity_file}: {exc}") from None
+
+
+def check_age_keys(recipients: list[str], identity_file: Path | None) -> None:
+    """A worker that encrypts to recipients and holds an identity must be able to read what it writes: an identity
+    that decrypts to none of the recipients means every backup it verifies would be unreadable. Refuse to start."""
+    if not recipients or identity_file is None:
+        return
+    try:
+        identities = load_identities(identity_file, "")
+    except ApplicationError as exc:
+        raise InvalidInput(str(exc)) from None
+    public = {str(i.to_public()) for i in identities}
+    if not public & {r.strip() for r in recipients}:
+        raise InvalidInput(
+            f"TENANTS_AGE_IDENTITY_FILE ({identity_file}) holds no identity for any of TENANTS_AGE_RECIPIENTS: "
+            "backups would be encrypted to keys this deployment cannot read"
+        )
 
 
 def unpack(reader: BinaryIO, dest, compression: str, identities: list | None, progress: Progress) -> None:

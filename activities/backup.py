@@ -12,15 +12,17 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.archive import Progress, hash_stream, list_archive, load_identities, store, unpack
+from activities.backup_facts import describe_backups, retention_entry
+from activities.catalog_db import Catalog
 from activities.heartbeat import Heartbeater
 from activities.pg import connect, count_rows, find_client_tools, libpq_env, server_major
 from activities.storage import open_storage
 from activities.subprocesses import kill_group, tail
-from tenancy.calendar_retention import CalendarEntry, plan_calendar
 from tenancy.errors import (
     BACKUP_NOT_FOUND,
     BACKUP_VERIFICATION_FAILED,
     DUMP_FAILED,
+    INVALID_INPUT,
     TENANT_DATABASE_MISSING,
     InvalidInput,
     fail,
@@ -35,8 +37,8 @@ from tenancy.models import (
     RetentionRequest,
     RetentionResult,
 )
-from tenancy.naming import backup_name
-from tenancy.retention import plan_keep_n
+from tenancy.naming import BACKUP_EXTENSIONS, backup_name
+from tenancy.retention import plan_retention
 from tenancy.settings import Settings
 
 
@@ -44,6 +46,7 @@ class BackupActivities:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.storage = open_storage(settings)
+        self.catalog = Catalog(settings)
 
     def _log(self, tenant_id: str):
         return activity_logger("activities.backup", tenant_id)
@@ -56,8 +59,12 @@ class BackupActivities:
         checked against them exactly. A dump cannot resume mid-stream: a retried attempt starts over.
         """
         log = self._log(req.tenant_id)
-        self._remove_previous_attempt(req.tenant_id)
-        name = await self._fresh_name(req.tenant_id, req.compression)
+        if req.backup_name is not None:
+            name = req.backup_name
+            await asyncio.to_thread(self._clear_for_attempt, req.tenant_id, name)
+        else:  # a run recorded before the workflow named its backup
+            self._remove_previous_attempt(req.tenant_id)
+            name = await self._fresh_name(req.tenant_id, req.compression)
         started = datetime.now(UTC)
         try:
             conn = await connect(self.settings.effective_database_url, req.database_name, autocommit=True)
@@ -148,6 +155,26 @@ class BackupActivities:
                 return name
             await asyncio.sleep(0.2)
 
+    @activity.defn
+    async def name_backup(self, tenant_id: str, compression: str) -> str:
+        """The name of the backup a run is about to take, decided once (the result is in the run's history)."""
+        if compression not in BACKUP_EXTENSIONS:
+            raise fail(INVALID_INPUT, f"unknown compression {compression!r}")
+        return await self._fresh_name(tenant_id, compression)
+
+    def _clear_for_attempt(self, tenant_id: str, name: str) -> None:
+        """Before an attempt writes `name`: what a dead earlier attempt of this run left goes (its partial file or
+        unfinished upload, or a complete archive it never reported: no manifest, so never a verified backup).
+        A backup of that name that has a manifest is someone else's: refuse rather than overwrite it."""
+        removed = self.storage.remove_partial(tenant_id, name)
+        if self.storage.exists(tenant_id, name):
+            if self.storage.read_manifest(tenant_id, name) is not None:
+                raise fail(INVALID_INPUT, f"backup {name!r} already exists and is verified: not overwritten")
+            self.storage.delete_backup(tenant_id, name)
+            removed += 1
+        if removed:
+            self._log(tenant_id).warning("removed what an interrupted attempt left", backup=name)
+
     def _remove_previous_attempt(self, tenant_id: str) -> None:
         """A retried dump starts over; an archive a dead earlier attempt completed but never reported is removed
         (it has no manifest, so it was never a verified backup)."""
@@ -189,6 +216,7 @@ class BackupActivities:
                 manifest = BackupManifest(
                     **dump.model_dump(),
                     verified=True,
+                    restorable=False,  # until a drill (which holds the identity) restores it
                     verified_at=datetime.now(UTC),
                     workflow_id=activity.info().workflow_id,
                 )
@@ -224,6 +252,7 @@ class BackupActivities:
         manifest = BackupManifest(
             **dump.model_dump(),
             verified=True,
+            restorable=True,
             verified_at=datetime.now(UTC),
             toc_entries=len(entries),
             workflow_id=activity.info().workflow_id,
@@ -235,27 +264,27 @@ class BackupActivities:
     @activity.defn
     async def discard_backup(self, tenant_id: str, backup_name: str) -> None:
         """Remove a backup that failed verification, so it is never mistaken for a good copy."""
-        self.storage.delete_backup(tenant_id, backup_name)
+        await asyncio.to_thread(self.storage.delete_backup, tenant_id, backup_name)
+        await self.catalog.forget_backup(tenant_id, backup_name)
         self._log(tenant_id).warning("backup discarded", backup=backup_name)
 
     @activity.defn
     async def apply_retention(self, req: RetentionRequest) -> RetentionResult:
         """Decide which backups the policy keeps (keep-N, or calendar) and delete the others — or, in a dry run,
-        only say why each one would be kept or deleted. Pinned and unverified backups are never deleted."""
+        only say why each one would be kept or deleted. Only good copies count (tenancy.retention.plan_retention);
+        pinned and unverified backups are never deleted."""
         log = self._log(req.tenant_id)
-        entries = [
-            CalendarEntry(
-                name=b.name, taken_at=b.taken_at, verified=b.verified, size_bytes=b.size_bytes, pinned=b.pinned
-            )
-            for b in self.storage.describe_backups(req.tenant_id)
-        ]
+        backups = await describe_backups(self.storage, self.catalog, req.tenant_id)
         try:
-            if self.settings.retention_policy == "calendar":
-                plan = plan_calendar(entries, self.settings.calendar_policy(), datetime.now(UTC))
-            else:
-                plan = plan_keep_n(entries, req.keep)
+            plan = plan_retention(
+                [retention_entry(b) for b in backups],
+                policy=self.settings.retention_policy,
+                keep=req.keep,
+                calendar=self.settings.calendar_policy(),
+                now=datetime.now(UTC),
+            )
         except InvalidInput as exc:
-            raise fail("InvalidInput", str(exc)) from None
+            raise fail(INVALID_INPUT, str(exc)) from None
         kept = [d.entry.name for d in plan.decisions if d.keep]
         if req.newest_backup is not None and req.newest_backup not in kept:
             # Never delete around a backup we did not just verify: something is off with names or clocks.
@@ -266,7 +295,8 @@ class BackupActivities:
         deleted = [d.entry.name for d in plan.decisions if not d.keep]
         if not req.dry_run:
             for name in deleted:
-                self.storage.delete_backup(req.tenant_id, name)
+                await asyncio.to_thread(self.storage.delete_backup, req.tenant_id, name)
+                await self.catalog.forget_backup(req.tenant_id, name)
                 log.info("backup deleted by retention", backup=name, policy=self.settings.retention_policy)
         return RetentionResult(
             kept=kept,
@@ -277,12 +307,14 @@ class BackupActivities:
 
     @activity.defn
     async def set_pinned(self, req: PinRequest) -> bool:
-        """Pin a backup (retention never deletes it) or unpin it; the flag lives in its manifest."""
-        if not self.storage.exists(req.tenant_id, req.backup_name):
+        """Pin a backup (retention never deletes it) or unpin it. The flag lives in the catalog, changed by one
+        statement, so a drill recording its outcome at the same moment never undoes it."""
+        exists = await asyncio.to_thread(self.storage.exists, req.tenant_id, req.backup_name)
+        if not exists:
             raise fail(BACKUP_NOT_FOUND, f"backup {req.backup_name!r} of tenant {req.tenant_id!r} does not exist")
-        manifest = self.storage.read_manifest(req.tenant_id, req.backup_name)
+        manifest = await asyncio.to_thread(self.storage.read_manifest, req.tenant_id, req.backup_name)
         if manifest is None:
             raise fail(BACKUP_NOT_FOUND, f"backup {req.backup_name!r} has no manifest: it was never verified")
-        self.storage.write_manifest(manifest.model_copy(update={"pinned": req.pinned}))
+        await self.catalog.set_backup_pinned(req.tenant_id, req.backup_name, req.pinned)
         self._log(req.tenant_id).info("backup pinned" if req.pinned else "backup unpinned", backup=req.backup_name)
         return req.pinned

@@ -14,11 +14,13 @@ import psycopg
 from temporalio import activity
 from temporalio.client import Client
 
+from activities.backup_facts import describe_backups, retention_entry
 from activities.catalog_db import Catalog
 from activities.storage import open_storage
 from tenancy.health import alerts_for
 from tenancy.log import get_logger
 from tenancy.models import Alert, HealthInput, HealthReport, TenantHealth
+from tenancy.retention import is_good_copy
 from tenancy.search import TENANT_ID
 from tenancy.settings import Settings
 
@@ -51,14 +53,22 @@ class HealthActivities:
         age = activity.metric_meter().create_gauge_float(
             "tenants_backup_age_seconds", "Age of the newest verified backup", "s"
         )
+
+        def hours_since(moment: datetime | None) -> float | None:
+            return round((now - moment).total_seconds() / 3600, 1) if moment else None
+
         for tenant in tenants:
-            last = next((b for b in reversed(self.storage.describe_backups(tenant.id)) if b.verified), None)
+            backups = await describe_backups(self.storage, self.catalog, tenant.id)
+            last = next((b for b in reversed(backups) if b.verified), None)
+            good = next((b for b in reversed(backups) if is_good_copy(retention_entry(b))), None)
             plan = self.settings.plans.get(tenant.plan)
             row = TenantHealth(
                 tenant_id=tenant.id,
                 status=tenant.status,
                 last_backup_at=last.taken_at if last else None,
-                backup_age_hours=round((now - last.taken_at).total_seconds() / 3600, 1) if last else None,
+                backup_age_hours=hours_since(last.taken_at if last else None),
+                last_restorable_at=good.taken_at if good else None,
+                restorable_age_hours=hours_since(good.taken_at if good else None),
                 database_bytes=sizes.get(tenant.database_name),
                 quota_bytes=plan.quota_mb * 2**20 if plan else None,
                 last_maintenance_at=(tenant.last_maintenance or {}).get("at"),

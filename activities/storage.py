@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from datetime import timedelta
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 from urllib.parse import urlparse
 
@@ -105,6 +106,10 @@ class Storage(ABC):
     def partial_exists(self, tenant_id: str, name: str) -> bool:
         return False
 
+    def remove_partial(self, tenant_id: str, name: str) -> int:
+        """Remove what an interrupted write of this backup left (a partial file, an unfinished upload)."""
+        return 0
+
     def local_path(self, tenant_id: str, name: str) -> Path | None:
         """A path pg_restore can read directly, where the backend has one."""
         return None
@@ -113,7 +118,8 @@ class Storage(ABC):
         return sorted(n for n in self._names(f"tenants/{tenant_id}/") if is_backup_name(tenant_id, n))
 
     def describe_backups(self, tenant_id: str) -> list[BackupInfo]:
-        """Every backup of the tenant with what its manifest says, oldest first."""
+        """Every backup of the tenant with what its manifest says, oldest first. What the catalog knows on top
+        (pins, drills) is added by activities.backup_facts.describe_backups: use that one."""
         infos = []
         for name in self.list_backups(tenant_id):
             manifest = self.read_manifest(tenant_id, name)
@@ -129,6 +135,7 @@ class Storage(ABC):
                     pinned=bool(manifest and manifest.pinned),
                     drilled_at=manifest.drilled_at if manifest else None,
                     drill_ok=manifest.drill_ok if manifest else None,
+                    restorable=bool(manifest and manifest.verified and manifest.restorable),
                 )
             )
         return infos
@@ -167,6 +174,23 @@ class Storage(ABC):
 
     def remove_stale_partials(self, tenant_id: str, older_than: timedelta) -> int:
         return 0
+
+    # The sweeper's view: what interrupted writes left anywhere under tenants/, with when it was last touched.
+    def partial_files(self) -> list[tuple[str, datetime]]:
+        """Every `.partial` file in the tenants folder and each tenant's folder (key, last written); local only."""
+        return []
+
+    def remove_partial_file(self, key: str, older_than: timedelta) -> bool:
+        """Remove one `.partial` file if it is still there and still untouched for `older_than`."""
+        return False
+
+    def unfinished_uploads(self) -> list[tuple[str, str, datetime]]:
+        """Multipart uploads under tenants/ neither completed nor aborted: (key, upload id, initiated); S3 only."""
+        return []
+
+    def abort_unfinished_upload(self, key: str, upload_id: str, older_than: timedelta) -> bool:
+        """Abort one unfinished upload if it is still pending and began at least `older_than` ago."""
+        return False
 
     def check_writable(self) -> None:
         with self._writer("tenants/.write-check") as sink:
@@ -242,6 +266,14 @@ class LocalStorage(Storage):
     def partial_exists(self, tenant_id: str, name: str) -> bool:
         return (self.tenant_dir(tenant_id) / partial_name(name)).exists()
 
+    def remove_partial(self, tenant_id: str, name: str) -> int:
+        self.key(tenant_id, name)  # refuses any name that is not one of this tenant's backups
+        path = self.tenant_dir(tenant_id) / partial_name(name)
+        if not path.exists():
+            return 0
+        path.unlink(missing_ok=True)
+        return 1
+
     def free_bytes(self) -> int | None:
         self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         return shutil.disk_usage(self.root).free
@@ -262,6 +294,44 @@ class LocalStorage(Storage):
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed
+
+    def partial_files(self) -> list[tuple[str, datetime]]:
+        top = self.root / "tenants"
+        found = []
+        for folder in [top, *(sorted(top.iterdir()) if top.is_dir() else [])]:
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            for path in folder.iterdir():
+                if not (path.name.startswith(PARTIAL_PREFIX) and path.name.endswith(PARTIAL_SUFFIX)):
+                    continue
+                try:
+                    info = path.lstat()
+                except FileNotFoundError:
+                    continue  # its write just ended
+                if stat.S_ISREG(info.st_mode):
+                    written = datetime.fromtimestamp(info.st_mtime, UTC)
+                    found.append((path.relative_to(self.root).as_posix(), written))
+        return found
+
+    def remove_partial_file(self, key: str, older_than: timedelta) -> bool:
+        parts = PurePosixPath(key).parts
+        name = parts[-1] if parts else ""
+        if (
+            not 2 <= len(parts) <= 3
+            or parts[0] != "tenants"
+            or any(p in (".", "..") or "/" in p for p in parts)
+            or not (name.startswith(PARTIAL_PREFIX) and name.endswith(PARTIAL_SUFFIX))
+        ):
+            raise InvalidInput(f"{key!r} is not a partial file of the backup folders")
+        path = self.root / key
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISREG(info.st_mode) or info.st_mtime > time.time() - older_than.total_seconds():
+            return False  # written to again meanwhile: someone is using it
+        path.unlink(missing_ok=True)
+        return True
 
 
 class _MultipartUpload:
@@ -365,6 +435,33 @@ class S3Storage(Storage):
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
             total += sum(item["Size"] for item in page.get("Contents", []))
         return total
+
+    def remove_partial(self, tenant_id: str, name: str) -> int:
+        key = self._key(self.key(tenant_id, name))
+        found = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key).get("Uploads", [])
+        mine = [u for u in found if u["Key"] == key]
+        for upload in mine:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
+        return len(mine)
+
+    def unfinished_uploads(self) -> list[tuple[str, str, datetime]]:
+        full = self._key("tenants/")
+        strip = len(self._key(""))
+        found = []
+        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=full):
+            found += [(u["Key"][strip:], u["UploadId"], u["Initiated"]) for u in page.get("Uploads", [])]
+        return found
+
+    def abort_unfinished_upload(self, key: str, upload_id: str, older_than: timedelta) -> bool:
+        if not key.startswith("tenants/"):
+            raise InvalidInput(f"{key!r} is not under the tenants folder")
+        full = self._key(key)
+        pending = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=full).get("Uploads", [])
+        upload = next((u for u in pending if u["Key"] == full and u["UploadId"] == upload_id), None)
+        if upload is None or upload["Initiated"] > datetime.now(UTC) - older_than:
+            return False
+        self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+        return True
 
     def pending_uploads(self) -> list[str]:
         """Multipart uploads started and neither completed nor aborted (there should be none)."""

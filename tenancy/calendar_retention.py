@@ -74,6 +74,9 @@ class CalendarEntry:
     verified: bool
     size_bytes: int
     pinned: bool = False
+    # Known to restore: pg_restore read its table of contents, or a drill restored it (see tenancy.retention).
+    restorable: bool = True
+    drill_failed: bool = False
 
 
 @dataclass(frozen=True)

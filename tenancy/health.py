@@ -22,6 +22,22 @@ def alerts_for(tenant: TenantHealth, max_backup_age_hours: int, quota_ratio: flo
                 message=f"tenant {tenant.tenant_id}: {age} (limit {max_backup_age_hours} h)",
             )
         )
+    if tenant.status == "active" and (
+        tenant.restorable_age_hours is None or tenant.restorable_age_hours > max_backup_age_hours
+    ):
+        age = (
+            "no backup known to restore"
+            if tenant.restorable_age_hours is None
+            else f"newest backup known to restore is {tenant.restorable_age_hours:.0f} h old"
+        )
+        alerts.append(
+            Alert(
+                kind="stale_restorable_backup",
+                tenant_id=tenant.tenant_id,
+                message=f"tenant {tenant.tenant_id}: {age} (limit {max_backup_age_hours} h; encrypted backups are "
+                "proven by a drill or by a worker that holds the identity)",
+            )
+        )
     if (
         tenant.database_bytes is not None
         and tenant.quota_bytes

@@ -11,6 +11,7 @@ import pyrage
 import pytest
 from temporalio.client import WorkflowFailureError
 
+from activities.backup_facts import describe_backups
 from activities.storage import S3Storage, open_storage
 from starter.demo import table_fingerprint
 from tenancy.errors import failure_message, failure_type
@@ -154,8 +155,9 @@ async def test_drill_of_a_good_backup_passes_and_of_a_tampered_one_fails_and_ale
             good = await run(temporal_env, queue, BackupTenantWorkflow.run, BackupTenantInput(tenant_id=tenant.id))
             passed = await run(temporal_env, queue, BackupDrillWorkflow.run, DrillInput(tenant_id=tenant.id))
             assert passed.ok and passed.backup_name == good.backup_name and passed.rows >= 3000
-            manifest = open_storage(settings).read_manifest(tenant.id, good.backup_name)
-            assert manifest.drill_ok is True and manifest.drilled_at is not None
+            facts = {b.name: b for b in await describe_backups(open_storage(settings), catalog, tenant.id)}
+            assert facts[good.backup_name].drill_ok is True and facts[good.backup_name].drilled_at is not None
+            assert facts[good.backup_name].restorable
 
             path = settings.storage_root / good.path
             data = bytearray(path.read_bytes())
@@ -169,7 +171,10 @@ async def test_drill_of_a_good_backup_passes_and_of_a_tampered_one_fails_and_ale
             )
             await wait_until(lambda: hook.received, what="the alert")
     assert not failed.ok and "does not match its manifest" in failed.error
-    assert open_storage(settings).read_manifest(tenant.id, good.backup_name).drill_ok is False
+    facts = {b.name: b for b in await describe_backups(open_storage(settings), catalog, tenant.id)}
+    assert facts[good.backup_name].drill_ok is False
+    # The manifest, the immutable record, is never rewritten by a drill.
+    assert open_storage(settings).read_manifest(tenant.id, good.backup_name).drill_ok is None
     alerts = [a for body in hook.events() for a in body["alerts"]]
     assert alerts[0]["kind"] == "failed_drill" and alerts[0]["tenant_id"] == tenant.id
     with psycopg.connect(settings.effective_database_url) as conn:  # no scratch copy left behind

@@ -8,7 +8,8 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from activities.backup import BackupActivities
     from activities.catalog import CatalogActivities
-    from tenancy.errors import INVALID_INPUT, InvalidInput, fail
+    from tenancy.bounds import validate_backup
+    from tenancy.errors import INVALID_INPUT, fail
     from tenancy.models import (
         BackupTenantInput,
         BackupTenantResult,
@@ -18,8 +19,11 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.retention import validate_keep
     from workflows.options import LOCAL, LONG
     from workflows.tenant_lock import tenant_lock
+    from workflows.validation import check_input
 
 from temporalio.workflow import ActivityCancellationType
+
+NAME_IN_WORKFLOW = "backup-named-in-workflow"
 
 
 def backups_total():
@@ -28,13 +32,13 @@ def backups_total():
 
 
 def validate_backup_input(req: BackupTenantInput) -> None:
-    try:
-        validate_keep(req.keep)
-    except InvalidInput as exc:
-        raise fail(INVALID_INPUT, str(exc)) from None
-    top = 9 if req.compression == "gzip" else 22
-    if not 0 <= req.compression_level <= top:
-        raise fail(INVALID_INPUT, f"{req.compression} level must be between 0 and {top}")
+    def legacy() -> None:  # the checks of runs recorded before the bounds
+        validate_keep(req.keep, most=None)
+        top = 9 if req.compression == "gzip" else 22
+        if not 0 <= req.compression_level <= top:
+            raise fail(INVALID_INPUT, f"{req.compression} level must be between 0 and {top}")
+
+    check_input(lambda: validate_backup(req), legacy)
 
 
 @workflow.defn
@@ -63,6 +67,12 @@ class BackupTenantWorkflow:
         tenant = await workflow.execute_local_activity_method(CatalogActivities.get_tenant, req.tenant_id, **LOCAL)
         self._phase = "waiting for the tenant lock"
         async with tenant_lock(tenant.id, "backup", req.lock_wait_seconds, req.lock_held_by_parent):
+            name: str | None = None
+            if workflow.patched(NAME_IN_WORKFLOW):
+                # Named once per run: a retried dump knows what a dead attempt left under that name.
+                name = self._backup_name = await workflow.execute_local_activity_method(
+                    BackupActivities.name_backup, args=[tenant.id, req.compression], **LOCAL
+                )
             self._phase = "dumping"
             dump = await workflow.execute_activity_method(
                 BackupActivities.dump_database,
@@ -71,6 +81,7 @@ class BackupTenantWorkflow:
                     database_name=tenant.database_name,
                     compression=req.compression,
                     compression_level=req.compression_level,
+                    backup_name=name,
                 ),
                 # Wait for pg_dump to be killed and the partial file removed before the run ends.
                 cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
@@ -111,4 +122,5 @@ class BackupTenantWorkflow:
             row_counts=manifest.row_counts,
             deleted_by_retention=retention.deleted,
             kept=retention.kept,
+            restorable=manifest.restorable,
         )

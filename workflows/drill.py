@@ -12,6 +12,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
     from activities.health import HealthActivities
     from activities.restore import RestoreActivities
+    from tenancy.bounds import validate_drill_fleet
     from tenancy.errors import failure_message
     from tenancy.models import (
         Alert,
@@ -23,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         RestoredCheckRequest,
         ScratchRestoreRequest,
         SwapRequest,
+        Tenant,
         TenantOutcome,
         TenantRef,
     )
@@ -30,6 +32,12 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.search import tenant_attributes
     from workflows.fanout import FanOutProgress, fan_out_catalog, finish_fleet, run_child, skipped, start_cursor
     from workflows.options import LOCAL, LONG, QUICK
+    from workflows.tenant_lock import tenant_lock
+    from workflows.validation import check_input
+
+DRILL_SHARED_LOCK = "drill-shared-tenant-lock"
+# A drill scheduled during a long maintenance or restore waits for it rather than failing.
+DRILL_LOCK_WAIT_SECONDS = 1800
 
 
 @workflow.defn
@@ -43,6 +51,13 @@ class BackupDrillWorkflow:
             scratch_name=scratch_database_name(tenant.database_name, "d" + workflow.uuid4().hex[:9]),
             previous_name="",
         )
+        if workflow.patched(DRILL_SHARED_LOCK):
+            # Shared: backups and other drills go on; a restore, maintenance or deprovisioning waits for the drill.
+            async with tenant_lock(tenant.id, "drill", DRILL_LOCK_WAIT_SECONDS, shared=True):
+                return await self._drill(req, tenant, names)
+        return await self._drill(req, tenant, names)
+
+    async def _drill(self, req: DrillInput, tenant: Tenant, names: SwapRequest) -> DrillResult:
         started = workflow.time()
         result = DrillResult(tenant_id=tenant.id, backup_name=req.backup_name, ok=False)
         try:
@@ -106,6 +121,7 @@ class DrillAllTenantsWorkflow:
 
     @workflow.run
     async def run(self, req: DrillFleetInput) -> FleetResult:
+        check_input(lambda: validate_drill_fleet(req))
         cursor = start_cursor(req.cursor)
         week = cursor.started_at.isocalendar().week
 

@@ -19,10 +19,12 @@ POLL = timedelta(seconds=5)
 
 @asynccontextmanager
 async def tenant_lock(
-    tenant_id: str, operation: str, wait_seconds: int, held_by_parent: bool = False
+    tenant_id: str, operation: str, wait_seconds: int, held_by_parent: bool = False, shared: bool = False
 ) -> AsyncIterator[None]:
     """Hold the tenant's lock for the block. Waits up to `wait_seconds` for another run to finish, then fails
     with a non-retryable TenantBusy naming the run that holds it.
+
+    `shared` (drills): held together with other drills and with backups; other operations wait for it.
 
     A child run of an operation that holds the lock (the final backup of a deprovisioning, the backup before a
     maintenance) checks that its parent holds it and neither takes nor releases it.
@@ -37,7 +39,9 @@ async def tenant_lock(
             raise fail(TENANT_BUSY, f"tenant {tenant_id!r} is busy: {outcome.holder_workflow_id} holds it")
         yield
         return
-    request = LockRequest(tenant_id=tenant_id, operation=operation, workflow_id=info.workflow_id, run_id=info.run_id)
+    request = LockRequest(
+        tenant_id=tenant_id, operation=operation, workflow_id=info.workflow_id, run_id=info.run_id, shared=shared
+    )
     waited = timedelta(0)
     while True:
         outcome = await workflow.execute_local_activity_method(CatalogActivities.acquire_tenant_lock, request, **LOCAL)
