@@ -22,8 +22,10 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.archive import Progress, hash_stream, list_archive, load_identities, unpack
+from activities.backup_facts import describe_backups, restore_candidate
 from activities.catalog_db import Catalog
 from activities.heartbeat import Heartbeater
+from activities.marks import database_mark, mark_database
 from activities.pg import connect, count_rows, find_client_tools, libpq_env, server_major
 from activities.storage import FILE_MODE, open_storage
 from activities.subprocesses import kill_group, tail
@@ -32,16 +34,19 @@ from tenancy.errors import (
     BACKUP_REJECTED,
     CLIENT_TOOLS_MISSING,
     INVALID_INPUT,
+    NOTHING_TO_UNDO,
     RESTORE_FAILED,
     RESTORE_VERIFICATION_FAILED,
     InvalidInput,
     fail,
 )
 from tenancy.log import activity_logger
+from tenancy.marks import Mark
 from tenancy.models import (
     BackupManifest,
     BackupSelection,
     DrillResult,
+    KeptDatabase,
     RestoredCheckRequest,
     ScratchRestoreRequest,
     SwapRequest,
@@ -49,7 +54,6 @@ from tenancy.models import (
     TenantEvent,
 )
 from tenancy.naming import is_previous_database_name, parse_backup_name, partial_name
-from tenancy.retention import BackupEntry
 from tenancy.selection import choose_backup
 from tenancy.settings import Settings
 
@@ -95,6 +99,20 @@ async def _copy_database_acl(conn: psycopg.AsyncConnection, source: str, target:
         await conn.execute(sql.SQL("GRANT {} ON DATABASE {} TO {}").format(sql.SQL(privilege), _ident(target), who))
 
 
+async def _grant_to_tenant_role_only(
+    conn: psycopg.AsyncConnection, target: str, role: str | None, grant_connect: bool
+) -> None:
+    """The tenant's database is missing, so there are no grants to copy: the restored database lets in the
+    tenant's role (when it exists and may connect), never PUBLIC."""
+    await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(_ident(target)))
+    if role and grant_connect:
+        exists = await (await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])).fetchone()
+        if exists:
+            await conn.execute(
+                sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(_ident(target), _ident(role))
+            )
+
+
 class RestoreActivities:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -117,10 +135,7 @@ class RestoreActivities:
                 raise fail(INVALID_INPUT, str(exc)) from None
             name = selection.backup_name
         else:
-            entries = [
-                BackupEntry(name=b.name, taken_at=b.taken_at, verified=b.verified)
-                for b in self.storage.describe_backups(tenant_id)
-            ]
+            entries = [restore_candidate(b) for b in await describe_backups(self.storage, self.catalog, tenant_id)]
             try:
                 name = choose_backup(entries, selection.at).name
             except InvalidInput as exc:
@@ -173,12 +188,22 @@ class RestoreActivities:
 
     @activity.defn
     async def restore_to_scratch(self, req: ScratchRestoreRequest) -> int:
-        """pg_restore the backup into a fresh scratch database; returns how many tables got their data.
-        A retried attempt drops what an earlier one left and starts over."""
+        """pg_restore the backup into a fresh scratch database, marked as this run's; returns how many tables got
+        their data. A retried attempt removes what an earlier attempt of this run left (its scratch database, its
+        work file) and starts over; a database of the scratch name that is not this run's is never touched."""
         log = self._log(req.tenant_id)
+        info = activity.info()
+        work = self._work_file(req.scratch_name)
+        await asyncio.to_thread(work.unlink, missing_ok=True)  # a dead attempt's plaintext goes first
         async with await connect(self.admin_url, autocommit=True) as conn:
             major = server_major(conn.info.server_version)
-            await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(_ident(req.scratch_name)))
+            if await _exists(conn, req.scratch_name):
+                mark = await database_mark(conn, req.scratch_name)
+                if mark is None or not (mark.is_of(req.tenant_id, "scratch") and mark.made_by(info.workflow_id)):
+                    raise fail(
+                        RESTORE_FAILED, f"database {req.scratch_name!r} exists and is not this run's: left alone"
+                    )
+                await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(_ident(req.scratch_name)))
             owner = await (
                 await conn.execute(
                     "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [req.database_name]
@@ -188,26 +213,37 @@ class RestoreActivities:
             if owner:
                 create += sql.SQL(" OWNER {}").format(_ident(owner[0]))
             await conn.execute(create)
-            await _copy_database_acl(conn, req.database_name, req.scratch_name)
+            await mark_database(
+                conn,
+                req.scratch_name,
+                Mark(
+                    kind="scratch",
+                    tenant_id=req.tenant_id,
+                    workflow_id=info.workflow_id,
+                    run_id=info.workflow_run_id,
+                    at=datetime.now(UTC),
+                ),
+            )
+            if owner:
+                await _copy_database_acl(conn, req.database_name, req.scratch_name)
+            else:
+                await _grant_to_tenant_role_only(conn, req.scratch_name, req.role_name, req.grant_connect)
         tools = find_client_tools(major, self.settings.pg_bin_dir)
-        manifest = self.storage.read_manifest(req.tenant_id, req.backup_name)
+        manifest = await asyncio.to_thread(self.storage.read_manifest, req.tenant_id, req.backup_name)
         encrypted = bool(manifest and manifest.encrypted)
         archive = self.storage.local_path(req.tenant_id, req.backup_name)
-        work_dir = self.settings.state_dir.resolve() / "work"
-        work = work_dir / partial_name(f"{req.scratch_name}.dump")
         progress = Progress()
         done = {"tables": 0}
         async with Heartbeater(lambda: {"tables_restored": done["tables"], "bytes_unpacked": progress.bytes}):
             try:
                 if archive is None or encrypted or req.compression == "zstd":
                     # pg_restore --jobs needs a seekable, plain archive: fetch, decrypt and unpack it to a local
-                    # work file first (0600, removed at the end).
+                    # work file first (0600 in a 0700 folder, removed at the end, or by the next attempt).
                     identities = (
                         load_identities(self.settings.age_identity_file, req.backup_name) if encrypted else None
                     )
 
                     def materialize() -> None:
-                        work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
                         fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
                         with (
                             open(fd, "wb") as handle,
@@ -223,9 +259,16 @@ class RestoreActivities:
                     await self._drop(req.scratch_name)
                 raise
             finally:
-                work.unlink(missing_ok=True)
+                await asyncio.to_thread(work.unlink, missing_ok=True)
         log.info("restored into scratch database", scratch=req.scratch_name, tables=done["tables"])
         return done["tables"]
+
+    def _work_file(self, scratch_name: str) -> Path:
+        """Where a restore unpacks an archive for pg_restore: a 0700 folder of the worker's state."""
+        folder = self.settings.state_dir.resolve() / "work"
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.chmod(0o700)
+        return folder / partial_name(f"{scratch_name}.dump")
 
     async def _pg_restore(self, pg_restore: Path, archive: Path, req: ScratchRestoreRequest, done: dict, log) -> None:
         args = [str(pg_restore), "--dbname", req.scratch_name, "--exit-on-error", "--verbose", "--no-password"]
@@ -296,43 +339,55 @@ class RestoreActivities:
     @activity.defn
     async def swap_in_restored(self, req: SwapRequest) -> SwapResult:
         """Block new connections to the tenant's database, end the open ones, then in one transaction rename it
-        aside and the restored database into its place. Safe to retry: a swap already made is recognised."""
+        aside (marked `previous`, kept until `keep_until`) and the incoming database (`scratch_name`: a restored
+        copy, or a kept previous database when a restore is undone) into its place, marked as the tenant's.
+        Safe to retry: a swap already made is recognised."""
         log = self._log(req.tenant_id)
+        info = activity.info()
+        now = datetime.now(UTC)
+        tenant_mark = Mark(
+            kind="tenant", tenant_id=req.tenant_id, workflow_id=info.workflow_id, run_id=info.workflow_run_id, at=now
+        )
+        set_aside = tenant_mark.model_copy(update={"kind": "previous", "keep_until": req.keep_until})
+        live_name, incoming_name, previous_name = (
+            _ident(req.database_name),
+            _ident(req.scratch_name),
+            _ident(req.previous_name),
+        )
         async with await connect(self.admin_url, autocommit=True) as conn, Heartbeater():
-            live, scratch, previous = (
+            live, incoming, previous = (
                 await _exists(conn, req.database_name),
                 await _exists(conn, req.scratch_name),
                 await _exists(conn, req.previous_name),
             )
-            if not scratch:
+            if not incoming:
                 if live and previous:
                     return SwapResult(terminated_sessions=0)  # an earlier attempt committed the swap
-                raise fail(RESTORE_FAILED, f"restored database {req.scratch_name!r} is gone; nothing was changed")
+                raise fail(RESTORE_FAILED, f"database {req.scratch_name!r} to swap in is gone; nothing was changed")
             terminated = await _terminate(conn, req.scratch_name)
             if not live:
-                # The tenant had lost its database: the restored one simply takes its name.
-                await conn.execute(
-                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                        _ident(req.scratch_name), _ident(req.database_name)
-                    )
-                )
+                # The tenant had lost its database: the incoming one simply takes its name.
+                async with conn.transaction():
+                    await conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(incoming_name, live_name))
+                    await mark_database(conn, req.database_name, tenant_mark)
+                    await conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(live_name))
                 return SwapResult(terminated_sessions=0)
-            await conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(_ident(req.database_name)))
+            await conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(live_name))
             try:
                 for _ in range(100):
                     terminated += await _terminate(conn, req.database_name)
                     try:
                         async with conn.transaction():
                             await conn.execute(
-                                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                                    _ident(req.database_name), _ident(req.previous_name)
-                                )
+                                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(live_name, previous_name)
                             )
                             await conn.execute(
-                                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                                    _ident(req.scratch_name), _ident(req.database_name)
-                                )
+                                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(incoming_name, live_name)
                             )
+                            await mark_database(conn, req.previous_name, set_aside)
+                            await mark_database(conn, req.database_name, tenant_mark)
+                            # A kept previous database coming back was closed to connections when set aside.
+                            await conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(live_name))
                         break
                     except psycopg.errors.ObjectInUse:
                         await asyncio.sleep(0.1)  # a session was still closing
@@ -340,55 +395,133 @@ class RestoreActivities:
                     raise ApplicationError(f"sessions of {req.database_name!r} would not end", type=RESTORE_FAILED)
             except BaseException:
                 with contextlib.suppress(Exception):
-                    await conn.execute(
-                        sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(_ident(req.database_name))
-                    )
+                    await conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(live_name))
                 raise
-        log.info("restored database swapped in", previous=req.previous_name, terminated_sessions=terminated)
+        log.info("database swapped in", incoming=req.scratch_name, previous=req.previous_name, terminated=terminated)
         return SwapResult(terminated_sessions=terminated)
 
     @activity.defn
     async def undo_unfinished_restore(self, req: SwapRequest) -> str:
-        """After a restore failed or was cancelled: remove the scratch database and make sure the tenant's
-        database accepts connections. Returns what state the tenant was left in."""
+        """After a restore failed or was cancelled (and its activities have stopped): the tenant's database as it
+        was. A swap that committed is recognised by the marks and swapped back; this run's scratch database is
+        dropped; the tenant's database accepts connections. Returns what state the tenant was left in."""
+        info = activity.info()
+        state = "unchanged"
         async with await connect(self.admin_url, autocommit=True) as conn:
-            await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(_ident(req.scratch_name)))
+            live, incoming, previous = (
+                await _exists(conn, req.database_name),
+                await _exists(conn, req.scratch_name),
+                await _exists(conn, req.previous_name),
+            )
+            set_aside = await database_mark(conn, req.previous_name) if previous else None
+            if (
+                live
+                and not incoming
+                and set_aside is not None
+                and set_aside.is_of(req.tenant_id, "previous")
+                and set_aside.made_by(info.workflow_id)
+            ):
+                await self._swap_back(conn, req, info)
+                incoming, state = True, "unchanged (the swap had committed and was reversed)"
+            if incoming:
+                mark = await database_mark(conn, req.scratch_name)
+                if mark is not None and mark.is_of(req.tenant_id, "scratch") and mark.made_by(info.workflow_id):
+                    await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(_ident(req.scratch_name)))
             if await _exists(conn, req.database_name):
                 await conn.execute(
                     sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(_ident(req.database_name))
                 )
-            swapped = await _exists(conn, req.previous_name)
-        state = "restored (the swap had happened)" if swapped else "unchanged"
         self._log(req.tenant_id).warning("unfinished restore undone", tenant_database=state)
         return state
 
+    async def _swap_back(self, conn: psycopg.AsyncConnection, req: SwapRequest, info: activity.Info) -> None:
+        """Reverse a committed swap: the restored copy back to its scratch name, the set-aside database back."""
+        now = datetime.now(UTC)
+        scratch = Mark(
+            kind="scratch", tenant_id=req.tenant_id, workflow_id=info.workflow_id, run_id=info.workflow_run_id, at=now
+        )
+        await conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(_ident(req.database_name)))
+        for _ in range(100):
+            await _terminate(conn, req.database_name)
+            try:
+                async with conn.transaction():
+                    await conn.execute(
+                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                            _ident(req.database_name), _ident(req.scratch_name)
+                        )
+                    )
+                    await conn.execute(
+                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                            _ident(req.previous_name), _ident(req.database_name)
+                        )
+                    )
+                    await mark_database(conn, req.scratch_name, scratch)
+                    await mark_database(conn, req.database_name, scratch.model_copy(update={"kind": "tenant"}))
+                return
+            except psycopg.errors.ObjectInUse:
+                await asyncio.sleep(0.1)
+        raise ApplicationError(f"sessions of {req.database_name!r} would not end", type=RESTORE_FAILED)
+
     @activity.defn
     async def drop_previous_database(self, req: SwapRequest) -> bool:
-        """Drop the database a restore replaced; refuses any name that is not such a database."""
+        """Drop a database a restore set aside; refuses any name that is not such a database, and leaves alone
+        one that does not carry this tenant's `previous` mark (it was swapped back, or is not ours)."""
         if not is_previous_database_name(req.database_name, req.previous_name):
             raise fail(INVALID_INPUT, f"{req.previous_name!r} is not a database a restore set aside")
+        log = self._log(req.tenant_id)
         async with await connect(self.admin_url, autocommit=True) as conn:
             existed = await _exists(conn, req.previous_name)
-            await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(_ident(req.previous_name)))
-        self._log(req.tenant_id).info("previous database dropped", database=req.previous_name)
+            if existed:
+                mark = await database_mark(conn, req.previous_name)
+                if mark is None or not mark.is_of(req.tenant_id, "previous"):
+                    log.warning("not dropped: not set aside by a restore of this tenant", database=req.previous_name)
+                    return False
+                await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(_ident(req.previous_name)))
+        await self.catalog.end_kept_database(req.previous_name, "dropped")
+        log.info("previous database dropped", database=req.previous_name, existed=existed)
         return existed
 
     @activity.defn
     async def drop_scratch_database(self, req: SwapRequest) -> None:
-        """Drop a scratch copy (a drill's, when it is done); refuses the tenant's own database."""
+        """Drop a scratch copy (a drill's, when it is done): only one that carries this run's scratch mark."""
         if req.scratch_name == req.database_name or "__rs_" not in req.scratch_name:
             raise fail(INVALID_INPUT, f"{req.scratch_name!r} is not a scratch database")
-        await self._drop(req.scratch_name)
+        async with await connect(self.admin_url, autocommit=True) as conn:
+            mark = await database_mark(conn, req.scratch_name)
+            if mark is not None and mark.is_of(req.tenant_id, "scratch") and mark.made_by(activity.info().workflow_id):
+                await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(_ident(req.scratch_name)))
+
+    @activity.defn
+    async def record_kept_database(self, kept: KeptDatabase) -> None:
+        """A database a restore set aside: in the catalog until it is dropped or swapped back."""
+        await self.catalog.record_kept_database(
+            kept.name, kept.tenant_id, kept.database_name, kept.workflow_id, kept.backup_name, kept.kept_until
+        )
+
+    @activity.defn
+    async def end_kept_database(self, name: str, how: str) -> bool:
+        return await self.catalog.end_kept_database(name, how)
+
+    @activity.defn
+    async def find_kept_database(self, tenant_id: str) -> KeptDatabase:
+        """The newest database a restore of this tenant set aside that still exists and carries its mark."""
+        async with await connect(self.admin_url, autocommit=True) as conn:
+            for row in await self.catalog.kept_databases(tenant_id):
+                mark = await database_mark(conn, row["name"]) if await _exists(conn, row["name"]) else None
+                if mark is not None and mark.is_of(tenant_id, "previous"):
+                    return KeptDatabase.model_validate(row)
+        raise fail(
+            NOTHING_TO_UNDO,
+            f"tenant {tenant_id!r} has no database kept from a restore to go back to "
+            "(a restore keeps the replaced database for TENANTS_RESTORE_KEEP_PREVIOUS)",
+        )
 
     @activity.defn
     async def record_drill(self, result: DrillResult) -> None:
-        """A drill's outcome goes into the backup's manifest (drilled at, passed or not) and the catalog."""
+        """A drill's outcome goes into the catalog (the backup's facts, and an event); the manifest is never
+        rewritten, so nothing a drill records can undo a pin set meanwhile."""
         if result.backup_name:
-            manifest = self.storage.read_manifest(result.tenant_id, result.backup_name)
-            if manifest is not None:
-                self.storage.write_manifest(
-                    manifest.model_copy(update={"drilled_at": datetime.now(UTC), "drill_ok": result.ok})
-                )
+            await self.catalog.record_backup_drill(result.tenant_id, result.backup_name, result.ok)
         await self.catalog.record_event(
             result.tenant_id, "BackupDrilled", result.model_dump(mode="json"), activity.info().workflow_id
         )

@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from datetime import UTC, datetime
 
+from activities.backup_facts import describe_backups, restore_candidate
+from activities.catalog_db import Catalog
 from activities.storage import open_storage
-from starter.output import human_size, table
+from starter.output import human_duration, human_size, table
 from starter.runs import start_and_follow
+from tenancy.durations import parse_duration
 from tenancy.errors import InvalidInput
-from tenancy.models import RestoreTenantInput, RestoreTenantResult
+from tenancy.models import BackupInfo, RestoreTenantInput, RestoreTenantResult, UndoRestoreInput, UndoRestoreResult
 from tenancy.naming import validate_tenant_id
-from tenancy.retention import BackupEntry
 from tenancy.selection import choose_backup
 from tenancy.settings import Settings
 from workflows.restore_tenant import RestoreTenantWorkflow
-
-_DURATION = re.compile(r"^(\d+)([smhd])$")
-
-
-def parse_duration(text: str) -> int:
-    """'90s', '30m', '2h', '7d' → seconds."""
-    match = _DURATION.fullmatch(text.strip())
-    if not match:
-        raise InvalidInput(f"invalid duration {text!r}: use a number and s, m, h or d (e.g. 2h)")
-    return int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+from workflows.undo_restore import UndoRestoreWorkflow
 
 
 def parse_time(text: str) -> datetime:
@@ -46,8 +38,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     which.add_argument("--latest", action="store_true", help="the newest verified backup")
     which.add_argument("--backup", metavar="NAME", help="a backup by name (see --list)")
     which.add_argument("--at", metavar="TIME", help="the newest backup taken at or before TIME (UTC)")
+    which.add_argument(
+        "--undo", action="store_true", help="swap back the database the last restore replaced (while it is kept)"
+    )
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--keep-previous", metavar="DURATION", help="keep the replaced database this long (e.g. 2h)")
+    p.add_argument(
+        "--keep-previous",
+        metavar="DURATION",
+        help="keep the replaced database this long, for --undo (e.g. 2h; 0 drops it at once; "
+        "default: TENANTS_RESTORE_KEEP_PREVIOUS, 24h)",
+    )
     p.add_argument("--jobs", type=int, help="pg_restore --jobs (default: TENANTS_RESTORE_JOBS)")
     p.add_argument("--check", action="append", default=[], metavar="SQL", help="extra check, must return true")
     p.add_argument("--wait-lock", type=int, metavar="SECONDS", help="wait this long for a busy tenant")
@@ -63,10 +63,20 @@ def _confirm(prompt: str) -> bool:
     return answer.strip().lower() in {"y", "yes"}
 
 
+def _restorable(backup: BackupInfo) -> str:
+    if backup.drill_ok is False:
+        return "NO (drill failed)"
+    if backup.restorable:
+        return "yes"
+    return "unproven" if backup.verified else "NO"
+
+
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     tenant_id = validate_tenant_id(args.tenant)
-    storage = open_storage(settings)
-    backups = storage.describe_backups(tenant_id)
+    keep_previous = parse_duration(args.keep_previous) if args.keep_previous else settings.restore_keep_previous
+    if args.undo:
+        return await undo(args, settings, tenant_id, keep_previous)
+    backups = await describe_backups(open_storage(settings), Catalog(settings), tenant_id)
     if args.list:
         if args.json:
             print("[" + ",".join(b.model_dump_json() for b in backups) + "]")
@@ -77,26 +87,30 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                     b.taken_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
                     human_size(b.size_bytes),
                     "yes" if b.verified else "NO",
+                    _restorable(b),
+                    "pinned" if b.pinned else "",
                     b.compression or "?",
                 )
                 for b in reversed(backups)
             ]
-            print(table(["backup", "taken at", "size", "verified", "compression"], rows))
+            print(table(["backup", "taken at", "size", "verified", "restorable", "pin", "compression"], rows))
         return 0
 
     at = parse_time(args.at) if args.at else None
-    keep_previous = parse_duration(args.keep_previous) if args.keep_previous else 0
     jobs = args.jobs or settings.restore_jobs
     if not 1 <= jobs <= 32:
         raise InvalidInput("--jobs must be between 1 and 32")
     name = args.backup
     if name is None:
         # What the workflow will pick, so the operator confirms the right thing.
-        entries = [BackupEntry(b.name, b.taken_at, b.verified) for b in backups]
-        name = choose_backup(entries, at).name
+        name = choose_backup([restore_candidate(b) for b in backups], at).name
+    kept = (
+        f"kept for {human_duration(keep_previous)}: `tenants restore {tenant_id} --undo` swaps it back"
+        if keep_previous
+        else "then dropped: this cannot be undone"
+    )
     if not args.yes and not _confirm(
-        f"Restore tenant {tenant_id} from {name}? Its current database is replaced "
-        f"({'kept for ' + args.keep_previous if keep_previous else 'then dropped'})."
+        f"Restore tenant {tenant_id} from {name}? Its current database is replaced ({kept})."
     ):
         print("not restored")
         return 1
@@ -131,7 +145,53 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     if result.previous_dropped:
         print(f"previous  {result.previous_database} dropped")
     else:
-        print(f"previous  {result.previous_database} kept until {result.keep_previous_until:%Y-%m-%d %H:%M:%S} UTC")
+        print(
+            f"previous  {result.previous_database} kept until {result.keep_previous_until:%Y-%m-%d %H:%M:%S} UTC "
+            f"(`tenants restore {tenant_id} --undo` swaps it back)"
+        )
     if result.cache_keys_deleted is not None:
         print(f"cache     {result.cache_keys_deleted} keys deleted")
+    return 0
+
+
+async def undo(args: argparse.Namespace, settings: Settings, tenant_id: str, keep_previous: int) -> int:
+    kept = await Catalog(settings).kept_databases(tenant_id)
+    if not kept:
+        raise InvalidInput(f"tenant {tenant_id!r} has no database kept from a restore to go back to")
+    newest = kept[0]
+    if not args.yes and not _confirm(
+        f"Undo the restore of tenant {tenant_id}"
+        + (f" from {newest['backup_name']}" if newest["backup_name"] else "")
+        + f"? {newest['name']} becomes its database again; the current one is "
+        + (f"kept for {human_duration(keep_previous)}." if keep_previous else "dropped.")
+    ):
+        print("not undone")
+        return 1
+    result: UndoRestoreResult | None = await start_and_follow(
+        settings,
+        UndoRestoreWorkflow.run,
+        UndoRestoreInput(
+            tenant_id=tenant_id,
+            keep_previous_seconds=keep_previous,
+            lock_wait_seconds=settings.lock_wait_seconds if args.wait_lock is None else args.wait_lock,
+        ),
+        operation="restore-undo",
+        tenant_id=tenant_id,
+        summary=f"Undo of the last restore of tenant {tenant_id}",
+        no_wait=args.no_wait,
+    )
+    if result is None:
+        return 0
+    if args.json:
+        print(result.model_dump_json(indent=2))
+        return 0
+    print(f"undone    {tenant_id}: {result.database_name} is again the database from before the restore")
+    if result.replaced_kept_until:
+        print(
+            f"replaced  {result.replaced_database} kept until {result.replaced_kept_until:%Y-%m-%d %H:%M:%S} UTC "
+            "(undo again to swap it back)"
+        )
+    else:
+        print(f"replaced  {result.replaced_database} dropped")
+    print(f"sessions  {result.terminated_sessions} terminated")
     return 0

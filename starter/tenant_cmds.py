@@ -1,12 +1,15 @@
-"""`tenants provision | settings | activate | deactivate | suspend | deprovision | migrate | show`."""
+"""`tenants provision | adopt | settings | activate | deactivate | suspend | deprovision | reinstate | migrate |
+show`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import psycopg
 
+from activities.backup_facts import describe_backups, retention_entry
 from activities.catalog_db import Catalog
 from activities.credentials import read_credentials
 from activities.storage import open_storage
@@ -14,18 +17,23 @@ from starter.output import human_size, table
 from starter.runs import start_and_follow
 from tenancy.errors import InvalidInput
 from tenancy.models import (
+    AdoptTenantInput,
     DeprovisionTenantInput,
     FleetInput,
     ProvisionTenantInput,
+    ReinstateTenantInput,
     SettingsChange,
     StatusChange,
 )
 from tenancy.naming import slugify, validate_tenant_id
+from tenancy.retention import is_good_copy
 from tenancy.settings import Settings
 from tenancy.tenant_settings import parse_flag
+from workflows.adopt_tenant import AdoptTenantWorkflow
 from workflows.deprovision_tenant import DeprovisionTenantWorkflow
 from workflows.migrate import MigrateAllTenantsWorkflow, MigrateTenantWorkflow
 from workflows.provision_tenant import ProvisionTenantWorkflow
+from workflows.reinstate_tenant import ReinstateTenantWorkflow
 from workflows.tenant_status import ChangeTenantStatusWorkflow, UpdateTenantSettingsWorkflow
 
 
@@ -49,6 +57,27 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-wait", action="store_true")
     p.set_defaults(handler=provision)
 
+    p = subparsers.add_parser(
+        "adopt",
+        help="register an existing database as a tenant (or mark the database of a tenant from an older version)",
+        description=(
+            "Register an existing database as tenant ID: for tenants that were running before this project. The "
+            "database must exist and be no one else's: not the catalog, the template or a system database, not "
+            "another tenant's (in the catalog or by its mark). Nothing in it is changed; it gets this project's "
+            "mark (its COMMENT), which lets backups, restores and deprovisioning act on it. A tenant already in "
+            "the catalog with exactly this database, carrying no mark (provisioned by an older version of this "
+            "project), is only marked (its role too): --plan, --owner and --name are then left as recorded."
+        ),
+    )
+    p.add_argument("tenant", help="tenant id")
+    p.add_argument("--database", required=True, metavar="NAME", help="the existing database")
+    p.add_argument("--plan", help="free, pro, business (TENANTS_PLANS); default: free; no plan limit applies")
+    p.add_argument("--owner", metavar="EMAIL", help="the owner's e-mail; default: unknown@adopted.invalid")
+    p.add_argument("--name", help="display name; default: the tenant id")
+    p.add_argument("--role", metavar="NAME", help="an existing login role to record and mark as the tenant's")
+    p.add_argument("--no-wait", action="store_true")
+    p.set_defaults(handler=adopt)
+
     p = subparsers.add_parser("settings", help="change a tenant's settings")
     p.add_argument("tenant")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -70,6 +99,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--final-backup", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--yes", action="store_true", help="required: this drops the database")
     p.set_defaults(handler=deprovision)
+
+    p = subparsers.add_parser("reinstate", help="bring a deprovisioned tenant back from its backup, with a new role")
+    p.add_argument("tenant")
+    p.add_argument("--backup", metavar="NAME", help="a backup by name (default: the newest restorable one)")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(handler=reinstate)
 
     p = subparsers.add_parser("migrate", help="bring tenant databases to the newest schema version")
     target = p.add_mutually_exclusive_group(required=True)
@@ -114,6 +149,34 @@ async def provision(args: argparse.Namespace, settings: Settings) -> int:
     except OSError:
         print(f"role      {result.role_name} (credentials in {result.credentials_file} on the worker's host)")
     print(f"kept in   {result.credentials_file}")
+    return 0
+
+
+async def adopt(args: argparse.Namespace, settings: Settings) -> int:
+    tenant_id = validate_tenant_id(args.tenant)
+    given = {"plan": args.plan, "owner_email": args.owner, "name": args.name, "role_name": args.role}
+    result = await start_and_follow(
+        settings,
+        AdoptTenantWorkflow.run,
+        AdoptTenantInput(
+            tenant_id=tenant_id,
+            database_name=args.database,
+            lock_wait_seconds=settings.lock_wait_seconds,
+            **{key: value for key, value in given.items() if value is not None},
+        ),
+        operation="adopt",
+        tenant_id=tenant_id,
+        summary=f"Adoption of database {args.database} as tenant {tenant_id}",
+        no_wait=args.no_wait,
+    )
+    if result is None:
+        return 0
+    if result.mark_only:
+        print(f"tenant    {result.tenant_id}: database {result.database_name} marked as its own")
+    else:
+        print(f"tenant    {result.tenant_id} is active, with database {result.database_name}")
+    if result.role_name:
+        print(f"role      {result.role_name} (marked as the tenant's; its password is unchanged)")
     return 0
 
 
@@ -169,6 +232,52 @@ async def deprovision(args: argparse.Namespace, settings: Settings) -> int:
         summary=f"Deprovisioning of tenant {tenant_id}",
     )
     print(f"{tenant_id} deprovisioned; final backup: {result.final_backup or 'none'}")
+    if result.leftover_databases:
+        print(f"also dropped its copies: {', '.join(result.leftover_databases)}")
+    if result.role_left:
+        print(f"note: {result.role_left}")
+    return 0
+
+
+async def reinstate(args: argparse.Namespace, settings: Settings) -> int:
+    tenant_id = validate_tenant_id(args.tenant)
+    source = args.backup or "its newest restorable backup"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise InvalidInput("refusing to reinstate without confirmation: pass --yes")
+        answer = input(f"Reinstate tenant {tenant_id} from {source}? Its role can log in again. [y/N] ")
+        if answer.strip().lower() not in {"y", "yes"}:
+            print("not reinstated")
+            return 1
+    result = await start_and_follow(
+        settings,
+        ReinstateTenantWorkflow.run,
+        ReinstateTenantInput(
+            tenant_id=tenant_id,
+            backup_name=args.backup,
+            jobs=settings.restore_jobs,
+            checks=settings.restore_checks,
+            lock_wait_seconds=settings.lock_wait_seconds,
+        ),
+        operation="reinstate",
+        tenant_id=tenant_id,
+        summary=f"Reinstatement of tenant {tenant_id} from {source}",
+    )
+    print(f"tenant    {result.tenant_id} is active again, from {result.backup_name}")
+    print(
+        f"database  {result.database_name} ({sum(result.row_counts.values())} rows in {len(result.row_counts)} "
+        "tables, counts equal to the backup's)"
+    )
+    for name, rows in sorted(result.row_counts.items()):
+        print(f"          {name}: {rows} rows")
+    try:
+        creds = read_credentials(settings.effective_secrets_dir, result.tenant_id)
+        # New credentials, shown this once; afterwards only in the 0600 credentials file.
+        print(f"role      {creds['role']}  password {creds['password']}")
+        print(f"connect   postgresql://{creds['role']}:***@{creds['host']}:{creds['port']}/{creds['database']}")
+    except OSError:
+        print(f"role      {result.role_name} (credentials in {result.credentials_file} on the worker's host)")
+    print(f"kept in   {result.credentials_file}")
     return 0
 
 
@@ -215,8 +324,10 @@ async def show(args: argparse.Namespace, settings: Settings) -> int:
                 "SELECT pg_database_size(datname) FROM pg_database WHERE datname = %s", [tenant.database_name]
             ).fetchone()
             size = row[0] if row else None
-    backups = open_storage(settings).describe_backups(tenant_id)
+    backups = await describe_backups(open_storage(settings), catalog, tenant_id)
     last = next((b for b in reversed(backups) if b.verified), None)
+    restorable = next((b for b in reversed(backups) if is_good_copy(retention_entry(b))), None)
+    kept = await catalog.kept_databases(tenant_id)
     events = await catalog.events(tenant_id, limit=10)
     plan = settings.plans.get(tenant.plan)
     if args.json:
@@ -227,7 +338,12 @@ async def show(args: argparse.Namespace, settings: Settings) -> int:
                     "database_bytes": size,
                     "quota_bytes": plan.quota_mb * 2**20 if plan else None,
                     "last_backup": last.model_dump(mode="json") if last else None,
+                    "last_restorable_backup": restorable.model_dump(mode="json") if restorable else None,
                     "backups": len(backups),
+                    "kept_databases": [
+                        {"name": k["name"], "kept_until": k["kept_until"].isoformat(), "backup": k["backup_name"]}
+                        for k in kept
+                    ],
                     "events": [{**e, "created_at": e["created_at"].isoformat()} for e in events],
                 },
                 indent=2,
@@ -246,7 +362,15 @@ async def show(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"backups    {len(backups)}; last verified: "
         + (f"{last.name} ({last.taken_at:%Y-%m-%d %H:%M} UTC)" if last else "none")
+        + "; last restorable: "
+        + (f"{restorable.name}" if restorable else "none")
     )
+    for k in kept:
+        print(
+            f"kept       {k['name']} (replaced by a restore"
+            + (f" from {k['backup_name']}" if k["backup_name"] else "")
+            + f"), dropped at {k['kept_until']:%Y-%m-%d %H:%M} UTC; `tenants restore {tenant.id} --undo` swaps it back"
+        )
     print("events")
     for event in events:
         print(

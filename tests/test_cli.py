@@ -125,10 +125,22 @@ async def test_restore_from_the_command_line(cli_env, make_tenant, settings):
         assert done.returncode == 2, (args, done.stderr)
         assert message in done.stderr and "Traceback" not in done.stderr
 
+    nothing = await tenants(cli_env, "restore", tenant.id, "--undo", "--yes")
+    assert nothing.returncode == 2 and "no database kept from a restore" in nothing.stderr
+
     done = await tenants(cli_env, "restore", tenant.id, "--latest", "--yes")
     assert done.returncode == 0, done.stderr
     assert f"restored  {tenant.id} from tenant_{tenant.id}_" in done.stdout
     assert "counts equal to the backup's" in done.stdout
+    assert f"`tenants restore {tenant.id} --undo` swaps it back" in done.stdout
+
+    shown = await tenants(cli_env, "show", tenant.id)
+    assert shown.returncode == 0 and f"kept       {tenant.database_name}__old_" in shown.stdout
+
+    undone = await tenants(cli_env, "restore", tenant.id, "--undo", "--yes", "--keep-previous", "0")
+    assert undone.returncode == 0, undone.stderr
+    assert f"undone    {tenant.id}" in undone.stdout and "dropped" in undone.stdout
+    assert "kept  " not in (await tenants(cli_env, "show", tenant.id)).stdout
 
 
 async def test_provision_status_and_show_from_the_command_line(cli_env, catalog):

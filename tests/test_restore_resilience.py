@@ -50,7 +50,7 @@ async def test_worker_killed_mid_restore_the_run_completes_on_a_new_worker(tempo
     first = worker_process(temporal_env, settings, queue)
     handle = await temporal_env.client.start_workflow(
         RestoreTenantWorkflow.run,
-        RestoreTenantInput(tenant_id=tenant.id, jobs=1),
+        RestoreTenantInput(tenant_id=tenant.id, jobs=1, keep_previous_seconds=0),
         id=f"restore-{tenant.id}-{uuid.uuid4().hex[:6]}",
         task_queue=queue,
     )

@@ -60,7 +60,7 @@ async def test_round_trip_restores_the_state_at_backup_time(
     change_everything(url, tenant.database_name)
     assert await table_fingerprint(url, tenant.database_name) != at_backup
 
-    result = await restore(temporal_env, task_queue, tenant.id, jobs=2)
+    result = await restore(temporal_env, task_queue, tenant.id, jobs=2, keep_previous_seconds=0)
 
     assert result.backup_name == taken.backup_name
     assert await table_fingerprint(url, tenant.database_name) == at_backup

@@ -15,10 +15,13 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
     from activities.restore import RestoreActivities
+    from tenancy.bounds import validate_restore
     from tenancy.errors import INVALID_INPUT, fail, failure_message
+    from tenancy.lifecycle import CAN_CONNECT
     from tenancy.models import (
         BackupSelection,
         DropLaterInput,
+        KeptDatabase,
         RestoredCheckRequest,
         RestoreTenantInput,
         RestoreTenantResult,
@@ -28,21 +31,26 @@ with workflow.unsafe.imports_passed_through():
     )
     from tenancy.naming import previous_database_name, scratch_database_name
     from workflows.drop_later import DropPreviousDatabaseWorkflow
-    from workflows.options import LONG, QUICK
+    from workflows.options import LONG, QUICK, SWAP
     from workflows.tenant_lock import tenant_lock
+    from workflows.validation import check_input
 
 from temporalio.workflow import ActivityCancellationType
 
 WAIT_FOR_CLEANUP = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+KEPT_IN_CATALOG = "restore-kept-database-in-catalog"
 
 
 def validate_restore_input(req: RestoreTenantInput) -> None:
-    if req.backup_name is not None and req.at is not None:
-        raise fail(INVALID_INPUT, "give a backup name or a time, not both")
-    if not 1 <= req.jobs <= 32:
-        raise fail(INVALID_INPUT, "jobs must be between 1 and 32")
-    if req.keep_previous_seconds < 0 or req.lock_wait_seconds < 0:
-        raise fail(INVALID_INPUT, "durations must not be negative")
+    def legacy() -> None:  # the checks of runs recorded before the bounds
+        if req.backup_name is not None and req.at is not None:
+            raise fail(INVALID_INPUT, "give a backup name or a time, not both")
+        if not 1 <= req.jobs <= 32:
+            raise fail(INVALID_INPUT, "jobs must be between 1 and 32")
+        if req.keep_previous_seconds < 0 or req.lock_wait_seconds < 0:
+            raise fail(INVALID_INPUT, "durations must not be negative")
+
+    check_input(lambda: validate_restore(req), legacy)
 
 
 @workflow.defn
@@ -60,12 +68,22 @@ class RestoreTenantWorkflow:
         validate_restore_input(req)
         self._phase = "looking up tenant"
         tenant = await workflow.execute_activity_method(CatalogActivities.get_tenant, req.tenant_id, **QUICK)
+        if tenant.status == "deprovisioned":
+            raise fail(
+                INVALID_INPUT,
+                f"tenant {tenant.id!r} is deprovisioned: bring it back from a backup with "
+                f"`tenants reinstate {tenant.id}`",
+            )
         token = workflow.uuid4().hex[:10]
+        keep_until = (
+            workflow.now() + timedelta(seconds=req.keep_previous_seconds) if req.keep_previous_seconds else None
+        )
         names = SwapRequest(
             tenant_id=tenant.id,
             database_name=tenant.database_name,
             scratch_name=scratch_database_name(tenant.database_name, token),
             previous_name=previous_database_name(tenant.database_name, token),
+            keep_until=keep_until,
         )
 
         self._phase = "waiting for the tenant lock"
@@ -88,6 +106,8 @@ class RestoreTenantWorkflow:
                         backup_name=manifest.backup_name,
                         compression=manifest.compression,
                         jobs=req.jobs,
+                        role_name=tenant.role_name,
+                        grant_connect=tenant.status in CAN_CONNECT,
                     ),
                     cancellation_type=WAIT_FOR_CLEANUP,
                     **LONG,
@@ -101,20 +121,35 @@ class RestoreTenantWorkflow:
                         row_counts=manifest.row_counts,
                         checks=req.checks,
                     ),
+                    cancellation_type=WAIT_FOR_CLEANUP,
                     **LONG,
                 )
                 self._phase = "swapping the restored database in"
-                swap = await workflow.execute_activity_method(RestoreActivities.swap_in_restored, names, **QUICK)
+                swap = await workflow.execute_activity_method(
+                    RestoreActivities.swap_in_restored, names, cancellation_type=WAIT_FOR_CLEANUP, **SWAP
+                )
             except BaseException:
-                # Failed or cancelled before the swap committed: the tenant's database is as it was.
+                # Failed or cancelled, and every activity above has stopped: undo puts the tenant's database back
+                # as it was, whether or not the swap had committed.
                 self._phase = "undoing the unfinished restore"
                 await workflow.execute_activity_method(RestoreActivities.undo_unfinished_restore, names, **QUICK)
                 raise
 
-            keep_until = None
             if req.keep_previous_seconds:
                 self._phase = "scheduling the drop of the previous database"
-                keep_until = workflow.now() + timedelta(seconds=req.keep_previous_seconds)
+                if workflow.patched(KEPT_IN_CATALOG):
+                    await workflow.execute_activity_method(
+                        RestoreActivities.record_kept_database,
+                        KeptDatabase(
+                            name=names.previous_name,
+                            tenant_id=tenant.id,
+                            database_name=tenant.database_name,
+                            workflow_id=workflow.info().workflow_id,
+                            backup_name=manifest.backup_name,
+                            kept_until=keep_until,
+                        ),
+                        **QUICK,
+                    )
                 await workflow.start_child_workflow(
                     DropPreviousDatabaseWorkflow.run,
                     DropLaterInput(
