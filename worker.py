@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -14,14 +14,18 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.adoption import AdoptionActivities
+from activities.archive import check_age_keys
 from activities.backup import BackupActivities
 from activities.catalog import CatalogActivities
 from activities.catalog_db import Catalog
+from activities.deprovision import DeprovisionActivities
 from activities.health import HealthActivities
 from activities.maintenance import MaintenanceActivities
 from activities.notify import NotifyActivities
 from activities.provisioning import ProvisioningActivities
 from activities.restore import RestoreActivities
+from activities.sweep import SweepActivities
 from activities.tenant_admin import TenantAdminActivities
 from tenancy.log import configure_logging, get_logger
 from tenancy.settings import Settings, load_settings
@@ -40,25 +44,51 @@ def activities_of(*instances: object) -> list[Callable[..., Any]]:
     return found
 
 
-def build_worker(client: Client, settings: Settings, task_queue: str | None = None) -> Worker:
+# A workflow that raises one of these fails its run with the error's message, rather than failing the workflow task,
+# which Temporal retries forever (the same code on the same history raises it again). Deliberately not Exception:
+# temporalio.workflow.NondeterminismError must still fail only the task, so a fixed worker can continue the run.
+WORKFLOW_BUGS: list[type[BaseException]] = [
+    AssertionError,
+    ArithmeticError,  # ZeroDivisionError, OverflowError (a date or timedelta out of range)
+    AttributeError,
+    LookupError,  # KeyError, IndexError
+    NameError,
+    TypeError,
+    ValueError,  # pydantic's ValidationError, InvalidInput
+]
+HEARTBEAT_THROTTLE = timedelta(seconds=1)
+
+
+def build_worker(
+    client: Client, settings: Settings, task_queue: str | None = None, workflows: Sequence[type] = WORKFLOWS
+) -> Worker:
+    check_age_keys(settings.age_recipients, settings.age_identity_file)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
-        workflows=WORKFLOWS,
+        workflows=workflows,
         activities=activities_of(
             CatalogActivities(settings, client),
             BackupActivities(settings),
             RestoreActivities(settings),
             ProvisioningActivities(settings),
+            AdoptionActivities(settings),
+            DeprovisionActivities(settings),
             TenantAdminActivities(settings),
             NotifyActivities(settings),
             MaintenanceActivities(settings),
             HealthActivities(settings, client),
+            SweepActivities(settings, client),
         ),
         # Dumps and restores copy bytes in threads; keep some free for the event loop's own to_thread calls.
         activity_executor=ThreadPoolExecutor(max_workers=40),
         max_concurrent_activities=32,
         graceful_shutdown_timeout=timedelta(seconds=10),
+        workflow_failure_exception_types=WORKFLOW_BUGS,
+        # Heartbeats reach the server every second, not every 80 % of the heartbeat timeout (16 s): a
+        # cancellation reaches a dump within a couple of seconds, and `tenants` shows its bytes moving.
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
     )
 
 

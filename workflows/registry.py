@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from workflows.adopt_tenant import AdoptTenantWorkflow
 from workflows.backup_fleet import BackupAllTenantsWorkflow
 from workflows.backup_tenant import BackupTenantWorkflow
 from workflows.deprovision_tenant import DeprovisionTenantWorkflow
@@ -12,19 +13,25 @@ from workflows.maintain_tenant import MaintainAllTenantsWorkflow, MaintainTenant
 from workflows.migrate import MigrateAllTenantsWorkflow, MigrateTenantWorkflow
 from workflows.notify import DeliverEventWorkflow, SendWelcomeEmailWorkflow
 from workflows.provision_tenant import ProvisionTenantWorkflow
+from workflows.reinstate_tenant import ReinstateTenantWorkflow
 from workflows.restore_tenant import RestoreTenantWorkflow
 from workflows.retention import PinBackupWorkflow, PruneAllTenantsWorkflow, PruneTenantWorkflow
+from workflows.sweep import SweepWorkflow
 from workflows.tenant_status import ChangeTenantStatusWorkflow, UpdateTenantSettingsWorkflow
+from workflows.undo_restore import UndoRestoreWorkflow
 
 WORKFLOWS = [
     BackupTenantWorkflow,
     BackupAllTenantsWorkflow,
     RestoreTenantWorkflow,
+    UndoRestoreWorkflow,
     DropPreviousDatabaseWorkflow,
     ProvisionTenantWorkflow,
+    AdoptTenantWorkflow,
     ChangeTenantStatusWorkflow,
     UpdateTenantSettingsWorkflow,
     DeprovisionTenantWorkflow,
+    ReinstateTenantWorkflow,
     MigrateTenantWorkflow,
     MigrateAllTenantsWorkflow,
     SendWelcomeEmailWorkflow,
@@ -37,4 +44,5 @@ WORKFLOWS = [
     PinBackupWorkflow,
     PruneTenantWorkflow,
     PruneAllTenantsWorkflow,
+    SweepWorkflow,
 ]
