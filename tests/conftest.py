@@ -25,6 +25,7 @@ from tenancy.log import configure_logging
 from tenancy.models import Tenant
 from tenancy.search import TENANT_ID
 from tenancy.settings import Settings
+from tests.cli import cli_environment
 from worker import build_worker
 
 configure_logging("WARNING")
@@ -165,3 +166,9 @@ def backups_of(settings: Settings) -> Callable[[str], list[Path]]:
         return sorted(folder.iterdir()) if folder.is_dir() else []
 
     return files
+
+
+@pytest.fixture
+def cli_env(temporal_env: WorkflowEnvironment, settings: Settings, task_queue: str) -> dict[str, str]:
+    """The environment of a user's shell for `tests.cli.tenants`: the session's servers, a worker on its queue."""
+    return cli_environment(temporal_env, settings, task_queue)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from activities.adoption import AdoptionActivities
 from tenancy.errors import failure_message, failure_type
 from tenancy.marks import Mark, parse_mark
 from tenancy.models import AdoptTenantInput, BackupTenantInput, ProvisionTenantInput
+from tests.cli import tenants
 from workflows.adopt_tenant import AdoptTenantWorkflow
 from workflows.backup_tenant import BackupTenantWorkflow
 from workflows.provision_tenant import ProvisionTenantWorkflow
@@ -50,32 +48,6 @@ def make_database(settings, name: str, rows: int, comment: str | None = None) ->
     with admin(settings, name) as conn:
         conn.execute("CREATE TABLE invoices (id int PRIMARY KEY, amount numeric)")
         conn.execute("INSERT INTO invoices SELECT g, g * 10 FROM generate_series(1, %s) g", [rows])
-
-
-@pytest.fixture
-def cli_env(temporal_env, settings, task_queue):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTS_")}
-    env.update(
-        TENANTS_SECRETS_DIR=str(settings.effective_secrets_dir),
-        TENANTS_DATABASE_URL=settings.effective_database_url,
-        TENANTS_CATALOG_DATABASE=settings.catalog_database,
-        TENANTS_DATABASE_PREFIX=settings.database_prefix,
-        TENANTS_STORAGE_URL=f"file://{settings.storage_root}",
-        TENANTS_TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
-        TENANTS_TASK_QUEUE=task_queue,
-    )
-    return env
-
-
-async def tenants(env, *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "starter.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.fixture

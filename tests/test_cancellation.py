@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 import time
@@ -19,6 +18,7 @@ from temporalio.exceptions import CancelledError
 from starter.progress import _heartbeat_details, _render
 from tenancy.models import BackupTenantInput
 from tests.blocking import partial_files, table_locked
+from tests.cli import cli_environment
 from workflows.backup_tenant import BackupTenantWorkflow
 
 HOLD = 5.0  # seconds the dump is held on a real lock; a cancel that never arrives lets it finish (a failure)
@@ -109,20 +109,6 @@ async def test_progress_of_a_dump_reaches_the_server_every_second(temporal_env, 
     assert line.startswith("dumping") and "B written" in line
 
 
-def cli_env(temporal_env, settings, task_queue) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTS_")}
-    env.update(
-        TENANTS_SECRETS_DIR=str(settings.effective_secrets_dir),
-        TENANTS_DATABASE_URL=settings.effective_database_url,
-        TENANTS_CATALOG_DATABASE=settings.catalog_database,
-        TENANTS_DATABASE_PREFIX=settings.database_prefix,
-        TENANTS_STORAGE_URL=f"file://{settings.storage_root}",
-        TENANTS_TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
-        TENANTS_TASK_QUEUE=task_queue,
-    )
-    return env
-
-
 async def test_ctrl_c_while_following_leaves_the_run_going_and_says_how_to_cancel_it(
     temporal_env, task_queue, settings, make_tenant, backups_of
 ):
@@ -136,7 +122,7 @@ async def test_ctrl_c_while_following_leaves_the_run_going_and_says_how_to_cance
             "backup",
             "--tenant",
             tenant.id,
-            env=cli_env(temporal_env, settings, task_queue),
+            env=cli_environment(temporal_env, settings, task_queue),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )

@@ -4,35 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-TENANTS = [sys.executable, "-m", "starter.cli"]
-
-
-@pytest.fixture
-def cli_env(temporal_env, settings, task_queue):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTS_")}
-    env.update(
-        TENANTS_SECRETS_DIR=str(settings.effective_secrets_dir),
-        TENANTS_DATABASE_URL=settings.effective_database_url,
-        TENANTS_CATALOG_DATABASE=settings.catalog_database,
-        TENANTS_DATABASE_PREFIX=settings.database_prefix,
-        TENANTS_STORAGE_URL=f"file://{settings.storage_root}",
-        TENANTS_TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
-        TENANTS_TASK_QUEUE=task_queue,
-    )
-    return env
-
-
-async def tenants(env, *args: str) -> subprocess.CompletedProcess[str]:
-    import asyncio
-
-    return await asyncio.to_thread(
-        subprocess.run, [*TENANTS, *args], env=env, capture_output=True, text=True, timeout=120
-    )
+from tests.cli import tenants
 
 
 @pytest.mark.parametrize(

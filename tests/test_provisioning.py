@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import shutil
-import subprocess
-import sys
 import uuid
 
 import psycopg
@@ -37,6 +34,7 @@ from tenancy.models import (
 from tenancy.naming import tenant_database_name, validate_database_prefix
 from tenancy.settings import Settings
 from tests.blocking import wait_until
+from tests.cli import tenants
 from tests.servers import SmtpServer, WebhookReceiver
 from workflows.deprovision_tenant import DeprovisionTenantWorkflow
 from workflows.migrate import MigrateAllTenantsWorkflow
@@ -406,32 +404,6 @@ def role_state(settings, name: str) -> tuple | None:
 def drop_database(settings, name: str) -> None:
     with admin(settings) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def cli_env(temporal_env, settings, task_queue):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTS_")}
-    env.update(
-        TENANTS_SECRETS_DIR=str(settings.effective_secrets_dir),
-        TENANTS_DATABASE_URL=settings.effective_database_url,
-        TENANTS_CATALOG_DATABASE=settings.catalog_database,
-        TENANTS_DATABASE_PREFIX=settings.database_prefix,
-        TENANTS_STORAGE_URL=f"file://{settings.storage_root}",
-        TENANTS_TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
-        TENANTS_TASK_QUEUE=task_queue,
-    )
-    return env
-
-
-async def tenants(env, *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "starter.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 async def test_provisioning_over_an_existing_database_refuses_and_leaves_it(

@@ -3,10 +3,7 @@ PostgreSQL, and the command as a user runs it."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -21,33 +18,12 @@ from tenancy.errors import InvalidInput, failure_type
 from tenancy.lifecycle import check_reinstatement, check_transition
 from tenancy.marks import parse_mark
 from tenancy.models import DeprovisionTenantInput, ProvisionTenantInput, ReinstateTenantInput
+from tests.cli import cli_environment, tenants
 from workflows.deprovision_tenant import DeprovisionTenantWorkflow
 from workflows.provision_tenant import ProvisionTenantWorkflow
 from workflows.reinstate_tenant import ReinstateTenantWorkflow
 
-TENANTS = [sys.executable, "-m", "starter.cli"]
 HISTORIES = Path(__file__).parent / "histories"
-
-
-def cli_env(temporal_env, settings, task_queue) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTS_")}
-    env.update(
-        TENANTS_SECRETS_DIR=str(settings.effective_secrets_dir),
-        TENANTS_DATABASE_URL=settings.effective_database_url,
-        TENANTS_CATALOG_DATABASE=settings.catalog_database,
-        TENANTS_DATABASE_PREFIX=settings.database_prefix,
-        TENANTS_STORAGE_URL=f"file://{settings.storage_root}",
-        TENANTS_TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
-        TENANTS_TASK_QUEUE=task_queue,
-    )
-    return env
-
-
-async def tenants(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    command = [*TENANTS, *args]
-    return await asyncio.to_thread(
-        subprocess.run, command, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
-    )
 
 
 def admin(settings) -> psycopg.Connection:
@@ -95,7 +71,7 @@ async def test_deprovisioned_tenant_is_reinstated_from_its_final_backup(temporal
         )
         assert deprovisioned.final_backup and not role_exists(settings, role)
 
-        env = cli_env(temporal_env, settings, task_queue)
+        env = cli_environment(temporal_env, settings, task_queue)
         done = await tenants(env, "reinstate", tenant_id, "--yes")
         assert done.returncode == 0, done.stderr
         assert f"{tenant_id} is active again, from {deprovisioned.final_backup}" in done.stdout
@@ -131,7 +107,7 @@ async def test_deprovisioned_tenant_is_reinstated_from_its_final_backup(temporal
 
 async def test_reinstating_an_active_tenant_is_refused(temporal_env, task_queue, settings, catalog, make_tenant):
     tenant = await make_tenant("ri", entries=10)
-    env = cli_env(temporal_env, settings, task_queue)
+    env = cli_environment(temporal_env, settings, task_queue)
 
     unconfirmed = await tenants(env, "reinstate", tenant.id)
     assert unconfirmed.returncode == 2

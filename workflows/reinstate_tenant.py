@@ -10,7 +10,6 @@ place, and the role if this run created it: the tenant stays deprovisioned, as i
 from __future__ import annotations
 
 from temporalio import workflow
-from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
@@ -25,18 +24,14 @@ with workflow.unsafe.imports_passed_through():
         ReinstatementUndo,
         ReinstateTenantInput,
         ReinstateTenantResult,
-        RestoredCheckRequest,
-        ScratchRestoreRequest,
         SwapRequest,
         TenantDatabase,
     )
     from tenancy.naming import previous_database_name, scratch_database_name
     from workflows.notify import announce
-    from workflows.options import LONG, QUICK, SWAP
+    from workflows.options import LONG, QUICK
+    from workflows.restore_steps import WAIT_FOR_CLEANUP, restore_check_swap
     from workflows.tenant_lock import tenant_lock
-
-# What the undo may undo is waited for when cancelled, so the undo sees all it did.
-WAIT_FOR_CLEANUP = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
 
 
 def validate_reinstate_input(req: ReinstateTenantInput) -> None:
@@ -56,6 +51,9 @@ class ReinstateTenantWorkflow:
     @workflow.query
     def progress(self) -> dict[str, str | None]:
         return {"phase": self._phase, "backup_name": self._backup_name}
+
+    def _set_phase(self, phase: str) -> None:
+        self._phase = phase
 
     @workflow.run
     async def run(self, req: ReinstateTenantInput) -> ReinstateTenantResult:
@@ -97,37 +95,15 @@ class ReinstateTenantWorkflow:
                 created_role = await workflow.execute_activity_method(
                     DeprovisionActivities.create_reinstated_role, db, cancellation_type=WAIT_FOR_CLEANUP, **QUICK
                 )
-                self._phase = "restoring into a scratch database"
-                await workflow.execute_activity_method(
-                    RestoreActivities.restore_to_scratch,
-                    ScratchRestoreRequest(
-                        tenant_id=tenant.id,
-                        database_name=tenant.database_name,
-                        scratch_name=names.scratch_name,
-                        backup_name=manifest.backup_name,
-                        compression=manifest.compression,
-                        jobs=req.jobs,
-                        # The tenant has no database to copy grants from: its role's, never PUBLIC's.
-                        role_name=db.role_name,
-                        grant_connect=True,
-                    ),
-                    cancellation_type=WAIT_FOR_CLEANUP,
-                    **LONG,
-                )
-                self._phase = "verifying the restored database"
-                counts = await workflow.execute_activity_method(
-                    RestoreActivities.verify_restored,
-                    RestoredCheckRequest(
-                        tenant_id=tenant.id,
-                        scratch_name=names.scratch_name,
-                        row_counts=manifest.row_counts,
-                        checks=req.checks,
-                    ),
-                    **LONG,
-                )
-                self._phase = "putting the restored database in place"
-                await workflow.execute_activity_method(
-                    RestoreActivities.swap_in_restored, names, cancellation_type=WAIT_FOR_CLEANUP, **SWAP
+                # The tenant has no database to copy grants from: its role's, never PUBLIC's.
+                counts, _ = await restore_check_swap(
+                    self._set_phase,
+                    names,
+                    manifest,
+                    jobs=req.jobs,
+                    checks=req.checks,
+                    role_name=db.role_name,
+                    grant_connect=True,
                 )
                 self._phase = "giving the role its login and new credentials"
                 credentials = await workflow.execute_activity_method(

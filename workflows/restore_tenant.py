@@ -10,34 +10,26 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
     from activities.restore import RestoreActivities
     from tenancy.bounds import validate_restore
-    from tenancy.errors import INVALID_INPUT, fail, failure_message
+    from tenancy.errors import INVALID_INPUT, fail
     from tenancy.lifecycle import CAN_CONNECT
     from tenancy.models import (
         BackupSelection,
-        DropLaterInput,
-        KeptDatabase,
-        RestoredCheckRequest,
         RestoreTenantInput,
         RestoreTenantResult,
-        ScratchRestoreRequest,
         SwapRequest,
         TenantEvent,
     )
     from tenancy.naming import previous_database_name, scratch_database_name
-    from workflows.drop_later import DropPreviousDatabaseWorkflow
-    from workflows.options import LONG, QUICK, SWAP
+    from workflows.options import LONG, QUICK
+    from workflows.restore_steps import clear_cache, keep_or_drop_previous, restore_check_swap
     from workflows.tenant_lock import tenant_lock
     from workflows.validation import check_input
 
-from temporalio.workflow import ActivityCancellationType
-
-WAIT_FOR_CLEANUP = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
 KEPT_IN_CATALOG = "restore-kept-database-in-catalog"
 
 
@@ -62,6 +54,9 @@ class RestoreTenantWorkflow:
     @workflow.query
     def progress(self) -> dict[str, str | None]:
         return {"phase": self._phase, "backup_name": self._backup_name}
+
+    def _set_phase(self, phase: str) -> None:
+        self._phase = phase
 
     @workflow.run
     async def run(self, req: RestoreTenantInput) -> RestoreTenantResult:
@@ -96,37 +91,14 @@ class RestoreTenantWorkflow:
             )
             self._backup_name = manifest.backup_name
             try:
-                self._phase = "restoring into a scratch database"
-                await workflow.execute_activity_method(
-                    RestoreActivities.restore_to_scratch,
-                    ScratchRestoreRequest(
-                        tenant_id=tenant.id,
-                        database_name=tenant.database_name,
-                        scratch_name=names.scratch_name,
-                        backup_name=manifest.backup_name,
-                        compression=manifest.compression,
-                        jobs=req.jobs,
-                        role_name=tenant.role_name,
-                        grant_connect=tenant.status in CAN_CONNECT,
-                    ),
-                    cancellation_type=WAIT_FOR_CLEANUP,
-                    **LONG,
-                )
-                self._phase = "verifying the restored database"
-                counts = await workflow.execute_activity_method(
-                    RestoreActivities.verify_restored,
-                    RestoredCheckRequest(
-                        tenant_id=tenant.id,
-                        scratch_name=names.scratch_name,
-                        row_counts=manifest.row_counts,
-                        checks=req.checks,
-                    ),
-                    cancellation_type=WAIT_FOR_CLEANUP,
-                    **LONG,
-                )
-                self._phase = "swapping the restored database in"
-                swap = await workflow.execute_activity_method(
-                    RestoreActivities.swap_in_restored, names, cancellation_type=WAIT_FOR_CLEANUP, **SWAP
+                counts, swap = await restore_check_swap(
+                    self._set_phase,
+                    names,
+                    manifest,
+                    jobs=req.jobs,
+                    checks=req.checks,
+                    role_name=tenant.role_name,
+                    grant_connect=tenant.status in CAN_CONNECT,
                 )
             except BaseException:
                 # Failed or cancelled, and every activity above has stopped: undo puts the tenant's database back
@@ -135,47 +107,16 @@ class RestoreTenantWorkflow:
                 await workflow.execute_activity_method(RestoreActivities.undo_unfinished_restore, names, **QUICK)
                 raise
 
-            if req.keep_previous_seconds:
-                self._phase = "scheduling the drop of the previous database"
-                if workflow.patched(KEPT_IN_CATALOG):
-                    await workflow.execute_activity_method(
-                        RestoreActivities.record_kept_database,
-                        KeptDatabase(
-                            name=names.previous_name,
-                            tenant_id=tenant.id,
-                            database_name=tenant.database_name,
-                            workflow_id=workflow.info().workflow_id,
-                            backup_name=manifest.backup_name,
-                            kept_until=keep_until,
-                        ),
-                        **QUICK,
-                    )
-                await workflow.start_child_workflow(
-                    DropPreviousDatabaseWorkflow.run,
-                    DropLaterInput(
-                        tenant_id=tenant.id,
-                        database_name=tenant.database_name,
-                        previous_name=names.previous_name,
-                        delay_seconds=req.keep_previous_seconds,
-                    ),
-                    id=f"drop-previous-{tenant.id}-{token}",
-                    parent_close_policy=workflow.ParentClosePolicy.ABANDON,
-                    static_summary=f"Drop {names.previous_name} after {req.keep_previous_seconds}s",
-                )
-            else:
-                self._phase = "dropping the previous database"
-                await workflow.execute_activity_method(RestoreActivities.drop_previous_database, names, **QUICK)
-
-            self._phase = "clearing the tenant's cache"
-            cache_deleted: int | None = None
-            cache_error: str | None = None
-            try:
-                cache_deleted = await workflow.execute_activity_method(
-                    RestoreActivities.clear_tenant_cache, tenant.id, **QUICK
-                )
-            except ActivityError as exc:
-                # The data is restored; a cache that could not be cleared is reported, not a failed restore.
-                cache_error = failure_message(exc)
+            await keep_or_drop_previous(
+                self._set_phase,
+                names,
+                token=token,
+                keep_seconds=req.keep_previous_seconds,
+                keep_until=keep_until,
+                backup_name=manifest.backup_name,
+                record=bool(req.keep_previous_seconds) and workflow.patched(KEPT_IN_CATALOG),
+            )
+            cache_deleted, cache_error = await clear_cache(self._set_phase, tenant.id)
 
             self._phase = "recording the restore"
             await workflow.execute_activity_method(

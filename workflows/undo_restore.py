@@ -7,27 +7,22 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
     from activities.restore import RestoreActivities
     from tenancy.durations import MAX_DURATION_SECONDS
-    from tenancy.errors import INVALID_INPUT, fail, failure_message
+    from tenancy.errors import INVALID_INPUT, fail
     from tenancy.models import (
-        DropLaterInput,
-        KeptDatabase,
         SwapRequest,
         TenantEvent,
         UndoRestoreInput,
         UndoRestoreResult,
     )
     from tenancy.naming import previous_database_name
-    from workflows.drop_later import DropPreviousDatabaseWorkflow
     from workflows.options import QUICK, SWAP
+    from workflows.restore_steps import WAIT_FOR_CLEANUP, clear_cache, keep_or_drop_previous
     from workflows.tenant_lock import tenant_lock
-
-from temporalio.workflow import ActivityCancellationType
 
 
 def validate_undo_input(req: UndoRestoreInput) -> None:
@@ -45,6 +40,9 @@ class UndoRestoreWorkflow:
     @workflow.query
     def progress(self) -> dict[str, str]:
         return {"phase": self._phase}
+
+    def _set_phase(self, phase: str) -> None:
+        self._phase = phase
 
     @workflow.run
     async def run(self, req: UndoRestoreInput) -> UndoRestoreResult:
@@ -69,50 +67,20 @@ class UndoRestoreWorkflow:
             self._phase = "swapping the kept database back in"
             # The swap is one transaction and puts connections back on failure: nothing to compensate.
             swap = await workflow.execute_activity_method(
-                RestoreActivities.swap_in_restored,
-                names,
-                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                **SWAP,
+                RestoreActivities.swap_in_restored, names, cancellation_type=WAIT_FOR_CLEANUP, **SWAP
             )
             await workflow.execute_activity_method(
                 RestoreActivities.end_kept_database, args=[kept.name, "swapped back by an undo"], **QUICK
             )
-            if req.keep_previous_seconds:
-                self._phase = "keeping the replaced database"
-                await workflow.execute_activity_method(
-                    RestoreActivities.record_kept_database,
-                    KeptDatabase(
-                        name=names.previous_name,
-                        tenant_id=tenant.id,
-                        database_name=tenant.database_name,
-                        workflow_id=workflow.info().workflow_id,
-                        backup_name=None,
-                        kept_until=keep_until,
-                    ),
-                    **QUICK,
-                )
-                await workflow.start_child_workflow(
-                    DropPreviousDatabaseWorkflow.run,
-                    DropLaterInput(
-                        tenant_id=tenant.id,
-                        database_name=tenant.database_name,
-                        previous_name=names.previous_name,
-                        delay_seconds=req.keep_previous_seconds,
-                    ),
-                    id=f"drop-previous-{tenant.id}-{token}",
-                    parent_close_policy=workflow.ParentClosePolicy.ABANDON,
-                    static_summary=f"Drop {names.previous_name} after {req.keep_previous_seconds}s",
-                )
-            else:
-                self._phase = "dropping the replaced database"
-                await workflow.execute_activity_method(RestoreActivities.drop_previous_database, names, **QUICK)
-
-            self._phase = "clearing the tenant's cache"
-            cache_error: str | None = None
-            try:
-                await workflow.execute_activity_method(RestoreActivities.clear_tenant_cache, tenant.id, **QUICK)
-            except ActivityError as exc:
-                cache_error = failure_message(exc)
+            await keep_or_drop_previous(
+                self._set_phase,
+                names,
+                token=token,
+                keep_seconds=req.keep_previous_seconds,
+                keep_until=keep_until,
+                backup_name=None,
+            )
+            _, cache_error = await clear_cache(self._set_phase, tenant.id)
             self._phase = "recording the undo"
             await workflow.execute_activity_method(
                 RestoreActivities.record_event,
