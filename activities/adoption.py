@@ -11,6 +11,7 @@ from psycopg import sql
 from temporalio import activity
 
 from activities.catalog_db import Catalog, TenantExists
+from activities.deprovision import databases_mentioning
 from activities.heartbeat import Heartbeater
 from activities.marks import mark_database, mark_role
 from activities.pg import connect
@@ -122,8 +123,10 @@ class AdoptionActivities:
             raise fail(INVALID_INPUT, f"database {database} {why}; it cannot be adopted as {tenant_id!r}")
         return comment
 
-    async def _check_role(self, conn: psycopg.AsyncConnection, tenant_id: str, role: str) -> str | None:
-        """The role's comment, once it is known to be one that can become the tenant's."""
+    async def _check_role(self, conn: psycopg.AsyncConnection, tenant_id: str, role: str, database: str) -> str | None:
+        """The role's comment, once it is known to be one that can become the tenant's: not an administrator,
+        not marked as someone else's, and holding nothing in any database but this one (deprovisioning removes
+        the role's privileges wherever it has them: a role shared with other databases is not one tenant's)."""
         facts = await _role_facts(conn, role)
         if facts is None:
             raise fail(INVALID_INPUT, f"role {role} does not exist")
@@ -135,6 +138,13 @@ class AdoptionActivities:
         why = _foreign_mark(parse_mark(comment), tenant_id, "role")
         if why:
             raise fail(INVALID_INPUT, f"role {role} {why}; it cannot be adopted as {tenant_id!r}'s")
+        elsewhere = [name for name, _, _ in await databases_mentioning(conn, role) if name != database]
+        if elsewhere:
+            raise fail(
+                INVALID_INPUT,
+                f"role {role} also owns objects or holds privileges in {', '.join(elsewhere)}: a role shared with "
+                f"other databases cannot be adopted as {tenant_id!r}'s",
+            )
         return comment
 
     @activity.defn
@@ -161,7 +171,7 @@ class AdoptionActivities:
         role = await self._role_to_mark(tenant_id, role, known if mark_only else None)
         async with await connect(self.admin_url, autocommit=True) as conn:
             database_comment = await self._check_database(conn, tenant_id, database)
-            role_comment = await self._check_role(conn, tenant_id, role) if role else None
+            role_comment = await self._check_role(conn, tenant_id, role, database) if role else None
         return AdoptionPlan(
             tenant_id=tenant_id,
             name=known.name if mark_only and known else name,
@@ -218,7 +228,7 @@ class AdoptionActivities:
         async with Heartbeater(), await connect(self.admin_url, autocommit=True) as conn:
             await self._check_database(conn, plan.tenant_id, plan.database_name)
             if plan.role_name:
-                await self._check_role(conn, plan.tenant_id, plan.role_name)
+                await self._check_role(conn, plan.tenant_id, plan.role_name, plan.database_name)
             await mark_database(conn, plan.database_name, mark("tenant"))
             if plan.role_name:
                 await mark_role(conn, plan.role_name, mark("role"))

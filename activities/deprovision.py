@@ -19,7 +19,7 @@ from activities.credentials import delete_credentials
 from activities.marks import database_mark, mark_role, marked_databases, role_mark
 from activities.pg import connect
 from activities.schema import database_exists
-from tenancy.errors import INVALID_INPUT, NOT_MARKED, InvalidInput, fail
+from tenancy.errors import INVALID_INPUT, NOT_MARKED, ROLE_IN_USE, InvalidInput, fail
 from tenancy.lifecycle import check_reinstatement
 from tenancy.log import activity_logger
 from tenancy.marks import Mark
@@ -30,6 +30,7 @@ from tenancy.models import (
     RoleRemoval,
     TenantDatabase,
 )
+from tenancy.naming import is_copy_name
 from tenancy.settings import Settings
 
 FINAL_BACKUP_EVENT = "TenantFinalBackup"
@@ -70,6 +71,26 @@ async def _disown(conn: psycopg.AsyncConnection, role: str) -> None:
     privileges included, and those on shared objects such as databases) are revoked."""
     await conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(_ident(role)))
     await conn.execute(sql.SQL("DROP OWNED BY {}").format(_ident(role)))
+
+
+async def databases_mentioning(conn: psycopg.AsyncConnection, role: str) -> list[tuple[str, bool, Mark | None]]:
+    """Databases where the role owns something or holds a privilege (pg_shdepend), with whether they accept
+    connections and their mark."""
+    rows = await (
+        await conn.execute(
+            "SELECT DISTINCT d.datname, d.datallowconn FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid "
+            "WHERE s.refclassid = 'pg_authid'::regclass "
+            "AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = %s) ORDER BY 1",
+            [role],
+        )
+    ).fetchall()
+    return [(name, allowed, await database_mark(conn, name)) for name, allowed in rows]
+
+
+def is_leftover(db: TenantDatabase, name: str, mark: Mark | None) -> bool:
+    """A copy of the tenant's database that deprovisioning drops: named as one and marked as this tenant's.
+    The name matters too: another deployment on the same server may have a tenant of the same id."""
+    return mark is not None and mark.is_of(db.tenant_id, *LEFTOVER_KINDS) and is_copy_name(db.database_name, name)
 
 
 async def remove_role(admin_url: str, role: str, also: list[str]) -> list[str]:
@@ -125,6 +146,20 @@ class DeprovisionActivities:
             exists = await database_exists(admin, db.database_name)
             if exists and not _is_tenant_database(await database_mark(admin, db.database_name), db.tenant_id):
                 raise fail(NOT_MARKED, unmarked_database_message(db) + "; nothing was dropped")
+            # A database that takes no connections and is not one the deprovisioning drops would keep the role
+            # from being dropped (its grants cannot be removed there): refuse now, before anything is dropped.
+            closed = [
+                name
+                for name, allowed, mark in await databases_mentioning(admin, db.role_name)
+                if not allowed and name != db.database_name and not is_leftover(db, name, mark)
+            ]
+            if closed:
+                raise fail(
+                    ROLE_IN_USE,
+                    f"role {db.role_name!r} holds privileges in {', '.join(closed)}, which accept(s) no connections "
+                    "and is not the tenant's: they cannot be revoked there, so the role could not be dropped. Drop "
+                    "that database, or allow connections to it, and deprovision again; nothing was dropped",
+                )
         earlier = None if exists else await self._earlier_final_backup(db.tenant_id)
         return DeprovisionCheck(database_exists=exists, earlier_final_backup=earlier)
 
@@ -149,7 +184,7 @@ class DeprovisionActivities:
         dropped = []
         async with await connect(self.admin_url, autocommit=True) as admin:
             for name, mark in sorted((await marked_databases(admin)).items()):
-                if name == db.database_name or not mark.is_of(db.tenant_id, *LEFTOVER_KINDS):
+                if not is_leftover(db, name, mark):
                     continue
                 if mark.kind == "previous":
                     # Ended first: a retry after the drop finds no database, and nothing left open.
@@ -169,9 +204,21 @@ class DeprovisionActivities:
         async with await connect(self.admin_url, autocommit=True) as admin:
             exists = await _role_exists(admin, db.role_name)
             mark = await role_mark(admin, db.role_name) if exists else None
+            # A database another tenant's (or the catalog) where the role holds something: the role is shared,
+            # and removing its privileges there would break that tenant.
+            shared_with = [
+                name
+                for name, _, other in (await databases_mentioning(admin, db.role_name) if exists else [])
+                if name == self.settings.catalog_database
+                or (other is not None and other.kind == "tenant" and other.tenant_id != db.tenant_id)
+            ]
+        reason = None
         if exists and not (mark and mark.is_of(db.tenant_id, "role")):
-            delete_credentials(self.settings.effective_secrets_dir, db.tenant_id)
             reason = f"role {db.role_name!r} carries no tenant-lifecycle mark of tenant {db.tenant_id!r}: left in place"
+        elif shared_with:
+            reason = f"role {db.role_name!r} also holds privileges in {', '.join(shared_with)}: left in place"
+        if reason:
+            delete_credentials(self.settings.effective_secrets_dir, db.tenant_id)
             log.warning("tenant role left", role=db.role_name, reason=reason)
             return RoleRemoval(role_name=db.role_name, dropped=False, left_reason=reason)
         cleaned = await remove_role(self.admin_url, db.role_name, [db.database_name]) if exists else []

@@ -165,7 +165,7 @@ class MaintenanceActivities:
         """Dry run: rows each cleanup rule would delete (counted as the cleanup counts them), the rules that do
         not apply to this tenant, indexes optimize would rebuild or drop as leftovers, dead tuples vacuum would
         reclaim. Reads only."""
-        async with self._session(req.database_name) as conn:
+        async with self._session(req.database_name) as conn, Heartbeater():
             await conn.execute("SET default_transaction_read_only = on")
             counts, skipped = await self._cleanup_counts(conn, req.cutoff)
             rebuild = self._to_rebuild(await self._index_bloat(conn))
@@ -184,8 +184,8 @@ class MaintenanceActivities:
     @activity.defn
     async def count_old_rows(self, req: CleanupRequest) -> dict[str, int]:
         """Rows each cleanup rule would delete, counted before the cleanup starts (rules that do not apply to this
-        tenant are left out; the cleanup says why)."""
-        async with self._session(req.database_name) as conn:
+        tenant are left out; the cleanup says why). Counting a large table takes a while: heartbeats meanwhile."""
+        async with self._session(req.database_name) as conn, Heartbeater():
             return (await self._cleanup_counts(conn, req.cutoff))[0]
 
     @activity.defn

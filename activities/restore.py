@@ -192,6 +192,13 @@ class RestoreActivities:
         their data. A retried attempt removes what an earlier attempt of this run left (its scratch database, its
         work file) and starts over; a database of the scratch name that is not this run's is never touched."""
         log = self._log(req.tenant_id)
+        progress = Progress()
+        done = {"tables": 0}
+        # Heartbeats from the start: dropping a dead attempt's copy and CREATE DATABASE can take a while.
+        async with Heartbeater(lambda: {"tables_restored": done["tables"], "bytes_unpacked": progress.bytes}):
+            return await self._restore_to_scratch(req, log, progress, done)
+
+    async def _restore_to_scratch(self, req: ScratchRestoreRequest, log, progress: Progress, done: dict) -> int:
         info = activity.info()
         work = self._work_file(req.scratch_name)
         await asyncio.to_thread(work.unlink, missing_ok=True)  # a dead attempt's plaintext goes first
@@ -232,34 +239,29 @@ class RestoreActivities:
         manifest = await asyncio.to_thread(self.storage.read_manifest, req.tenant_id, req.backup_name)
         encrypted = bool(manifest and manifest.encrypted)
         archive = self.storage.local_path(req.tenant_id, req.backup_name)
-        progress = Progress()
-        done = {"tables": 0}
-        async with Heartbeater(lambda: {"tables_restored": done["tables"], "bytes_unpacked": progress.bytes}):
-            try:
-                if archive is None or encrypted or req.compression == "zstd":
-                    # pg_restore --jobs needs a seekable, plain archive: fetch, decrypt and unpack it to a local
-                    # work file first (0600 in a 0700 folder, removed at the end, or by the next attempt).
-                    identities = (
-                        load_identities(self.settings.age_identity_file, req.backup_name) if encrypted else None
-                    )
+        try:
+            if archive is None or encrypted or req.compression == "zstd":
+                # pg_restore --jobs needs a seekable, plain archive: fetch, decrypt and unpack it to a local
+                # work file first (0600 in a 0700 folder, removed at the end, or by the next attempt).
+                identities = load_identities(self.settings.age_identity_file, req.backup_name) if encrypted else None
 
-                    def materialize() -> None:
-                        fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-                        with (
-                            open(fd, "wb") as handle,
-                            self.storage.open_for_read(req.tenant_id, req.backup_name) as reader,
-                        ):
-                            unpack(reader, handle, req.compression, identities, progress)
+                def materialize() -> None:
+                    fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+                    with (
+                        open(fd, "wb") as handle,
+                        self.storage.open_for_read(req.tenant_id, req.backup_name) as reader,
+                    ):
+                        unpack(reader, handle, req.compression, identities, progress)
 
-                    await asyncio.to_thread(materialize)
-                    archive = work
-                await self._pg_restore(tools.pg_restore, archive, req, done, log)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await self._drop(req.scratch_name)
-                raise
-            finally:
-                await asyncio.to_thread(work.unlink, missing_ok=True)
+                await asyncio.to_thread(materialize)
+                archive = work
+            await self._pg_restore(tools.pg_restore, archive, req, done, log)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._drop(req.scratch_name)
+            raise
+        finally:
+            await asyncio.to_thread(work.unlink, missing_ok=True)
         log.info("restored into scratch database", scratch=req.scratch_name, tables=done["tables"])
         return done["tables"]
 
@@ -363,6 +365,9 @@ class RestoreActivities:
             if not incoming:
                 if live and previous:
                     return SwapResult(terminated_sessions=0)  # an earlier attempt committed the swap
+                if live and (mark := await database_mark(conn, req.database_name)) and mark.made_by(info.workflow_id):
+                    # An earlier attempt took the name of a missing database: nothing was set aside.
+                    return SwapResult(terminated_sessions=0, set_aside=False)
                 raise fail(RESTORE_FAILED, f"database {req.scratch_name!r} to swap in is gone; nothing was changed")
             terminated = await _terminate(conn, req.scratch_name)
             if not live:
@@ -371,7 +376,7 @@ class RestoreActivities:
                     await conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(incoming_name, live_name))
                     await mark_database(conn, req.database_name, tenant_mark)
                     await conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(live_name))
-                return SwapResult(terminated_sessions=0)
+                return SwapResult(terminated_sessions=0, set_aside=False)
             await conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(live_name))
             try:
                 for _ in range(100):
@@ -441,6 +446,16 @@ class RestoreActivities:
             kind="scratch", tenant_id=req.tenant_id, workflow_id=info.workflow_id, run_id=info.workflow_run_id, at=now
         )
         await conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(_ident(req.database_name)))
+        try:
+            await self._rename_back(conn, req, scratch)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.execute(
+                    sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(_ident(req.database_name))
+                )
+            raise
+
+    async def _rename_back(self, conn: psycopg.AsyncConnection, req: SwapRequest, scratch: Mark) -> None:
         for _ in range(100):
             await _terminate(conn, req.database_name)
             try:

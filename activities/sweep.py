@@ -85,9 +85,11 @@ class SweepActivities:
     async def _describe(self, workflow_id: str, run_id: str | None) -> RunState:
         try:
             description = await self.client.get_workflow_handle(workflow_id, run_id=run_id).describe()
-            if description.status == WorkflowExecutionStatus.CONTINUED_AS_NEW:
-                # What the run made may be held by the run it continued as.
-                description = await self.client.get_workflow_handle(workflow_id).describe()
+            if run_id and description.status != WorkflowExecutionStatus.RUNNING:
+                # What the run made may be held by the run it continued as, or by the run a reset started.
+                latest = await self.client.get_workflow_handle(workflow_id).describe()
+                if latest.status == WorkflowExecutionStatus.RUNNING:
+                    description = latest
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 return RunState("not found")

@@ -142,7 +142,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         "counts equal to the backup's)"
     )
     print(f"sessions  {result.terminated_sessions} terminated")
-    if result.previous_dropped:
+    if not result.previous_database:
+        print("previous  none: the tenant had no database to set aside")
+    elif result.previous_dropped:
         print(f"previous  {result.previous_database} dropped")
     else:
         print(

@@ -90,3 +90,6 @@ NON_RETRYABLE += [NOTHING_TO_UNDO]
 # A database or role of the expected name that carries no mark of the tenant: it may be someone else's.
 NOT_MARKED = "NotMarked"
 NON_RETRYABLE += [NOT_MARKED]
+
+ROLE_IN_USE = "RoleInUse"
+NON_RETRYABLE += [ROLE_IN_USE]

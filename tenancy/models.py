@@ -257,6 +257,7 @@ class KeptDatabase(BaseModel):
 
 class SwapResult(BaseModel):
     terminated_sessions: int
+    set_aside: bool = True  # False: the tenant had no database, the incoming one simply took its name
 
 
 class TenantEvent(BaseModel):

@@ -91,6 +91,16 @@ def previous_database_name(database: str, token: str) -> str:
     return _with_suffix(database, f"__old_{token[:10]}")
 
 
+_COPY_NAME_RE = re.compile(r"(?P<base>.*)__(?P<kind>rs|old|pv)_(?P<token>[0-9a-z]{1,10})")
+
+
+def is_copy_name(database: str, candidate: str) -> bool:
+    """True when `candidate` is a name a restore's scratch or set-aside copy, or provisioning's copy, of
+    `database` could have: what deprovisioning may drop besides the database itself."""
+    match = _COPY_NAME_RE.fullmatch(candidate)
+    return bool(match) and _with_suffix(database, f"__{match['kind']}_{match['token']}") == candidate
+
+
 def is_previous_database_name(database: str, candidate: str) -> bool:
     """True when `candidate` is a name previous_database_name could have given `database`."""
     match = re.fullmatch(r"(?P<base>.*)__old_(?P<token>[0-9a-z]{1,10})", candidate)

@@ -228,3 +228,31 @@ async def test_an_unfinished_adoption_is_undone_and_a_finished_one_is_not(settin
     await again.run(acts.undo_adoption, plan, "too late")
     assert (await catalog.get_tenant(tenant_id)).status == "active"
     assert parse_mark(comment_of(settings, database=database)).is_of(tenant_id, "tenant")
+
+
+async def test_adopt_refuses_a_role_shared_with_other_databases(temporal_env, task_queue, settings, catalog):
+    """Deprovisioning removes a tenant role's privileges wherever it has them: a role other databases use too is
+    not one tenant's, and adopting it would let one tenant's deprovisioning break the others."""
+    first = f"{settings.database_prefix}shared_a_{uuid.uuid4().hex[:6]}"
+    second = f"{settings.database_prefix}shared_b_{uuid.uuid4().hex[:6]}"
+    role = f"{settings.database_prefix}app_{uuid.uuid4().hex[:6]}"
+    make_database(settings, first, rows=3)
+    make_database(settings, second, rows=3)
+    with admin(settings) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    for database in (first, second):
+        with admin(settings, database) as conn:
+            conn.execute(sql.SQL("GRANT SELECT ON invoices TO {}").format(sql.Identifier(role)))
+    tenant_id = f"shr-{uuid.uuid4().hex[:8]}"
+    try:
+        with pytest.raises(WorkflowFailureError) as caught:
+            await adopt(temporal_env, task_queue, tenant_id=tenant_id, database_name=first, role_name=role)
+        assert failure_type(caught.value) == "InvalidInput"
+        assert f"also owns objects or holds privileges in {second}" in failure_message(caught.value)
+        assert await catalog.get_tenant(tenant_id) is None
+        assert comment_of(settings, database=first) is None and comment_of(settings, role=role) is None
+    finally:
+        with admin(settings) as conn:
+            for database in (first, second):
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))

@@ -107,7 +107,7 @@ async def test_deprovision_with_a_kept_previous_database_completes(
         "restore",
     )
     # And a scratch copy a crashed restore left behind, with a grant to the role too.
-    scratch = f"{dbname}__rs_crashed0001"
+    scratch = f"{dbname}__rs_crashed001"
     marked_copy(settings, scratch, "scratch", tenant_id, grantee=role)
     assert databases_like(settings, dbname) == sorted([dbname, restored.previous_database, scratch])
     assert [k["name"] for k in await catalog.kept_databases(tenant_id)] == [restored.previous_database]
@@ -210,3 +210,50 @@ async def test_a_final_backup_not_known_to_restore_stops_deprovisioning(
     assert (await catalog.get_tenant(tenant.id)).status == "active"
     assert len([p for p in backups_of(tenant.id) if not p.name.endswith(".json")]) == 1  # kept, for a drill
     assert "TenantFinalBackup" not in [e["type"] for e in await catalog.events(tenant.id)]
+
+
+async def test_deprovision_touches_no_other_deployment_and_refuses_a_closed_database_holding_the_role(
+    temporal_env, task_queue, settings, catalog, make_tenant, backups_of
+):
+    """Another deployment on the same server (another prefix) with a tenant of the same id keeps its copies; a
+    database that takes no connections and holds the role's grants stops the run before anything is dropped."""
+    tenant = await make_tenant("dp", entries=50)
+    role = tenant.database_name
+    marked_role_with_grants(settings, role, tenant.id, tenant.database_name)
+    # Same tenant id, marked as a scratch copy, but a copy of another deployment's database (another prefix).
+    elsewhere = f"{settings.database_prefix}x{tenant.id}__rs_other00001"
+    marked_copy(settings, elsewhere, "scratch", tenant.id)
+    closed = f"{settings.database_prefix}closed-{uuid.uuid4().hex[:6]}"
+    with admin(settings) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(closed)))
+        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(closed), sql.Identifier(role)))
+    with admin(settings, closed) as conn:
+        conn.execute("CREATE TABLE t (id int)")
+        conn.execute(sql.SQL("GRANT SELECT ON t TO {}").format(sql.Identifier(role)))
+    with admin(settings) as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(closed)))
+    try:
+        with pytest.raises(WorkflowFailureError) as caught:
+            await run(
+                temporal_env,
+                task_queue,
+                DeprovisionTenantWorkflow.run,
+                DeprovisionTenantInput(tenant_id=tenant.id),
+                "dep",
+            )
+        assert failure_type(caught.value) == "RoleInUse"
+        assert closed in failure_message(caught.value) and "nothing was dropped" in failure_message(caught.value)
+        assert databases_like(settings, tenant.database_name) == [tenant.database_name]
+        assert (await catalog.get_tenant(tenant.id)).status == "active" and backups_of(tenant.id) == []
+
+        with admin(settings) as conn:  # the operator opens it, as the message says, and deprovisions again
+            conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(closed)))
+        result = await run(
+            temporal_env, task_queue, DeprovisionTenantWorkflow.run, DeprovisionTenantInput(tenant_id=tenant.id), "dep"
+        )
+        assert (await catalog.get_tenant(tenant.id)).status == "deprovisioned" and not role_exists(settings, role)
+        assert result.leftover_databases == []
+        assert databases_like(settings, elsewhere) == [elsewhere]  # the other deployment's copy is untouched
+    finally:
+        with admin(settings) as conn:
+            conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(closed)))

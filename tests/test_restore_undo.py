@@ -135,9 +135,11 @@ async def test_restore_into_a_missing_database_lets_in_the_tenant_role_only(
     with psycopg.connect(url, autocommit=True) as conn:  # the tenant's database is lost
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(tenant.database_name)))
 
-    await restore(temporal_env, task_queue, tenant.id)
+    result = await restore(temporal_env, task_queue, tenant.id)
 
     assert await table_fingerprint(url, tenant.database_name) == expected
+    # Nothing was set aside: nothing is kept, nothing to undo, no drop scheduled for a database that never was.
+    assert result.previous_database == "" and await catalog.kept_databases(tenant.id) == []
     with psycopg.connect(url) as conn:
         public, tenant_role = conn.execute(
             "SELECT has_database_privilege('public', %s, 'CONNECT'), has_database_privilege(%s, %s, 'CONNECT')",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.workflow import ActivityCancellationType
 
 from tenancy.errors import NON_RETRYABLE
 
@@ -54,3 +56,13 @@ LOCAL = QUICK
 
 # The swap of a restore: short, but heartbeating, so a cancellation reaches it and the undo waits for it to stop.
 SWAP = {**QUICK, "heartbeat_timeout": HEARTBEAT_TIMEOUT}
+
+COMPENSATIONS_WAIT = "compensations-wait-for-cancelled-work"
+
+
+def undoable_cancellation() -> ActivityCancellationType:
+    """How an activity that a compensation may undo is cancelled: waited for, so the undo never runs beside the
+    work it undoes. Runs recorded before this did not wait (TRY_CANCEL) and replay as they ran."""
+    if workflow.patched(COMPENSATIONS_WAIT):
+        return ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+    return ActivityCancellationType.TRY_CANCEL

@@ -5,7 +5,6 @@ was created and records the tenant as failed."""
 from __future__ import annotations
 
 from temporalio import workflow
-from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
@@ -13,15 +12,11 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.errors import failure_message
     from tenancy.models import ProvisionTenantInput, ProvisionTenantResult, TenantDatabase, WelcomeMail
     from workflows.notify import SendWelcomeEmailWorkflow, announce
-    from workflows.options import HEARTBEAT_TIMEOUT, QUICK, SLOW_DDL
+    from workflows.options import HEARTBEAT_TIMEOUT, QUICK, SLOW_DDL, undoable_cancellation
     from workflows.tenant_lock import tenant_lock
 
-# What undo_provisioning may undo heartbeats (so a cancellation reaches it) and is waited for when cancelled:
-# the undo never runs beside the work it undoes.
-_UNDOABLE = {
-    "heartbeat_timeout": HEARTBEAT_TIMEOUT,
-    "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-}
+# What undo_provisioning may undo heartbeats, so a cancellation reaches it (and is waited for: see run).
+_UNDOABLE = {"heartbeat_timeout": HEARTBEAT_TIMEOUT}
 
 
 @workflow.defn
@@ -44,18 +39,19 @@ class ProvisionTenantWorkflow:
         db = TenantDatabase(tenant_id=new.tenant_id, database_name=new.database_name, role_name=new.role_name)
 
         async with tenant_lock(new.tenant_id, "provision", 0):
+            cancel = undoable_cancellation()
             try:
                 self._phase = "creating the database"
                 migration = await workflow.execute_activity_method(
-                    ProvisioningActivities.create_tenant_database, db, **SLOW_DDL, **_UNDOABLE
+                    ProvisioningActivities.create_tenant_database, db, cancellation_type=cancel, **SLOW_DDL, **_UNDOABLE
                 )
                 self._phase = "creating the role"
                 credentials = await workflow.execute_activity_method(
-                    ProvisioningActivities.create_tenant_role, db, **QUICK, **_UNDOABLE
+                    ProvisioningActivities.create_tenant_role, db, cancellation_type=cancel, **QUICK, **_UNDOABLE
                 )
                 self._phase = "seeding"
                 await workflow.execute_activity_method(
-                    ProvisioningActivities.seed_tenant_database, db, **QUICK, **_UNDOABLE
+                    ProvisioningActivities.seed_tenant_database, db, cancellation_type=cancel, **QUICK, **_UNDOABLE
                 )
                 self._phase = "activating"
                 event_id = await workflow.execute_activity_method(

@@ -96,7 +96,7 @@ class ReinstateTenantWorkflow:
                     DeprovisionActivities.create_reinstated_role, db, cancellation_type=WAIT_FOR_CLEANUP, **QUICK
                 )
                 # The tenant has no database to copy grants from: its role's, never PUBLIC's.
-                counts, _ = await restore_check_swap(
+                counts, _, _ = await restore_check_swap(
                     self._set_phase,
                     names,
                     manifest,

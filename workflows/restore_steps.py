@@ -5,7 +5,7 @@ Each issues the same commands in the same order wherever it is called from."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
@@ -24,10 +24,12 @@ with workflow.unsafe.imports_passed_through():
         SwapResult,
     )
     from workflows.drop_later import DropPreviousDatabaseWorkflow
-    from workflows.options import LONG, QUICK, SWAP
+    from workflows.options import LONG, QUICK, SWAP, undoable_cancellation
 
 # What an undo may undo is cancelled and waited for: undo never runs beside the work it undoes.
 WAIT_FOR_CLEANUP = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+# Runs recorded before a swap said whether it set a database aside kept (and scheduled the drop of) one always.
+ONLY_WHAT_WAS_SET_ASIDE = "restore-keeps-only-what-it-set-aside"
 
 Phase = Callable[[str], None]
 
@@ -41,9 +43,12 @@ async def restore_check_swap(
     checks: list[str],
     role_name: str | None,
     grant_connect: bool,
-) -> tuple[dict[str, int], SwapResult]:
+    keep_seconds: int = 0,
+) -> tuple[dict[str, int], SwapResult, SwapRequest]:
     """pg_restore into the scratch database, check it against the manifest, swap it in. The caller undoes on any
-    failure (RestoreActivities.undo_unfinished_restore); returns the restored row counts and the swap's result."""
+    failure (RestoreActivities.undo_unfinished_restore). Returns the restored row counts, the swap's result and
+    the names as swapped: the set-aside database is kept `keep_seconds` from the swap (its `keep_until`)."""
+    cancel = undoable_cancellation()
     phase("restoring into a scratch database")
     await workflow.execute_activity_method(
         RestoreActivities.restore_to_scratch,
@@ -69,28 +74,39 @@ async def restore_check_swap(
             row_counts=manifest.row_counts,
             checks=checks,
         ),
-        cancellation_type=WAIT_FOR_CLEANUP,
+        cancellation_type=cancel,
         **LONG,
     )
     phase("swapping the restored database in")
+    names = with_keep_until(names, keep_seconds)
     swap = await workflow.execute_activity_method(
-        RestoreActivities.swap_in_restored, names, cancellation_type=WAIT_FOR_CLEANUP, **SWAP
+        RestoreActivities.swap_in_restored, names, cancellation_type=cancel, **SWAP
     )
-    return counts, swap
+    return counts, swap, names
+
+
+def with_keep_until(names: SwapRequest, keep_seconds: int) -> SwapRequest:
+    """The names of a swap about to be made, the set-aside database kept `keep_seconds` from now on."""
+    keep_until = workflow.now() + timedelta(seconds=keep_seconds) if keep_seconds else None
+    return names.model_copy(update={"keep_until": keep_until})
 
 
 async def keep_or_drop_previous(
     phase: Phase,
     names: SwapRequest,
+    swap: SwapResult,
     *,
     token: str,
     keep_seconds: int,
-    keep_until: datetime | None,
     backup_name: str | None,
     record: bool = True,
 ) -> None:
     """The database the swap set aside: kept `keep_seconds` (recorded in the catalog for `--undo`, then dropped by
-    a durable timer of its own), or dropped at once when that is 0."""
+    a durable timer of its own), or dropped at once when that is 0. Nothing, when the swap set nothing aside (the
+    tenant had no database)."""
+    if not swap.set_aside and workflow.patched(ONLY_WHAT_WAS_SET_ASIDE):
+        return
+    keep_until = names.keep_until
     if not keep_seconds or keep_until is None:
         phase("dropping the previous database")
         await workflow.execute_activity_method(RestoreActivities.drop_previous_database, names, **QUICK)

@@ -7,8 +7,6 @@ removes the scratch copy and leaves the tenant as it was.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
@@ -70,15 +68,11 @@ class RestoreTenantWorkflow:
                 f"`tenants reinstate {tenant.id}`",
             )
         token = workflow.uuid4().hex[:10]
-        keep_until = (
-            workflow.now() + timedelta(seconds=req.keep_previous_seconds) if req.keep_previous_seconds else None
-        )
         names = SwapRequest(
             tenant_id=tenant.id,
             database_name=tenant.database_name,
             scratch_name=scratch_database_name(tenant.database_name, token),
             previous_name=previous_database_name(tenant.database_name, token),
-            keep_until=keep_until,
         )
 
         self._phase = "waiting for the tenant lock"
@@ -91,7 +85,7 @@ class RestoreTenantWorkflow:
             )
             self._backup_name = manifest.backup_name
             try:
-                counts, swap = await restore_check_swap(
+                counts, swap, names = await restore_check_swap(
                     self._set_phase,
                     names,
                     manifest,
@@ -99,6 +93,7 @@ class RestoreTenantWorkflow:
                     checks=req.checks,
                     role_name=tenant.role_name,
                     grant_connect=tenant.status in CAN_CONNECT,
+                    keep_seconds=req.keep_previous_seconds,
                 )
             except BaseException:
                 # Failed or cancelled, and every activity above has stopped: undo puts the tenant's database back
@@ -107,12 +102,13 @@ class RestoreTenantWorkflow:
                 await workflow.execute_activity_method(RestoreActivities.undo_unfinished_restore, names, **QUICK)
                 raise
 
+            keep_until = names.keep_until if swap.set_aside else None
             await keep_or_drop_previous(
                 self._set_phase,
                 names,
+                swap,
                 token=token,
                 keep_seconds=req.keep_previous_seconds,
-                keep_until=keep_until,
                 backup_name=manifest.backup_name,
                 record=bool(req.keep_previous_seconds) and workflow.patched(KEPT_IN_CATALOG),
             )
@@ -127,7 +123,7 @@ class RestoreTenantWorkflow:
                     data={
                         "backup": manifest.backup_name,
                         "backup_taken_at": manifest.started_at.isoformat(),
-                        "previous_database": names.previous_name,
+                        "previous_database": names.previous_name if swap.set_aside else None,
                         "kept_until": keep_until.isoformat() if keep_until else None,
                         "terminated_sessions": swap.terminated_sessions,
                         "cache_keys_deleted": cache_deleted,
@@ -143,8 +139,8 @@ class RestoreTenantWorkflow:
             database_name=tenant.database_name,
             row_counts=counts,
             terminated_sessions=swap.terminated_sessions,
-            previous_database=names.previous_name,
-            previous_dropped=not req.keep_previous_seconds,
+            previous_database=names.previous_name if swap.set_aside else "",
+            previous_dropped=swap.set_aside and not req.keep_previous_seconds,
             keep_previous_until=keep_until,
             cache_keys_deleted=cache_deleted,
         )

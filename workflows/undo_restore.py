@@ -4,8 +4,6 @@ undo can itself be undone while it is kept)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
@@ -21,7 +19,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from tenancy.naming import previous_database_name
     from workflows.options import QUICK, SWAP
-    from workflows.restore_steps import WAIT_FOR_CLEANUP, clear_cache, keep_or_drop_previous
+    from workflows.restore_steps import WAIT_FOR_CLEANUP, clear_cache, keep_or_drop_previous, with_keep_until
     from workflows.tenant_lock import tenant_lock
 
 
@@ -50,9 +48,6 @@ class UndoRestoreWorkflow:
         self._phase = "looking up tenant"
         tenant = await workflow.execute_activity_method(CatalogActivities.get_tenant, req.tenant_id, **QUICK)
         token = workflow.uuid4().hex[:10]
-        keep_until = (
-            workflow.now() + timedelta(seconds=req.keep_previous_seconds) if req.keep_previous_seconds else None
-        )
         self._phase = "waiting for the tenant lock"
         async with tenant_lock(tenant.id, "restore-undo", req.lock_wait_seconds):
             self._phase = "finding the kept database"
@@ -62,8 +57,9 @@ class UndoRestoreWorkflow:
                 database_name=tenant.database_name,
                 scratch_name=kept.name,
                 previous_name=previous_database_name(tenant.database_name, token),
-                keep_until=keep_until,
             )
+            names = with_keep_until(names, req.keep_previous_seconds)  # kept from the swap on
+            keep_until = names.keep_until
             self._phase = "swapping the kept database back in"
             # The swap is one transaction and puts connections back on failure: nothing to compensate.
             swap = await workflow.execute_activity_method(
@@ -73,12 +69,7 @@ class UndoRestoreWorkflow:
                 RestoreActivities.end_kept_database, args=[kept.name, "swapped back by an undo"], **QUICK
             )
             await keep_or_drop_previous(
-                self._set_phase,
-                names,
-                token=token,
-                keep_seconds=req.keep_previous_seconds,
-                keep_until=keep_until,
-                backup_name=None,
+                self._set_phase, names, swap, token=token, keep_seconds=req.keep_previous_seconds, backup_name=None
             )
             _, cache_error = await clear_cache(self._set_phase, tenant.id)
             self._phase = "recording the undo"
