@@ -7,6 +7,7 @@ task, which Temporal retries forever, sometimes while the run holds a tenant's l
 
 from __future__ import annotations
 
+from tenancy.durations import MAX_DURATION_SECONDS
 from tenancy.errors import InvalidInput
 from tenancy.maintenance import ordered_tasks, validate_days
 from tenancy.models import (
@@ -18,12 +19,13 @@ from tenancy.models import (
     MaintainTenantInput,
     PruneInput,
     RestoreTenantInput,
+    UndoRestoreInput,
 )
 from tenancy.retention import validate_keep
 
 DAY = 86_400
 MAX_LOCK_WAIT_SECONDS = DAY  # a run that waits longer for a busy tenant is better started again later
-MAX_KEEP_PREVIOUS_SECONDS = 366 * DAY
+MAX_KEEP_PREVIOUS_SECONDS = MAX_DURATION_SECONDS
 CONCURRENCY = (1, 64)
 PAGE_SIZE = (1, 1000)
 # Events. Temporal refuses a history past 51,200 events, and the run only checks between pages (a page of
@@ -66,11 +68,20 @@ def validate_backup(req: BackupTenantInput | FleetBackupInput) -> None:
         validate_fleet(req)
 
 
+def validate_keep_previous(seconds: int) -> int:
+    return whole("--keep-previous (seconds)", seconds, 0, MAX_KEEP_PREVIOUS_SECONDS)
+
+
 def validate_restore(req: RestoreTenantInput) -> None:
     if req.backup_name is not None and req.at is not None:
         raise InvalidInput("give a backup name or a time, not both")
     whole("--jobs", req.jobs, *JOBS)
-    whole("--keep-previous (seconds)", req.keep_previous_seconds, 0, MAX_KEEP_PREVIOUS_SECONDS)
+    validate_keep_previous(req.keep_previous_seconds)
+    validate_lock_wait(req.lock_wait_seconds)
+
+
+def validate_undo(req: UndoRestoreInput) -> None:
+    validate_keep_previous(req.keep_previous_seconds)
     validate_lock_wait(req.lock_wait_seconds)
 
 

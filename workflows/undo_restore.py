@@ -9,8 +9,8 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
     from activities.restore import RestoreActivities
-    from tenancy.durations import MAX_DURATION_SECONDS
-    from tenancy.errors import INVALID_INPUT, fail
+    from tenancy.bounds import validate_undo
+    from tenancy.errors import INVALID_INPUT, InvalidInput, fail
     from tenancy.models import (
         SwapRequest,
         TenantEvent,
@@ -24,10 +24,10 @@ with workflow.unsafe.imports_passed_through():
 
 
 def validate_undo_input(req: UndoRestoreInput) -> None:
-    if not 0 <= req.keep_previous_seconds <= MAX_DURATION_SECONDS:
-        raise fail(INVALID_INPUT, f"keep_previous_seconds must be between 0 and {MAX_DURATION_SECONDS}")
-    if not 0 <= req.lock_wait_seconds <= 86_400:
-        raise fail(INVALID_INPUT, "lock_wait_seconds must be between 0 and 86400")
+    try:
+        validate_undo(req)
+    except InvalidInput as exc:
+        raise fail(INVALID_INPUT, str(exc)) from None
 
 
 @workflow.defn
