@@ -119,6 +119,17 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=show)
 
 
+def print_credentials(settings: Settings, tenant_id: str, role_name: str, credentials_file: str) -> None:
+    """The tenant role's new password, shown this once; afterwards it is only in the 0600 credentials file."""
+    try:
+        creds = read_credentials(settings.effective_secrets_dir, tenant_id)
+        print(f"role      {creds['role']}  password {creds['password']}")
+        print(f"connect   postgresql://{creds['role']}:***@{creds['host']}:{creds['port']}/{creds['database']}")
+    except OSError:
+        print(f"role      {role_name} (credentials in {credentials_file} on the worker's host)")
+    print(f"kept in   {credentials_file}")
+
+
 async def provision(args: argparse.Namespace, settings: Settings) -> int:
     tenant_id = validate_tenant_id(args.id) if args.id else slugify(args.name)
     result = await start_and_follow(
@@ -141,14 +152,7 @@ async def provision(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print(f"tenant    {result.tenant_id} is active")
     print(f"database  {result.database_name} (schema {result.schema_version})")
-    try:
-        creds = read_credentials(settings.effective_secrets_dir, result.tenant_id)
-        # Shown this once; afterwards it is only in the 0600 credentials file.
-        print(f"role      {creds['role']}  password {creds['password']}")
-        print(f"connect   postgresql://{creds['role']}:***@{creds['host']}:{creds['port']}/{creds['database']}")
-    except OSError:
-        print(f"role      {result.role_name} (credentials in {result.credentials_file} on the worker's host)")
-    print(f"kept in   {result.credentials_file}")
+    print_credentials(settings, result.tenant_id, result.role_name, result.credentials_file)
     return 0
 
 
@@ -270,14 +274,7 @@ async def reinstate(args: argparse.Namespace, settings: Settings) -> int:
     )
     for name, rows in sorted(result.row_counts.items()):
         print(f"          {name}: {rows} rows")
-    try:
-        creds = read_credentials(settings.effective_secrets_dir, result.tenant_id)
-        # New credentials, shown this once; afterwards only in the 0600 credentials file.
-        print(f"role      {creds['role']}  password {creds['password']}")
-        print(f"connect   postgresql://{creds['role']}:***@{creds['host']}:{creds['port']}/{creds['database']}")
-    except OSError:
-        print(f"role      {result.role_name} (credentials in {result.credentials_file} on the worker's host)")
-    print(f"kept in   {result.credentials_file}")
+    print_credentials(settings, result.tenant_id, result.role_name, result.credentials_file)
     return 0
 
 
