@@ -15,12 +15,13 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.adoption import AdoptionActivities
-from activities.archive import check_age_keys
 from activities.backup import BackupActivities
 from activities.catalog import CatalogActivities
-from activities.catalog_db import Catalog
 from activities.deprovision import DeprovisionActivities
 from activities.health import HealthActivities
+from activities.infra.archive import check_age_keys
+from activities.infra.catalog import Catalog
+from activities.infra.temporal import connect_client, ensure_search_attributes, metrics_runtime
 from activities.maintenance import MaintenanceActivities
 from activities.notify import NotifyActivities
 from activities.provisioning import ProvisioningActivities
@@ -29,7 +30,6 @@ from activities.sweep import SweepActivities
 from activities.tenant_admin import TenantAdminActivities
 from tenancy.log import configure_logging, get_logger
 from tenancy.settings import Settings, load_settings
-from tenancy.temporal import connect_client, ensure_search_attributes, metrics_runtime
 from workflows.registry import WORKFLOWS
 
 

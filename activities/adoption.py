@@ -10,15 +10,17 @@ import psycopg
 from psycopg import sql
 from temporalio import activity
 
-from activities.catalog_db import Catalog, TenantExists
 from activities.deprovision import databases_mentioning
 from activities.heartbeat import Heartbeater
-from activities.marks import mark_database, mark_role
-from activities.pg import connect
+from activities.infra.catalog import Catalog, TenantExists
+from activities.infra.marks import mark_database, mark_role
+from activities.infra.pg import connect
+from tenancy.contracts.provision import AdoptTenantInput
+from tenancy.contracts.tenants import Tenant
 from tenancy.errors import INVALID_INPUT, TENANT_EXISTS, InvalidInput, fail
 from tenancy.log import activity_logger
 from tenancy.marks import Mark, parse_mark
-from tenancy.models import AdoptionPlan, AdoptTenantInput, Tenant
+from tenancy.messages.provision import AdoptionPlan
 from tenancy.naming import (
     MAX_IDENTIFIER_BYTES,
     reserved_database,

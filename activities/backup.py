@@ -11,13 +11,14 @@ import psycopg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.archive import Progress, hash_stream, list_archive, load_identities, store, unpack
-from activities.backup_facts import describe_backups, retention_entry
-from activities.catalog_db import Catalog
 from activities.heartbeat import Heartbeater
-from activities.pg import connect, count_rows, find_client_tools, libpq_env, server_major
-from activities.storage import open_storage
-from activities.subprocesses import kill_group, tail
+from activities.infra.archive import Progress, hash_stream, list_archive, load_identities, store, unpack
+from activities.infra.backup_facts import describe_backups, retention_entry
+from activities.infra.catalog import Catalog
+from activities.infra.pg import connect, count_rows, find_client_tools, libpq_env, server_major
+from activities.infra.storage import open_storage
+from activities.infra.subprocesses import kill_group, tail
+from tenancy.contracts.backup import BackupManifest, DumpResult, RetentionDecision, RetentionResult
 from tenancy.errors import (
     BACKUP_NOT_FOUND,
     BACKUP_VERIFICATION_FAILED,
@@ -28,15 +29,7 @@ from tenancy.errors import (
     fail,
 )
 from tenancy.log import activity_logger
-from tenancy.models import (
-    BackupManifest,
-    DumpRequest,
-    DumpResult,
-    PinRequest,
-    RetentionDecision,
-    RetentionRequest,
-    RetentionResult,
-)
+from tenancy.messages.backup import DumpRequest, PinRequest, RetentionRequest
 from tenancy.naming import BACKUP_EXTENSIONS, backup_name
 from tenancy.retention import plan_retention
 from tenancy.settings import Settings

@@ -6,12 +6,15 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.catalog_db import Catalog
-from activities.pg import connect
-from activities.schema import database_exists, existing_database_message, existing_role_message
+from activities.infra.catalog import Catalog
+from activities.infra.pg import connect
+from activities.infra.schema import database_exists, existing_database_message, existing_role_message
+from tenancy.contracts.provision import ProvisionTenantInput
+from tenancy.contracts.tenants import Tenant, TenantRef
 from tenancy.errors import INVALID_INPUT, TENANT_EXISTS, TENANT_NOT_FOUND, InvalidInput, fail
 from tenancy.log import get_logger
-from tenancy.models import LockOutcome, LockRequest, NewTenant, ProvisionTenantInput, Tenant, TenantPage, TenantRef
+from tenancy.messages.locks import LockOutcome, LockRequest, TenantPage
+from tenancy.messages.provision import NewTenant
 from tenancy.naming import (
     role_name,
     slugify,

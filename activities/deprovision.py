@@ -14,22 +14,16 @@ from psycopg import sql
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.catalog_db import Catalog
-from activities.credentials import delete_credentials
-from activities.marks import database_mark, mark_role, marked_databases, role_mark
-from activities.pg import connect
-from activities.schema import database_exists
+from activities.infra.catalog import Catalog
+from activities.infra.credentials import delete_credentials
+from activities.infra.marks import database_mark, mark_role, marked_databases, role_mark
+from activities.infra.pg import connect
+from activities.infra.schema import database_exists
 from tenancy.errors import INVALID_INPUT, NOT_MARKED, ROLE_IN_USE, InvalidInput, fail
 from tenancy.lifecycle import check_reinstatement
 from tenancy.log import activity_logger
 from tenancy.marks import Mark
-from tenancy.models import (
-    DeprovisionCheck,
-    Reinstatement,
-    ReinstatementUndo,
-    RoleRemoval,
-    TenantDatabase,
-)
+from tenancy.messages.provision import DeprovisionCheck, Reinstatement, ReinstatementUndo, RoleRemoval, TenantDatabase
 from tenancy.naming import is_copy_name
 from tenancy.settings import Settings
 

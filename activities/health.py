@@ -14,12 +14,12 @@ import psycopg
 from temporalio import activity
 from temporalio.client import Client
 
-from activities.backup_facts import describe_backups, retention_entry
-from activities.catalog_db import Catalog
-from activities.storage import open_storage
+from activities.infra.backup_facts import describe_backups, retention_entry
+from activities.infra.catalog import Catalog
+from activities.infra.storage import open_storage
+from tenancy.contracts.health import Alert, HealthInput, HealthReport, TenantHealth
 from tenancy.health import alerts_for
 from tenancy.log import get_logger
-from tenancy.models import Alert, HealthInput, HealthReport, TenantHealth
 from tenancy.retention import is_good_copy
 from tenancy.search import TENANT_ID
 from tenancy.settings import Settings

@@ -1,7 +1,7 @@
 """Maintenance activities: cleanup of old rows in short batches (heap by heap, whatever the table's shape),
 VACUUM and ANALYZE table by table, index rebuilds (after dropping what an interrupted one left), dry-run planning.
 Every statement runs under a statement timeout and a lock timeout, so a busy table is reported (or, for cleanup,
-retried later) instead of waited on forever. The SQL itself is in activities/maintenance_sql.py."""
+retried later) instead of waited on forever. The SQL itself is in activities/infra/maintenance_sql.py."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from psycopg import sql
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.catalog_db import Catalog
 from activities.heartbeat import Heartbeater
-from activities.maintenance_sql import (
+from activities.infra.catalog import Catalog
+from activities.infra.maintenance_sql import (
     Heap,
     Leftover,
     Table,
@@ -35,22 +35,20 @@ from activities.maintenance_sql import (
     vacuum_one,
     vacuum_tables,
 )
-from activities.pg import connect
-from activities.storage import open_storage
-from tenancy.errors import INVALID_INPUT, fail
-from tenancy.log import activity_logger
-from tenancy.maintenance import CleanupRule, bloat_ratio, rule_keys
-from tenancy.models import (
+from activities.infra.pg import connect
+from activities.infra.storage import open_storage
+from tenancy.contracts.maintenance import (
     AnalyzeResult,
-    CleanupRequest,
     CleanupResult,
     IndexBloat,
     MaintenancePlan,
-    MaintenanceTarget,
     OptimizeResult,
-    VacuumRequest,
     VacuumResult,
 )
+from tenancy.errors import INVALID_INPUT, fail
+from tenancy.log import activity_logger
+from tenancy.maintenance import CleanupRule, bloat_ratio, rule_keys
+from tenancy.messages.maintenance import CleanupRequest, MaintenanceTarget, VacuumRequest
 from tenancy.settings import Settings
 
 LOCK_TIMEOUT = "MaintenanceLockTimeout"

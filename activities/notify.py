@@ -14,9 +14,9 @@ from email.message import EmailMessage
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.catalog_db import Catalog
+from activities.infra.catalog import Catalog
+from tenancy.contracts.provision import WelcomeMail
 from tenancy.log import get_logger
-from tenancy.models import WelcomeMail
 from tenancy.settings import Settings
 
 

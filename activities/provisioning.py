@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 from psycopg import sql
 from temporalio import activity
 
-from activities.catalog_db import Catalog, TenantExists
-from activities.credentials import delete_credentials, new_password, scram_sha256_verifier, write_credentials
 from activities.heartbeat import Heartbeater
-from activities.marks import database_mark, mark_role, role_mark
-from activities.pg import connect
-from activities.schema import (
+from activities.infra.catalog import Catalog, TenantExists
+from activities.infra.credentials import delete_credentials, new_password, scram_sha256_verifier, write_credentials
+from activities.infra.marks import database_mark, mark_role, role_mark
+from activities.infra.pg import connect
+from activities.infra.schema import (
     apply_migrations,
     create_from_template,
     database_exists,
@@ -23,10 +23,12 @@ from activities.schema import (
     provisioning_copy_name,
     seed_once,
 )
+from tenancy.contracts.provision import MigrationResult
+from tenancy.contracts.tenants import Tenant
 from tenancy.errors import PLAN_LIMIT_REACHED, TENANT_EXISTS, fail
 from tenancy.log import activity_logger
 from tenancy.marks import Mark
-from tenancy.models import MigrationResult, NewTenant, Tenant, TenantDatabase
+from tenancy.messages.provision import NewTenant, TenantDatabase
 from tenancy.settings import Settings
 
 
@@ -213,7 +215,7 @@ class ProvisioningActivities:
         The role and credentials go in their own step (DeprovisionActivities.drop_tenant_role)."""
         # Imported here: this function is deprovisioning's, the rest of the module provisioning's.
         from activities.deprovision import unmarked_database_message
-        from activities.marks import database_mark
+        from activities.infra.marks import database_mark
         from tenancy.errors import NOT_MARKED
 
         async with await connect(self.admin_url, autocommit=True) as admin:

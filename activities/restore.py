@@ -21,14 +21,17 @@ from psycopg import sql
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.archive import Progress, hash_stream, list_archive, load_identities, unpack
-from activities.backup_facts import describe_backups, restore_candidate
-from activities.catalog_db import Catalog
 from activities.heartbeat import Heartbeater
-from activities.marks import database_mark, mark_database
-from activities.pg import connect, count_rows, find_client_tools, libpq_env, server_major
-from activities.storage import FILE_MODE, open_storage
-from activities.subprocesses import kill_group, tail
+from activities.infra.archive import Progress, hash_stream, list_archive, load_identities, unpack
+from activities.infra.backup_facts import describe_backups, restore_candidate
+from activities.infra.catalog import Catalog
+from activities.infra.marks import database_mark, mark_database
+from activities.infra.pg import connect, count_rows, find_client_tools, libpq_env, server_major
+from activities.infra.storage import FILE_MODE, open_storage
+from activities.infra.subprocesses import kill_group, tail
+from tenancy.contracts.backup import BackupManifest, DrillResult
+from tenancy.contracts.restore import KeptDatabase
+from tenancy.contracts.tenants import TenantEvent
 from tenancy.errors import (
     BACKUP_NOT_FOUND,
     BACKUP_REJECTED,
@@ -42,17 +45,8 @@ from tenancy.errors import (
 )
 from tenancy.log import activity_logger
 from tenancy.marks import Mark
-from tenancy.models import (
-    BackupManifest,
-    BackupSelection,
-    DrillResult,
-    KeptDatabase,
-    RestoredCheckRequest,
-    ScratchRestoreRequest,
-    SwapRequest,
-    SwapResult,
-    TenantEvent,
-)
+from tenancy.messages.backup import BackupSelection
+from tenancy.messages.restore import RestoredCheckRequest, ScratchRestoreRequest, SwapRequest, SwapResult
 from tenancy.naming import is_previous_database_name, parse_backup_name, partial_name
 from tenancy.selection import choose_backup
 from tenancy.settings import Settings

@@ -20,13 +20,13 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.catalog_db import Catalog
 from activities.heartbeat import Heartbeater
-from activities.pg import connect
-from activities.storage import open_storage
+from activities.infra.catalog import Catalog
+from activities.infra.pg import connect
+from activities.infra.storage import open_storage
+from tenancy.contracts.sweep import SweepInput, SweepItem, SweepReport
 from tenancy.log import activity_logger
 from tenancy.marks import Mark, parse_mark
-from tenancy.models import SweepInput, SweepItem, SweepReport
 from tenancy.settings import Settings
 from tenancy.sweep import (
     MAX_LISTED_LEFT_ALONE,

@@ -5,12 +5,12 @@ from __future__ import annotations
 from psycopg import sql
 from temporalio import activity
 
-from activities.catalog_db import Catalog
-from activities.pg import connect
+from activities.infra.catalog import Catalog
+from activities.infra.pg import connect
+from tenancy.contracts.tenants import SettingsChange, SettingsChangeResult, StatusChange, StatusChangeResult
 from tenancy.errors import INVALID_INPUT, TENANT_NOT_FOUND, InvalidInput, fail
 from tenancy.lifecycle import CAN_CONNECT, check_transition
 from tenancy.log import get_logger
-from tenancy.models import SettingsChange, SettingsChangeResult, StatusChange, StatusChangeResult
 from tenancy.tenant_settings import merge_settings, validate_settings
 
 

@@ -31,9 +31,9 @@ from pathlib import Path
 from common import ROOT, make_sized_tenant, median, stack
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 
-from activities.pg import find_client_tools, libpq_env, server_major
-from tenancy.models import BackupTenantInput
-from tenancy.temporal import connect_client
+from activities.infra.pg import find_client_tools, libpq_env, server_major
+from activities.infra.temporal import connect_client
+from tenancy.contracts.backup import BackupTenantInput
 from workflows.backup_tenant import BackupTenantWorkflow
 
 

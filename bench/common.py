@@ -19,12 +19,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from activities.catalog_db import Catalog  # noqa: E402
-from activities.pg import connect  # noqa: E402
-from activities.schema import apply_migrations, migration_files  # noqa: E402
+from activities.infra.catalog import Catalog  # noqa: E402
+from activities.infra.pg import connect  # noqa: E402
+from activities.infra.schema import apply_migrations, migration_files  # noqa: E402
+from activities.infra.temporal import connect_client  # noqa: E402
 from starter.services import EmbeddedPostgres, TemporalDevServer, free_port  # noqa: E402
 from tenancy.settings import Settings  # noqa: E402
-from tenancy.temporal import connect_client  # noqa: E402
 
 
 @dataclass

@@ -18,11 +18,11 @@ from pathlib import Path
 import psycopg
 from common import ROOT, median, stack
 
-from activities.catalog_db import Catalog
-from activities.pg import find_client_tools, libpq_env, server_major
+from activities.infra.catalog import Catalog
+from activities.infra.pg import find_client_tools, libpq_env, server_major
+from activities.infra.temporal import connect_client
 from starter.demo import seed_tenant_data
-from tenancy.models import FleetBackupInput
-from tenancy.temporal import connect_client
+from tenancy.contracts.fleet import FleetBackupInput
 from workflows.backup_fleet import BackupAllTenantsWorkflow
 
 

@@ -20,11 +20,11 @@ from pathlib import Path
 import psycopg
 from common import ROOT, median, stack
 
-from activities.catalog_db import Catalog
-from activities.pg import connect
-from activities.schema import apply_migrations, migration_files
-from tenancy.models import MaintainTenantInput
-from tenancy.temporal import connect_client
+from activities.infra.catalog import Catalog
+from activities.infra.pg import connect
+from activities.infra.schema import apply_migrations, migration_files
+from activities.infra.temporal import connect_client
+from tenancy.contracts.maintenance import MaintainTenantInput
 from workflows.maintain_tenant import MaintainTenantWorkflow
 
 

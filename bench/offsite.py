@@ -24,10 +24,10 @@ import pyrage
 from backup import raw_custom
 from common import ROOT, atimed, make_sized_tenant, median, peak_rss_mb, stack, timed
 
-from activities.pg import find_client_tools, libpq_env, server_major
+from activities.infra.pg import find_client_tools, libpq_env, server_major
+from activities.infra.temporal import connect_client
 from starter.services import free_port
-from tenancy.models import BackupTenantInput
-from tenancy.temporal import connect_client
+from tenancy.contracts.backup import BackupTenantInput
 from workflows.backup_tenant import BackupTenantWorkflow
 
 

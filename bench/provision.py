@@ -23,10 +23,10 @@ from pathlib import Path
 import psycopg
 from common import ROOT, stack
 
-from activities.pg import connect, embedded_bin_dir, libpq_env, server_major
-from activities.schema import apply_migrations, ensure_template, migration_files
-from tenancy.models import ProvisionTenantInput
-from tenancy.temporal import connect_client
+from activities.infra.pg import connect, embedded_bin_dir, libpq_env, server_major
+from activities.infra.schema import apply_migrations, ensure_template, migration_files
+from activities.infra.temporal import connect_client
+from tenancy.contracts.provision import ProvisionTenantInput
 from workflows.provision_tenant import ProvisionTenantWorkflow
 
 

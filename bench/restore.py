@@ -22,9 +22,10 @@ from pathlib import Path
 import psycopg
 from common import ROOT, atimed, make_sized_tenant, median, stack, timed
 
-from activities.pg import find_client_tools, libpq_env, server_major
-from tenancy.models import BackupTenantInput, RestoreTenantInput
-from tenancy.temporal import connect_client
+from activities.infra.pg import find_client_tools, libpq_env, server_major
+from activities.infra.temporal import connect_client
+from tenancy.contracts.backup import BackupTenantInput
+from tenancy.contracts.restore import RestoreTenantInput
 from workflows.backup_tenant import BackupTenantWorkflow
 from workflows.restore_tenant import RestoreTenantWorkflow
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from activities.storage import open_storage
+from activities.infra.storage import open_storage
 from starter.output import human_size, table
 from starter.runs import start_and_follow
+from tenancy.contracts.backup import BackupTenantInput, BackupTenantResult
+from tenancy.contracts.fleet import FleetBackupInput, FleetResult
 from tenancy.errors import InvalidInput
-from tenancy.models import BackupTenantInput, BackupTenantResult, FleetBackupInput, FleetResult
 from tenancy.naming import validate_tenant_id
 from tenancy.retention import validate_keep
 from tenancy.settings import Settings

@@ -7,13 +7,13 @@ from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
-from activities.catalog_db import Catalog
-from activities.pg import find_client_tools, server_major
-from activities.storage import open_storage
+from activities.infra.catalog import Catalog
+from activities.infra.pg import find_client_tools, server_major
+from activities.infra.storage import open_storage
+from activities.infra.temporal import connect_client
 from tenancy.errors import failure_message
 from tenancy.search import TENANT_ID
 from tenancy.settings import Settings
-from tenancy.temporal import connect_client
 
 
 async def _postgres(settings: Settings) -> tuple[str, int]:

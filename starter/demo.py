@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from activities.pg import connect
-from activities.schema import apply_migrations, migration_files
+from activities.infra.pg import connect
+from activities.infra.schema import apply_migrations, migration_files
 from tenancy.settings import PROJECT_ROOT
 
 SAMPLE_MIGRATIONS = PROJECT_ROOT / "migrations" / "tenant"

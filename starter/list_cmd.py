@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from activities.catalog_db import Catalog
+from activities.infra.catalog import Catalog
 from starter.output import table
 from tenancy.settings import Settings
 

@@ -7,9 +7,10 @@ import json
 
 from starter.output import human_size, table
 from starter.runs import start_and_follow
+from tenancy.contracts.fleet import FleetMaintenanceInput
+from tenancy.contracts.maintenance import MaintainTenantInput, MaintainTenantResult
 from tenancy.errors import InvalidInput
 from tenancy.maintenance import ordered_tasks, validate_days
-from tenancy.models import FleetMaintenanceInput, MaintainTenantInput, MaintainTenantResult
 from tenancy.naming import validate_tenant_id
 from tenancy.settings import Settings
 from workflows.maintain_tenant import MaintainAllTenantsWorkflow, MaintainTenantWorkflow

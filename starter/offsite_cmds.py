@@ -6,7 +6,9 @@ import argparse
 
 from starter.output import table
 from starter.runs import start_and_follow
-from tenancy.models import DrillInput, PinRequest, PruneInput
+from tenancy.contracts.backup import DrillInput
+from tenancy.contracts.fleet import PruneInput
+from tenancy.messages.backup import PinRequest
 from tenancy.naming import parse_backup_name, validate_tenant_id
 from tenancy.retention import validate_keep
 from tenancy.settings import Settings

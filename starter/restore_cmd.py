@@ -6,14 +6,15 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
-from activities.backup_facts import describe_backups, restore_candidate
-from activities.catalog_db import Catalog
-from activities.storage import open_storage
+from activities.infra.backup_facts import describe_backups, restore_candidate
+from activities.infra.catalog import Catalog
+from activities.infra.storage import open_storage
 from starter.output import human_duration, human_size, table
 from starter.runs import start_and_follow
+from tenancy.contracts.backup import BackupInfo
+from tenancy.contracts.restore import RestoreTenantInput, RestoreTenantResult, UndoRestoreInput, UndoRestoreResult
 from tenancy.durations import parse_duration
 from tenancy.errors import InvalidInput
-from tenancy.models import BackupInfo, RestoreTenantInput, RestoreTenantResult, UndoRestoreInput, UndoRestoreResult
 from tenancy.naming import validate_tenant_id
 from tenancy.selection import choose_backup
 from tenancy.settings import Settings

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from activities.infra.temporal import connect_client, ui_link
 from starter.progress import follow
 from tenancy.naming import workflow_id
 from tenancy.search import tenant_attributes
 from tenancy.settings import Settings
-from tenancy.temporal import connect_client, ui_link
 
 
 async def start_and_follow(

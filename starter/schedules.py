@@ -23,9 +23,11 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.catalog_db import Catalog
+from activities.infra.catalog import Catalog
+from tenancy.contracts.fleet import DrillFleetInput, FleetBackupInput, FleetMaintenanceInput
+from tenancy.contracts.health import HealthInput
+from tenancy.contracts.sweep import SweepInput
 from tenancy.errors import InvalidInput
-from tenancy.models import DrillFleetInput, FleetBackupInput, FleetMaintenanceInput, HealthInput, SweepInput
 from tenancy.schedules import ScheduleDeclaration, parse_schedules
 from tenancy.settings import Settings
 from workflows.backup_fleet import BackupAllTenantsWorkflow

@@ -7,15 +7,15 @@ from datetime import UTC, datetime
 
 from temporalio.client import ScheduleBackfill, ScheduleOverlapPolicy
 
-from activities.catalog_db import Catalog
+from activities.infra.catalog import Catalog
+from activities.infra.temporal import connect_client
 from starter.output import human_size, table
 from starter.restore_cmd import parse_time
 from starter.runs import start_and_follow
 from starter.schedules import apply_schedules, load_declarations
+from tenancy.contracts.health import HealthInput, HealthReport
 from tenancy.errors import InvalidInput
-from tenancy.models import HealthInput, HealthReport
 from tenancy.settings import Settings
-from tenancy.temporal import connect_client
 from workflows.health_check import HealthCheckWorkflow
 
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from activities.pg import embedded_bin_dir
+from activities.infra.pg import embedded_bin_dir
 
 PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
 

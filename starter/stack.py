@@ -11,15 +11,15 @@ import asyncio
 import signal
 from urllib.parse import urlparse
 
-from activities.catalog_db import Catalog
+from activities.infra.catalog import Catalog
+from activities.infra.temporal import connect_client
 from starter.demo import seed_tenant_data
 from starter.schedules import apply_schedules
 from starter.services import EmbeddedPostgres, TemporalDevServer, port_open
+from tenancy.contracts.provision import ProvisionTenantInput
 from tenancy.log import get_logger
-from tenancy.models import ProvisionTenantInput
 from tenancy.search import tenant_attributes
 from tenancy.settings import Settings, redact_url
-from tenancy.temporal import connect_client
 from worker import run_worker
 from workflows.provision_tenant import ProvisionTenantWorkflow
 

@@ -8,8 +8,8 @@ import sys
 
 from starter.output import table
 from starter.runs import start_and_follow
+from tenancy.contracts.sweep import SweepInput, SweepReport
 from tenancy.errors import InvalidInput
-from tenancy.models import SweepInput, SweepReport
 from tenancy.settings import Settings
 from tenancy.sweep import MAX_STALE_HOURS, MAX_SWEEP_ITEMS
 from workflows.sweep import SweepWorkflow

@@ -9,22 +9,21 @@ import sys
 
 import psycopg
 
-from activities.backup_facts import describe_backups, retention_entry
-from activities.catalog_db import Catalog
-from activities.credentials import read_credentials
-from activities.storage import open_storage
+from activities.infra.backup_facts import describe_backups, retention_entry
+from activities.infra.catalog import Catalog
+from activities.infra.credentials import read_credentials
+from activities.infra.storage import open_storage
 from starter.output import human_size, table
 from starter.runs import start_and_follow
-from tenancy.errors import InvalidInput
-from tenancy.models import (
+from tenancy.contracts.fleet import FleetInput
+from tenancy.contracts.provision import (
     AdoptTenantInput,
     DeprovisionTenantInput,
-    FleetInput,
     ProvisionTenantInput,
     ReinstateTenantInput,
-    SettingsChange,
-    StatusChange,
 )
+from tenancy.contracts.tenants import SettingsChange, StatusChange
+from tenancy.errors import InvalidInput
 from tenancy.naming import slugify, validate_tenant_id
 from tenancy.retention import is_good_copy
 from tenancy.settings import Settings

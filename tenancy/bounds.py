@@ -7,20 +7,13 @@ task, which Temporal retries forever, sometimes while the run holds a tenant's l
 
 from __future__ import annotations
 
+from tenancy.contracts.backup import BackupTenantInput
+from tenancy.contracts.fleet import DrillFleetInput, FleetBackupInput, FleetMaintenanceInput, FleetOptions, PruneInput
+from tenancy.contracts.maintenance import MaintainTenantInput
+from tenancy.contracts.restore import RestoreTenantInput, UndoRestoreInput
 from tenancy.durations import MAX_DURATION_SECONDS
 from tenancy.errors import InvalidInput
 from tenancy.maintenance import ordered_tasks, validate_days
-from tenancy.models import (
-    BackupTenantInput,
-    DrillFleetInput,
-    FleetBackupInput,
-    FleetMaintenanceInput,
-    FleetOptions,
-    MaintainTenantInput,
-    PruneInput,
-    RestoreTenantInput,
-    UndoRestoreInput,
-)
 from tenancy.retention import validate_keep
 
 DAY = 86_400

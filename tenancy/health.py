@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tenancy.models import Alert, TenantHealth
+from tenancy.contracts.health import Alert, TenantHealth
 
 
 def alerts_for(tenant: TenantHealth, max_backup_age_hours: int, quota_ratio: float) -> list[Alert]:

@@ -1,6 +1,6 @@
 """Marks: what this project writes on each database and role it creates, so that it never acts on one it did not
 create. A mark is a `COMMENT ON DATABASE/ROLE` holding a small JSON document behind a fixed prefix. Pure: the
-reading and writing against PostgreSQL is in activities/marks.py.
+reading and writing against PostgreSQL is in activities/infra/marks.py.
 
 Undo, deprovisioning and the sweeper drop only what carries a mark of the expected kind and tenant.
 """

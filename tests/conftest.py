@@ -21,8 +21,8 @@ from temporalio.testing import WorkflowEnvironment
 from activities.infra.catalog import Catalog
 from starter.demo import seed_tenant_data
 from starter.services import EmbeddedPostgres, free_port, temporal_binary
-from tenancy.log import configure_logging
 from tenancy.contracts.tenants import Tenant
+from tenancy.log import configure_logging
 from tenancy.search import TENANT_ID
 from tenancy.settings import Settings
 from tests.cli import cli_environment

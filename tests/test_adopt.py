@@ -14,9 +14,10 @@ from temporalio.client import WorkflowFailureError
 from temporalio.testing import ActivityEnvironment
 
 from activities.adoption import AdoptionActivities
+from tenancy.contracts.backup import BackupTenantInput
+from tenancy.contracts.provision import AdoptTenantInput, ProvisionTenantInput
 from tenancy.errors import failure_message, failure_type
 from tenancy.marks import Mark, parse_mark
-from tenancy.models import AdoptTenantInput, BackupTenantInput, ProvisionTenantInput
 from tests.cli import tenants
 from workflows.adopt_tenant import AdoptTenantWorkflow
 from workflows.backup_tenant import BackupTenantWorkflow

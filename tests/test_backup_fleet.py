@@ -7,7 +7,7 @@ import uuid
 import psycopg
 from psycopg import sql
 
-from tenancy.models import FleetBackupInput
+from tenancy.contracts.fleet import FleetBackupInput
 from workflows.backup_fleet import BackupAllTenantsWorkflow
 
 

@@ -11,10 +11,12 @@ import uuid
 import boto3
 import pytest
 
-from activities.backup_facts import describe_backups
-from activities.storage import open_storage
+from activities.infra.backup_facts import describe_backups
+from activities.infra.storage import open_storage
+from tenancy.contracts.backup import BackupTenantInput, DrillInput
+from tenancy.contracts.health import HealthInput
 from tenancy.errors import InvalidInput
-from tenancy.models import BackupTenantInput, DrillInput, HealthInput, PinRequest
+from tenancy.messages.backup import PinRequest
 from tests.blocking import partial_files, table_locked, wait_until
 from tests.test_offsite import identity_file, run
 from tests.test_restore_resilience import worker_process

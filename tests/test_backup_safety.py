@@ -12,8 +12,8 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import ActivityEnvironment
 
 from activities.backup import BackupActivities
+from tenancy.contracts.backup import BackupManifest, BackupTenantInput, DumpResult
 from tenancy.errors import failure_message, failure_type
-from tenancy.models import BackupManifest, BackupTenantInput, DumpResult
 from tenancy.search import tenant_attributes
 from tests.blocking import partial_files, table_locked, wait_until
 from workflows.backup_tenant import BackupTenantWorkflow

@@ -15,10 +15,10 @@ from psycopg import sql
 from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.pg import find_client_tools, libpq_env, server_major
+from activities.infra.pg import find_client_tools, libpq_env, server_major
 from starter.demo import table_fingerprint
+from tenancy.contracts.backup import BackupTenantInput, BackupTenantResult
 from tenancy.errors import failure_message, failure_type
-from tenancy.models import BackupTenantInput, BackupTenantResult
 from tenancy.search import tenant_attributes
 from workflows.backup_tenant import BackupTenantWorkflow
 

@@ -12,18 +12,12 @@ from temporalio.api.common.v1 import RetryPolicy as RetryPolicyProto
 from temporalio.common import RetryPolicy
 
 from tenancy import bounds
+from tenancy.contracts.backup import BackupTenantInput
+from tenancy.contracts.fleet import DrillFleetInput, FleetBackupInput, FleetInput, FleetMaintenanceInput, PruneInput
+from tenancy.contracts.maintenance import MaintainTenantInput
+from tenancy.contracts.restore import RestoreTenantInput
 from tenancy.errors import InvalidInput
 from tenancy.maintenance import MAX_DAYS
-from tenancy.models import (
-    BackupTenantInput,
-    DrillFleetInput,
-    FleetBackupInput,
-    FleetInput,
-    FleetMaintenanceInput,
-    MaintainTenantInput,
-    PruneInput,
-    RestoreTenantInput,
-)
 from tenancy.retention import MAX_KEEP
 
 # Every run input with numbers, and the check its workflow runs first.

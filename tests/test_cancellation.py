@@ -16,7 +16,7 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import CancelledError
 
 from starter.progress import _heartbeat_details, _render
-from tenancy.models import BackupTenantInput
+from tenancy.contracts.backup import BackupTenantInput
 from tests.blocking import partial_files, table_locked
 from tests.cli import cli_environment
 from workflows.backup_tenant import BackupTenantWorkflow

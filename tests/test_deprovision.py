@@ -12,14 +12,11 @@ from psycopg import sql
 from temporalio.client import WorkflowFailureError
 
 from starter.demo import seed_tenant_data, table_fingerprint
+from tenancy.contracts.backup import BackupTenantInput
+from tenancy.contracts.provision import DeprovisionTenantInput, ProvisionTenantInput
+from tenancy.contracts.restore import RestoreTenantInput
 from tenancy.errors import failure_message, failure_type
 from tenancy.marks import Mark
-from tenancy.models import (
-    BackupTenantInput,
-    DeprovisionTenantInput,
-    ProvisionTenantInput,
-    RestoreTenantInput,
-)
 from workflows.backup_tenant import BackupTenantWorkflow
 from workflows.deprovision_tenant import DeprovisionTenantWorkflow
 from workflows.provision_tenant import ProvisionTenantWorkflow

@@ -24,7 +24,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.worker import Replayer
 
-from tenancy.models import DrillFleetInput, FleetBackupInput, FleetInput, FleetMaintenanceInput, PruneInput
+from tenancy.contracts.fleet import DrillFleetInput, FleetBackupInput, FleetInput, FleetMaintenanceInput, PruneInput
 from tenancy.naming import workflow_id
 from worker import build_worker
 from workflows.backup_fleet import BackupAllTenantsWorkflow

@@ -12,8 +12,9 @@ import psycopg
 import pytest
 from temporalio.client import WorkflowFailureError
 
+from tenancy.contracts.fleet import FleetMaintenanceInput
+from tenancy.contracts.maintenance import MaintainTenantInput
 from tenancy.errors import failure_type
-from tenancy.models import FleetMaintenanceInput, MaintainTenantInput
 from tests.blocking import table_locked
 from tests.test_restore_resilience import worker_process
 from workflows.maintain_tenant import MaintainAllTenantsWorkflow, MaintainTenantWorkflow

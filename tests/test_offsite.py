@@ -11,11 +11,12 @@ import pyrage
 import pytest
 from temporalio.client import WorkflowFailureError
 
-from activities.backup_facts import describe_backups
-from activities.storage import S3Storage, open_storage
+from activities.infra.backup_facts import describe_backups
+from activities.infra.storage import S3Storage, open_storage
 from starter.demo import table_fingerprint
+from tenancy.contracts.backup import BackupTenantInput
+from tenancy.contracts.restore import RestoreTenantInput
 from tenancy.errors import failure_message, failure_type
-from tenancy.models import BackupTenantInput, RestoreTenantInput
 from tests.blocking import table_locked, wait_until
 from tests.test_restore_workflow import change_everything
 from workflows.backup_tenant import BackupTenantWorkflow
@@ -145,7 +146,7 @@ async def test_encrypted_backup_restores_with_the_identity_and_fails_clearly_wit
 async def test_drill_of_a_good_backup_passes_and_of_a_tampered_one_fails_and_alerts(
     temporal_env, worker_with, settings, make_tenant, catalog
 ):
-    from tenancy.models import DrillInput
+    from tenancy.contracts.backup import DrillInput
     from tests.servers import WebhookReceiver
     from workflows.drill import BackupDrillWorkflow
 
@@ -192,7 +193,8 @@ async def test_calendar_retention_keeps_pinned_backups_and_prune_explains(
 ):
     from datetime import UTC, datetime, timedelta
 
-    from tenancy.models import PinRequest, PruneInput
+    from tenancy.contracts.fleet import PruneInput
+    from tenancy.messages.backup import PinRequest
     from tenancy.naming import backup_name
     from workflows.retention import PinBackupWorkflow, PruneTenantWorkflow
 

@@ -16,21 +16,17 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.credentials import read_credentials
+from activities.infra.credentials import read_credentials
+from activities.infra.schema import TEMPLATE_LOCK_KEY, provisioning_copy_name
 from activities.notify import sign
 from activities.provisioning import ProvisioningActivities
-from activities.schema import TEMPLATE_LOCK_KEY, provisioning_copy_name
 from starter.services import free_port
+from tenancy.contracts.fleet import FleetInput
+from tenancy.contracts.provision import DeprovisionTenantInput, ProvisionTenantInput
+from tenancy.contracts.tenants import SettingsChange, StatusChange
 from tenancy.errors import InvalidInput, failure_message, failure_type
 from tenancy.marks import Mark, parse_mark
-from tenancy.models import (
-    DeprovisionTenantInput,
-    FleetInput,
-    ProvisionTenantInput,
-    SettingsChange,
-    StatusChange,
-    TenantDatabase,
-)
+from tenancy.messages.provision import TenantDatabase
 from tenancy.naming import tenant_database_name, validate_database_prefix
 from tenancy.settings import Settings
 from tests.blocking import wait_until

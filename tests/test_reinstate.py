@@ -12,12 +12,12 @@ import pytest
 from psycopg import sql
 from temporalio.client import WorkflowFailureError
 
-from activities.credentials import read_credentials
+from activities.infra.credentials import read_credentials
 from starter.demo import seed_tenant_data, table_fingerprint
+from tenancy.contracts.provision import DeprovisionTenantInput, ProvisionTenantInput, ReinstateTenantInput
 from tenancy.errors import InvalidInput, failure_type
 from tenancy.lifecycle import check_reinstatement, check_transition
 from tenancy.marks import parse_mark
-from tenancy.models import DeprovisionTenantInput, ProvisionTenantInput, ReinstateTenantInput
 from tests.cli import cli_environment, tenants
 from workflows.deprovision_tenant import DeprovisionTenantWorkflow
 from workflows.provision_tenant import ProvisionTenantWorkflow

@@ -17,24 +17,15 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from activities.storage import open_storage
-from tenancy.models import (
-    BackupTenantInput,
-    DeprovisionTenantInput,
-    DrillFleetInput,
-    DrillInput,
-    FleetBackupInput,
-    FleetInput,
-    FleetMaintenanceInput,
-    HealthInput,
-    MaintainTenantInput,
-    PinRequest,
-    ProvisionTenantInput,
-    PruneInput,
-    RestoreTenantInput,
-    SettingsChange,
-    StatusChange,
-)
+from activities.infra.storage import open_storage
+from tenancy.contracts.backup import BackupTenantInput, DrillInput
+from tenancy.contracts.fleet import DrillFleetInput, FleetBackupInput, FleetInput, FleetMaintenanceInput, PruneInput
+from tenancy.contracts.health import HealthInput
+from tenancy.contracts.maintenance import MaintainTenantInput
+from tenancy.contracts.provision import DeprovisionTenantInput, ProvisionTenantInput
+from tenancy.contracts.restore import RestoreTenantInput
+from tenancy.contracts.tenants import SettingsChange, StatusChange
+from tenancy.messages.backup import PinRequest
 from workflows.backup_fleet import BackupAllTenantsWorkflow
 from workflows.backup_tenant import BackupTenantWorkflow
 from workflows.deprovision_tenant import DeprovisionTenantWorkflow

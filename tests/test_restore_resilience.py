@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from starter.demo import table_fingerprint
-from tenancy.models import RestoreTenantInput
+from tenancy.contracts.restore import RestoreTenantInput
 from tests.test_restore_workflow import backup, change_everything, databases_like
 from worker import build_worker
 from workflows.restore_tenant import RestoreTenantWorkflow
@@ -120,7 +120,7 @@ async def test_the_worker_serves_prometheus_metrics(temporal_env, settings, make
     import urllib.request
 
     from starter.services import free_port
-    from tenancy.models import HealthInput
+    from tenancy.contracts.health import HealthInput
     from workflows.health_check import HealthCheckWorkflow
 
     tenant = await make_tenant(entries=100)

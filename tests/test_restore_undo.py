@@ -14,13 +14,14 @@ from psycopg import sql
 from temporalio.client import WorkflowFailureError
 from temporalio.testing import ActivityEnvironment
 
-from activities.marks import database_mark, mark_database
-from activities.pg import connect
+from activities.infra.marks import database_mark, mark_database
+from activities.infra.pg import connect
 from activities.restore import RestoreActivities
 from starter.demo import table_fingerprint
+from tenancy.contracts.restore import UndoRestoreInput
 from tenancy.errors import failure_message, failure_type
 from tenancy.marks import Mark
-from tenancy.models import SwapRequest, UndoRestoreInput
+from tenancy.messages.restore import SwapRequest
 from tenancy.naming import previous_database_name, scratch_database_name
 from tests.test_restore_workflow import backup, change_everything, databases_like, restore
 from workflows.undo_restore import UndoRestoreWorkflow

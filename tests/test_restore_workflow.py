@@ -10,8 +10,9 @@ import pytest
 from temporalio.client import WorkflowFailureError
 
 from starter.demo import table_fingerprint
+from tenancy.contracts.backup import BackupTenantInput
+from tenancy.contracts.restore import RestoreTenantInput
 from tenancy.errors import failure_message, failure_type
-from tenancy.models import BackupTenantInput, RestoreTenantInput
 from tenancy.search import tenant_attributes
 from workflows.backup_tenant import BackupTenantWorkflow
 from workflows.restore_tenant import RestoreTenantWorkflow

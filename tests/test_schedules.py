@@ -19,7 +19,7 @@ from temporalio.client import (
 )
 
 from starter.schedules import apply_schedules
-from tenancy.models import HealthInput
+from tenancy.contracts.health import HealthInput
 from tenancy.settings import PROJECT_ROOT, PlanLimits
 from tests.servers import WebhookReceiver
 from workflows.health_check import HealthCheckWorkflow

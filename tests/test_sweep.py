@@ -21,14 +21,15 @@ from psycopg import sql
 from temporalio.client import WorkflowFailureError
 from temporalio.testing import ActivityEnvironment
 
-from activities.marks import mark_database, mark_role
-from activities.pg import connect, conninfo_for
-from activities.storage import S3Storage, open_storage
+from activities.infra.marks import mark_database, mark_role
+from activities.infra.pg import connect, conninfo_for
+from activities.infra.storage import S3Storage, open_storage
 from activities.sweep import SweepActivities
 from starter.schedules import build_schedule
+from tenancy.contracts.restore import DropLaterInput
+from tenancy.contracts.sweep import SweepInput, SweepReport
 from tenancy.errors import failure_type
 from tenancy.marks import Mark
-from tenancy.models import DropLaterInput, SweepInput, SweepReport
 from tenancy.naming import previous_database_name
 from tenancy.schedules import parse_schedules
 from tenancy.settings import PROJECT_ROOT

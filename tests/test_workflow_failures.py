@@ -16,14 +16,10 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
+from tenancy.contracts.fleet import DrillFleetInput, FleetBackupInput, PruneInput
+from tenancy.contracts.maintenance import MaintainTenantInput
+from tenancy.contracts.restore import RestoreTenantInput
 from tenancy.errors import failure_message, failure_type
-from tenancy.models import (
-    DrillFleetInput,
-    FleetBackupInput,
-    MaintainTenantInput,
-    PruneInput,
-    RestoreTenantInput,
-)
 from worker import WORKFLOW_BUGS, build_worker
 from workflows.backup_fleet import BackupAllTenantsWorkflow
 from workflows.drill import DrillAllTenantsWorkflow

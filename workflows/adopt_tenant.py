@@ -10,8 +10,8 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.adoption import AdoptionActivities
+    from tenancy.contracts.provision import AdoptTenantInput, AdoptTenantResult
     from tenancy.errors import failure_message
-    from tenancy.models import AdoptTenantInput, AdoptTenantResult
     from workflows.notify import announce
     from workflows.options import HEARTBEAT_TIMEOUT, QUICK
     from workflows.tenant_lock import tenant_lock

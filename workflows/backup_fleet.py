@@ -6,8 +6,10 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from tenancy.bounds import validate_backup
+    from tenancy.contracts.backup import BackupTenantInput
+    from tenancy.contracts.fleet import FleetBackupInput, FleetResult, TenantOutcome
+    from tenancy.contracts.tenants import TenantRef
     from tenancy.errors import INVALID_INPUT, fail
-    from tenancy.models import BackupTenantInput, FleetBackupInput, FleetResult, TenantOutcome, TenantRef
     from tenancy.naming import workflow_id
     from tenancy.retention import validate_keep
     from tenancy.search import tenant_attributes

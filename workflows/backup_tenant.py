@@ -9,13 +9,9 @@ with workflow.unsafe.imports_passed_through():
     from activities.backup import BackupActivities
     from activities.catalog import CatalogActivities
     from tenancy.bounds import validate_backup
+    from tenancy.contracts.backup import BackupTenantInput, BackupTenantResult
     from tenancy.errors import INVALID_INPUT, fail
-    from tenancy.models import (
-        BackupTenantInput,
-        BackupTenantResult,
-        DumpRequest,
-        RetentionRequest,
-    )
+    from tenancy.messages.backup import DumpRequest, RetentionRequest
     from tenancy.retention import validate_keep
     from workflows.options import LOCAL, LONG
     from workflows.tenant_lock import tenant_lock

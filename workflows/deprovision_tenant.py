@@ -17,14 +17,11 @@ with workflow.unsafe.imports_passed_through():
     from activities.provisioning import ProvisioningActivities
     from activities.tenant_admin import TenantAdminActivities
     from tenancy.bounds import validate_lock_wait
+    from tenancy.contracts.backup import BackupTenantInput
+    from tenancy.contracts.provision import DeprovisionTenantInput, DeprovisionTenantResult
+    from tenancy.contracts.tenants import StatusChange
     from tenancy.errors import BACKUP_REJECTED, INVALID_INPUT, InvalidInput, fail
-    from tenancy.models import (
-        BackupTenantInput,
-        DeprovisionTenantInput,
-        DeprovisionTenantResult,
-        StatusChange,
-        TenantDatabase,
-    )
+    from tenancy.messages.provision import TenantDatabase
     from tenancy.retention import MAX_KEEP
     from tenancy.search import tenant_attributes
     from workflows.backup_tenant import BackupTenantWorkflow

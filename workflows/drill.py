@@ -13,21 +13,13 @@ with workflow.unsafe.imports_passed_through():
     from activities.health import HealthActivities
     from activities.restore import RestoreActivities
     from tenancy.bounds import validate_drill_fleet
+    from tenancy.contracts.backup import DrillInput, DrillResult
+    from tenancy.contracts.fleet import DrillFleetInput, FleetResult, TenantOutcome
+    from tenancy.contracts.health import Alert
+    from tenancy.contracts.tenants import Tenant, TenantRef
     from tenancy.errors import failure_message
-    from tenancy.models import (
-        Alert,
-        BackupSelection,
-        DrillFleetInput,
-        DrillInput,
-        DrillResult,
-        FleetResult,
-        RestoredCheckRequest,
-        ScratchRestoreRequest,
-        SwapRequest,
-        Tenant,
-        TenantOutcome,
-        TenantRef,
-    )
+    from tenancy.messages.backup import BackupSelection
+    from tenancy.messages.restore import RestoredCheckRequest, ScratchRestoreRequest, SwapRequest
     from tenancy.naming import scratch_database_name, workflow_id
     from tenancy.search import tenant_attributes
     from workflows.fanout import FanOutProgress, fan_out_catalog, finish_fleet, run_child, skipped, start_cursor

@@ -8,7 +8,8 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.restore import RestoreActivities
-    from tenancy.models import DropLaterInput, SwapRequest
+    from tenancy.contracts.restore import DropLaterInput
+    from tenancy.messages.restore import SwapRequest
     from workflows.options import QUICK
 
 

@@ -12,8 +12,10 @@ from temporalio.exceptions import ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
+    from tenancy.contracts.fleet import FleetCursor, FleetResult, TenantOutcome
+    from tenancy.contracts.tenants import TenantRef
     from tenancy.errors import failure_message
-    from tenancy.models import FleetCursor, FleetResult, TenantOutcome, TenantPage, TenantRef
+    from tenancy.messages.locks import TenantPage
     from workflows.options import LOCAL
 
 

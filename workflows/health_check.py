@@ -6,7 +6,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.health import HealthActivities
-    from tenancy.models import HealthInput, HealthReport
+    from tenancy.contracts.health import HealthInput, HealthReport
     from workflows.options import QUICK
 
 

@@ -15,21 +15,13 @@ with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
     from activities.maintenance import MaintenanceActivities
     from tenancy.bounds import validate_maintenance
+    from tenancy.contracts.backup import BackupTenantInput
+    from tenancy.contracts.fleet import FleetMaintenanceInput, FleetResult, TenantOutcome
+    from tenancy.contracts.maintenance import MaintainTenantInput, MaintainTenantResult, TaskReport
+    from tenancy.contracts.tenants import TenantRef
     from tenancy.errors import INVALID_INPUT, NON_RETRYABLE, fail, failure_message
     from tenancy.maintenance import ordered_tasks, validate_days
-    from tenancy.models import (
-        BackupTenantInput,
-        CleanupRequest,
-        FleetMaintenanceInput,
-        FleetResult,
-        MaintainTenantInput,
-        MaintainTenantResult,
-        MaintenanceTarget,
-        TaskReport,
-        TenantOutcome,
-        TenantRef,
-        VacuumRequest,
-    )
+    from tenancy.messages.maintenance import CleanupRequest, MaintenanceTarget, VacuumRequest
     from tenancy.naming import workflow_id
     from tenancy.retention import MAX_KEEP
     from tenancy.search import tenant_attributes

@@ -9,8 +9,11 @@ with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
     from activities.provisioning import ProvisioningActivities
     from tenancy.bounds import validate_fleet
+    from tenancy.contracts.fleet import FleetInput, FleetResult, TenantOutcome
+    from tenancy.contracts.provision import MigrationResult
+    from tenancy.contracts.tenants import TenantRef
     from tenancy.errors import INVALID_INPUT, fail
-    from tenancy.models import FleetInput, FleetResult, MigrationResult, TenantDatabase, TenantOutcome, TenantRef
+    from tenancy.messages.provision import TenantDatabase
     from tenancy.naming import workflow_id
     from tenancy.search import tenant_attributes
     from workflows.fanout import FanOutProgress, fan_out_catalog, finish_fleet, run_child, start_cursor

@@ -10,7 +10,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.notify import NotifyActivities
-    from tenancy.models import WelcomeMail
+    from tenancy.contracts.provision import WelcomeMail
 
 # Mail servers and webhook receivers go down for a while: keep trying for a day, backing off to 10 minutes.
 PATIENT = {

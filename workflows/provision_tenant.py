@@ -9,8 +9,9 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
     from activities.provisioning import ProvisioningActivities
+    from tenancy.contracts.provision import ProvisionTenantInput, ProvisionTenantResult, WelcomeMail
     from tenancy.errors import failure_message
-    from tenancy.models import ProvisionTenantInput, ProvisionTenantResult, TenantDatabase, WelcomeMail
+    from tenancy.messages.provision import TenantDatabase
     from workflows.notify import SendWelcomeEmailWorkflow, announce
     from workflows.options import HEARTBEAT_TIMEOUT, QUICK, SLOW_DDL, undoable_cancellation
     from workflows.tenant_lock import tenant_lock

@@ -17,16 +17,11 @@ with workflow.unsafe.imports_passed_through():
     from activities.provisioning import ProvisioningActivities
     from activities.restore import RestoreActivities
     from tenancy.bounds import JOBS, validate_lock_wait, whole
+    from tenancy.contracts.provision import ReinstateTenantInput, ReinstateTenantResult
     from tenancy.errors import INVALID_INPUT, InvalidInput, fail
-    from tenancy.models import (
-        BackupSelection,
-        Reinstatement,
-        ReinstatementUndo,
-        ReinstateTenantInput,
-        ReinstateTenantResult,
-        SwapRequest,
-        TenantDatabase,
-    )
+    from tenancy.messages.backup import BackupSelection
+    from tenancy.messages.provision import Reinstatement, ReinstatementUndo, TenantDatabase
+    from tenancy.messages.restore import SwapRequest
     from tenancy.naming import previous_database_name, scratch_database_name
     from workflows.notify import announce
     from workflows.options import LONG, QUICK

@@ -13,16 +13,10 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.restore import RestoreActivities
+    from tenancy.contracts.backup import BackupManifest
+    from tenancy.contracts.restore import DropLaterInput, KeptDatabase
     from tenancy.errors import failure_message
-    from tenancy.models import (
-        BackupManifest,
-        DropLaterInput,
-        KeptDatabase,
-        RestoredCheckRequest,
-        ScratchRestoreRequest,
-        SwapRequest,
-        SwapResult,
-    )
+    from tenancy.messages.restore import RestoredCheckRequest, ScratchRestoreRequest, SwapRequest, SwapResult
     from workflows.drop_later import DropPreviousDatabaseWorkflow
     from workflows.options import LONG, QUICK, SWAP, undoable_cancellation
 

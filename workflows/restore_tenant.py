@@ -13,15 +13,12 @@ with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
     from activities.restore import RestoreActivities
     from tenancy.bounds import validate_restore
+    from tenancy.contracts.restore import RestoreTenantInput, RestoreTenantResult
+    from tenancy.contracts.tenants import TenantEvent
     from tenancy.errors import INVALID_INPUT, fail
     from tenancy.lifecycle import CAN_CONNECT
-    from tenancy.models import (
-        BackupSelection,
-        RestoreTenantInput,
-        RestoreTenantResult,
-        SwapRequest,
-        TenantEvent,
-    )
+    from tenancy.messages.backup import BackupSelection
+    from tenancy.messages.restore import SwapRequest
     from tenancy.naming import previous_database_name, scratch_database_name
     from workflows.options import LONG, QUICK
     from workflows.restore_steps import clear_cache, keep_or_drop_previous, restore_check_swap

@@ -7,16 +7,11 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.backup import BackupActivities
     from tenancy.bounds import validate_prune
+    from tenancy.contracts.backup import RetentionResult
+    from tenancy.contracts.fleet import FleetResult, PruneInput, TenantOutcome
+    from tenancy.contracts.tenants import TenantRef
     from tenancy.errors import INVALID_INPUT, fail
-    from tenancy.models import (
-        FleetResult,
-        PinRequest,
-        PruneInput,
-        RetentionRequest,
-        RetentionResult,
-        TenantOutcome,
-        TenantRef,
-    )
+    from tenancy.messages.backup import PinRequest, RetentionRequest
     from tenancy.naming import workflow_id
     from tenancy.search import tenant_attributes
     from workflows.fanout import FanOutProgress, fan_out_catalog, finish_fleet, run_child, start_cursor

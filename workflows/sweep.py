@@ -7,8 +7,8 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.sweep import SweepActivities
+    from tenancy.contracts.sweep import SweepInput, SweepReport
     from tenancy.errors import INVALID_INPUT, fail
-    from tenancy.models import SweepInput, SweepReport
     from tenancy.sweep import MAX_STALE_HOURS, MAX_SWEEP_ITEMS
     from workflows.options import LONG
 

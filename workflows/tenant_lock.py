@@ -11,7 +11,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
     from tenancy.errors import TENANT_BUSY, fail
-    from tenancy.models import LockRequest
+    from tenancy.messages.locks import LockRequest
     from workflows.options import LOCAL
 
 POLL = timedelta(seconds=5)

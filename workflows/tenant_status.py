@@ -7,7 +7,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
     from activities.tenant_admin import TenantAdminActivities
-    from tenancy.models import SettingsChange, SettingsChangeResult, StatusChange, StatusChangeResult
+    from tenancy.contracts.tenants import SettingsChange, SettingsChangeResult, StatusChange, StatusChangeResult
     from workflows.notify import announce
     from workflows.options import QUICK
     from workflows.tenant_lock import tenant_lock

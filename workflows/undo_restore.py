@@ -10,13 +10,10 @@ with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
     from activities.restore import RestoreActivities
     from tenancy.bounds import validate_undo
+    from tenancy.contracts.restore import UndoRestoreInput, UndoRestoreResult
+    from tenancy.contracts.tenants import TenantEvent
     from tenancy.errors import INVALID_INPUT, InvalidInput, fail
-    from tenancy.models import (
-        SwapRequest,
-        TenantEvent,
-        UndoRestoreInput,
-        UndoRestoreResult,
-    )
+    from tenancy.messages.restore import SwapRequest
     from tenancy.naming import previous_database_name
     from workflows.options import QUICK, SWAP
     from workflows.restore_steps import WAIT_FOR_CLEANUP, clear_cache, keep_or_drop_previous, with_keep_until

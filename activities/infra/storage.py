@@ -21,8 +21,8 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 from urllib.parse import urlparse
 
+from tenancy.contracts.backup import BackupInfo, BackupManifest
 from tenancy.errors import InvalidInput
-from tenancy.models import BackupInfo, BackupManifest
 from tenancy.naming import (
     PARTIAL_PREFIX,
     PARTIAL_SUFFIX,
@@ -119,7 +119,7 @@ class Storage(ABC):
 
     def describe_backups(self, tenant_id: str) -> list[BackupInfo]:
         """Every backup of the tenant with what its manifest says, oldest first. What the catalog knows on top
-        (pins, drills) is added by activities.backup_facts.describe_backups: use that one."""
+        (pins, drills) is added by activities.infra.backup_facts.describe_backups: use that one."""
         infos = []
         for name in self.list_backups(tenant_id):
             manifest = self.read_manifest(tenant_id, name)

@@ -14,8 +14,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from activities.marks import database_mark, mark_database
-from activities.pg import connect
+from activities.infra.marks import database_mark, mark_database
+from activities.infra.pg import connect
 from tenancy.errors import INVALID_INPUT, MIGRATION_CHANGED, SCHEMA_ERROR, TENANT_EXISTS, fail
 from tenancy.marks import Mark
 from tenancy.naming import provisioning_database_name

@@ -15,10 +15,12 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from activities.marks import mark_database
-from activities.pg import connect
+from activities.infra.marks import mark_database
+from activities.infra.pg import connect
+from tenancy.contracts.tenants import Tenant, TenantRef
 from tenancy.marks import Mark
-from tenancy.models import AdoptionPlan, LockOutcome, NewTenant, Tenant, TenantRef
+from tenancy.messages.locks import LockOutcome
+from tenancy.messages.provision import AdoptionPlan, NewTenant
 from tenancy.naming import database_name, validate_tenant_id
 from tenancy.settings import Settings
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from activities.catalog_db import Catalog
-from activities.storage import Storage
+from activities.infra.catalog import Catalog
+from activities.infra.storage import Storage
 from tenancy.calendar_retention import CalendarEntry
-from tenancy.models import BackupInfo
+from tenancy.contracts.backup import BackupInfo
 from tenancy.retention import BackupEntry
 
 

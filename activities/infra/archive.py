@@ -16,7 +16,7 @@ import pyrage
 import zstandard
 from temporalio.exceptions import ApplicationError
 
-from activities.subprocesses import kill_group
+from activities.infra.subprocesses import kill_group
 from tenancy.errors import BACKUP_REJECTED, InvalidInput, fail
 
 CHUNK = 1 << 20

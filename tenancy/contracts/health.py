@@ -1,0 +1,43 @@
+"""Health of the fleet and its alerts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel
+
+
+class HealthInput(BaseModel):
+    send_alerts: bool = True
+    failure_window_hours: int = 24
+
+
+class TenantHealth(BaseModel):
+    tenant_id: str
+    status: str
+    last_backup_at: datetime | None
+    backup_age_hours: float | None
+    database_bytes: int | None
+    quota_bytes: int | None
+    last_maintenance_at: str | None
+    failed_runs: int = 0
+    backup_bytes: int = 0  # storage used by the tenant's backups
+    # The newest backup known to restore (its table of contents read, or a passed drill): the age that matters.
+    last_restorable_at: datetime | None = None
+    restorable_age_hours: float | None = None
+
+
+class Alert(BaseModel):
+    kind: Literal["stale_backup", "stale_restorable_backup", "over_quota", "failed_run", "failed_drill"]
+    tenant_id: str | None
+    message: str
+
+
+class HealthReport(BaseModel):
+    checked_at: datetime
+    tenants: list[TenantHealth]
+    alerts: list[Alert]
+    storage: str = ""
+    storage_used_bytes: int = 0
+    storage_free_bytes: int | None = None  # None for object storage

@@ -1,0 +1,61 @@
+"""Tenants as the catalog knows them, and changes of their status and settings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+TenantStatus = Literal["provisioning", "active", "inactive", "suspended", "deprovisioned", "failed"]
+
+
+class Tenant(BaseModel):
+    id: str
+    name: str
+    plan: str
+    status: TenantStatus
+    owner_email: str
+    database_name: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+    status_reason: str | None = None
+    role_name: str | None = None
+    last_maintenance: dict[str, Any] | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class TenantEvent(BaseModel):
+    tenant_id: str
+    type: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class StatusChange(BaseModel):
+    tenant_id: str
+    status: TenantStatus
+    reason: str | None = None
+
+
+class StatusChangeResult(BaseModel):
+    tenant_id: str
+    old_status: str
+    new_status: str
+    terminated_sessions: int = 0
+    event_id: int | None = None
+
+
+class SettingsChangeResult(BaseModel):
+    tenant_id: str
+    settings: dict[str, Any]
+    event_id: int
+
+
+class SettingsChange(BaseModel):
+    tenant_id: str
+    changes: dict[str, Any]
+
+
+class TenantRef(BaseModel):
+    id: str
+    status: str

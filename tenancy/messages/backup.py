@@ -1,0 +1,39 @@
+"""Between backup workflows and their activities: dump, verify, retention, pins, selection."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel
+
+
+class DumpRequest(BaseModel):
+    tenant_id: str
+    database_name: str
+    compression: Literal["gzip", "zstd", "none"]
+    compression_level: int
+    # Decided once per run by the workflow (BackupActivities.name_backup), so a retried attempt knows which
+    # partial file or upload a dead attempt left and removes it. None: runs recorded before that name it here.
+    backup_name: str | None = None
+
+
+class RetentionRequest(BaseModel):
+    tenant_id: str
+    keep: int
+    # The backup this run just verified: retention refuses to run if it is not among the kept.
+    newest_backup: str | None = None
+    dry_run: bool = False
+
+
+class PinRequest(BaseModel):
+    tenant_id: str
+    backup_name: str
+    pinned: bool
+
+
+class BackupSelection(BaseModel):
+    tenant_id: str
+    # A name, or None for the newest verified backup (taken at or before `at` when given).
+    backup_name: str | None = None
+    at: datetime | None = None

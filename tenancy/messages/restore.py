@@ -1,0 +1,40 @@
+"""Between restore workflows and their activities: scratch restore, checks, swap."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+
+
+class ScratchRestoreRequest(BaseModel):
+    tenant_id: str
+    database_name: str
+    scratch_name: str
+    backup_name: str
+    compression: str
+    jobs: int
+    # When the tenant's database is missing (a reinstated or broken tenant) its grants cannot be copied: the
+    # restored database then lets in this role only (CONNECT, TEMPORARY when grant_connect), never PUBLIC.
+    role_name: str | None = None
+    grant_connect: bool = True
+
+
+class RestoredCheckRequest(BaseModel):
+    tenant_id: str
+    scratch_name: str
+    row_counts: dict[str, int]
+    checks: list[str]
+
+
+class SwapRequest(BaseModel):
+    tenant_id: str
+    database_name: str
+    scratch_name: str  # the database swapped in: a restored copy, or a kept previous one (undo)
+    previous_name: str
+    keep_until: datetime | None = None  # written in the set-aside database's mark
+
+
+class SwapResult(BaseModel):
+    terminated_sessions: int
+    set_aside: bool = True  # False: the tenant had no database, the incoming one simply took its name
