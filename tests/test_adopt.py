@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -19,11 +17,10 @@ from tenancy.contracts.provision import AdoptTenantInput, ProvisionTenantInput
 from tenancy.errors import failure_message, failure_type
 from tenancy.marks import Mark, parse_mark
 from tests.cli import tenants
+from tests.recording import RECORD, save_history
 from workflows.adopt_tenant import AdoptTenantWorkflow
 from workflows.backup_tenant import BackupTenantWorkflow
 from workflows.provision_tenant import ProvisionTenantWorkflow
-
-HISTORIES = Path(__file__).parent / "histories"
 
 
 def admin(settings, dbname: str | None = None) -> psycopg.Connection:
@@ -178,8 +175,8 @@ async def test_adopt_marks_a_tenant_from_an_older_version(temporal_env, task_que
         task_queue=task_queue,
     )
     adoption = await handle.result()
-    if os.environ.get("TENANTS_RECORD_HISTORIES") == "1":
-        (HISTORIES / f"{handle.id}.json").write_text((await handle.fetch_history()).to_json())
+    if RECORD:
+        save_history(await handle.fetch_history(), "AdoptTenantWorkflow")
     assert adoption.mark_only and adoption.role_name == result.role_name
     assert parse_mark(comment_of(settings, database=result.database_name)).is_of(tenant_id, "tenant")
     assert parse_mark(comment_of(settings, role=result.role_name)).is_of(tenant_id, "role")

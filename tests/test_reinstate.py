@@ -3,9 +3,7 @@ PostgreSQL, and the command as a user runs it."""
 
 from __future__ import annotations
 
-import os
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -19,11 +17,10 @@ from tenancy.errors import InvalidInput, failure_type
 from tenancy.lifecycle import check_reinstatement, check_transition
 from tenancy.marks import parse_mark
 from tests.cli import cli_environment, tenants
+from tests.recording import RECORD, save_history
 from workflows.deprovision_tenant import DeprovisionTenantWorkflow
 from workflows.provision_tenant import ProvisionTenantWorkflow
 from workflows.reinstate_tenant import ReinstateTenantWorkflow
-
-HISTORIES = Path(__file__).parent / "histories"
 
 
 def admin(settings) -> psycopg.Connection:
@@ -152,7 +149,7 @@ async def test_failed_reinstatement_leaves_the_tenant_deprovisioned(
     assert deprovisioned.final_backup  # still there to try again with
 
 
-@pytest.mark.skipif(os.environ.get("TENANTS_RECORD_HISTORIES") != "1", reason="records only when asked")
+@pytest.mark.skipif(not RECORD, reason="records only when asked")
 async def test_record_histories(temporal_env, task_queue, settings, catalog):
     """Replay histories of the new runs (tests/test_replay.py): each named after its workflow id, which the
     replay takes from the file name (the ids of the children a run starts derive from it)."""
@@ -172,7 +169,7 @@ async def test_record_histories(temporal_env, task_queue, settings, catalog):
             workflow_id = f"{run.__qualname__.split('.')[0]}-{uuid.uuid4().hex[:8]}"
             handle = await client.start_workflow(run, arg, id=workflow_id, task_queue=task_queue)
             await handle.result()
-            (HISTORIES / f"{workflow_id}.json").write_text((await handle.fetch_history()).to_json())
+            save_history(await handle.fetch_history(), run.__qualname__.split(".")[0])
     finally:
         await drop_tenant_and_copies(settings, catalog, tenant_id)
 

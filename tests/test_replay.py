@@ -1,16 +1,14 @@
 """Recorded histories of every workflow replay on the current code without non-determinism errors: the check
 to run before deploying a change to a workflow (see docs/operations.md).
 
-The histories in tests/histories/ were recorded from real runs; record them again (after an intended,
-patched change) with: TENANTS_RECORD_HISTORIES=1 .venv/bin/pytest tests/test_replay.py
+The histories in tests/histories/ were recorded from real runs and are append-only (tests/recording.py): after an
+intended, patched change, add histories of the new code with TENANTS_RECORD_HISTORIES=1 .venv/bin/pytest -k record
 """
 
 from __future__ import annotations
 
 import json
-import os
 import uuid
-from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
@@ -26,6 +24,7 @@ from tenancy.contracts.provision import DeprovisionTenantInput, ProvisionTenantI
 from tenancy.contracts.restore import RestoreTenantInput
 from tenancy.contracts.tenants import SettingsChange, StatusChange
 from tenancy.messages.backup import PinRequest
+from tests.recording import HISTORIES, RECORD, recorded_sums, save_history, sha256_of, workflow_id_of
 from workflows.backup_fleet import BackupAllTenantsWorkflow
 from workflows.backup_tenant import BackupTenantWorkflow
 from workflows.deprovision_tenant import DeprovisionTenantWorkflow
@@ -39,8 +38,18 @@ from workflows.restore_tenant import RestoreTenantWorkflow
 from workflows.retention import PinBackupWorkflow, PruneAllTenantsWorkflow, PruneTenantWorkflow
 from workflows.tenant_status import ChangeTenantStatusWorkflow, UpdateTenantSettingsWorkflow
 
-HISTORIES = Path(__file__).parent / "histories"
-RECORD = os.environ.get("TENANTS_RECORD_HISTORIES") == "1"
+
+def test_recorded_histories_are_never_changed_or_deleted():
+    sums = recorded_sums()
+    on_disk = {p.name for p in HISTORIES.glob("*.json")}
+    assert sorted(set(sums) - on_disk) == [], "recorded histories were deleted"
+    assert sorted(on_disk - set(sums)) == [], "histories added by hand: record them with tests/recording.save_history"
+    changed = [name for name, digest in sums.items() if sha256_of(HISTORIES / name) != digest]
+    assert changed == [], "recorded histories were changed: add new ones instead"
+    # Named by workflow type and date.
+    for name in on_disk:
+        kind, date = name.split("--", 1)[0].rsplit("-", 1)
+        assert kind.endswith("Workflow") and len(date) == 8 and date.isdigit(), name
 
 
 async def test_recorded_histories_replay_on_the_current_code():
@@ -53,7 +62,7 @@ async def test_recorded_histories_replay_on_the_current_code():
     assert {w.__temporal_workflow_definition.name for w in WORKFLOWS} <= recorded
     replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
     for path in files:
-        await replayer.replay_workflow(WorkflowHistory.from_json(path.stem, path.read_text()))
+        await replayer.replay_workflow(WorkflowHistory.from_json(workflow_id_of(path), path.read_text()))
 
 
 @pytest.mark.skipif(not RECORD, reason="records the histories only when TENANTS_RECORD_HISTORIES=1")
@@ -92,13 +101,15 @@ async def test_record_histories(temporal_env, task_queue, make_tenant, catalog, 
                 )
             handle = await client.start_workflow(run, arg, id=f"replay-{uuid.uuid4().hex[:8]}", task_queue=task_queue)
             await handle.result()
-            (HISTORIES / f"{handle.id}.json").write_text((await handle.fetch_history()).to_json())
+            save_history(await handle.fetch_history(), run.__qualname__.split(".")[0])
         # The children and the workflows they start, recorded too.
         async for execution in client.list_workflows(
             "WorkflowType IN ('SendWelcomeEmailWorkflow', 'DeliverEventWorkflow', 'DropPreviousDatabaseWorkflow', "
             "'MigrateTenantWorkflow') AND ExecutionStatus = 'Completed'"
         ):
+            if not execution.id.startswith(("replay-", "backup-")) and "@replay-" not in execution.id:
+                continue  # another test's run
             history = await client.get_workflow_handle(execution.id, run_id=execution.run_id).fetch_history()
-            (HISTORIES / f"{execution.workflow_type}-{execution.id[-8:]}.json").write_text(history.to_json())
+            save_history(history, execution.workflow_type)
     finally:
         await catalog.drop_tenant(provisioned)

@@ -5,7 +5,6 @@ restore recognises a swap that had committed."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -23,10 +22,9 @@ from tenancy.errors import failure_message, failure_type
 from tenancy.marks import Mark
 from tenancy.messages.restore import SwapRequest
 from tenancy.naming import previous_database_name, scratch_database_name
+from tests.recording import RECORD, save_history
 from tests.test_restore_workflow import backup, change_everything, databases_like, restore
 from workflows.undo_restore import UndoRestoreWorkflow
-
-RECORD = os.environ.get("TENANTS_RECORD_HISTORIES") == "1"
 
 
 async def undo(env, queue, tenant_id, **kwargs):
@@ -81,10 +79,7 @@ async def test_restore_keeps_the_replaced_database_and_undo_gives_back_the_pre_r
         conn.execute("SELECT 1")  # the database taken back in accepts connections again
     assert await catalog.lock_holder(tenant.id) is None
     if RECORD:
-        history = await handle.fetch_history()
-        path = f"tests/histories/UndoRestoreWorkflow-{uuid.uuid4().hex[:8]}.json"
-        with open(path, "w") as out:
-            out.write(history.to_json())
+        save_history(await handle.fetch_history(), "UndoRestoreWorkflow")
 
     # An undo can itself be undone while the restored database is kept.
     _, again = await undo(temporal_env, task_queue, tenant.id, keep_previous_seconds=0)
