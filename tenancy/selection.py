@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from tenancy.errors import InvalidInput
-from tenancy.retention import BackupEntry
+
+
+@dataclass(frozen=True)
+class BackupEntry:
+    """A backup as restore selection sees it: `verified` means a restore may use it."""
+
+    name: str
+    taken_at: datetime
+    verified: bool
 
 
 def choose_backup(backups: list[BackupEntry], at: datetime | None = None) -> BackupEntry:

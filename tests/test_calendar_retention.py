@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tenancy.calendar_retention import CalendarEntry, CalendarPlan, CalendarPolicy, Decision, plan_calendar
 from tenancy.errors import InvalidInput
+from tenancy.retention import CalendarEntry, CalendarPlan, CalendarPolicy, Decision, plan_calendar
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # a Sunday
 ONLY = dict(keep_all_days=0, daily_days=0, weekly_weeks=0, monthly_months=0, yearly_years=0)

@@ -8,9 +8,9 @@ from typing import Any
 
 from activities.infra.catalog import Catalog
 from activities.infra.storage import Storage
-from tenancy.calendar_retention import CalendarEntry
 from tenancy.contracts.backup import BackupInfo
-from tenancy.retention import BackupEntry
+from tenancy.retention import CalendarEntry
+from tenancy.selection import BackupEntry
 
 
 def with_facts(info: BackupInfo, facts: dict[str, Any] | None) -> BackupInfo:
