@@ -13,6 +13,7 @@ from tenancy.contracts.provision import ProvisionTenantInput
 from tenancy.contracts.tenants import Tenant, TenantRef
 from tenancy.errors import INVALID_INPUT, TENANT_EXISTS, TENANT_NOT_FOUND, InvalidInput, fail
 from tenancy.log import get_logger
+from tenancy.messages.fleet import FleetOutcomes
 from tenancy.messages.locks import LockOutcome, LockRequest, TenantPage
 from tenancy.messages.provision import NewTenant
 from tenancy.naming import (
@@ -83,6 +84,11 @@ class CatalogActivities:
     async def list_tenant_page(self, page: TenantPage) -> list[TenantRef]:
         """The next page of tenants (by id) with one of the given statuses."""
         return await self.catalog.tenant_page(page.after, page.limit, page.statuses)
+
+    @activity.defn
+    async def record_fleet_outcomes(self, batch: FleetOutcomes) -> int:
+        """Tenants' outcomes of a fleet run, into the catalog (what `tenants runs show` reads)."""
+        return await self.catalog.record_fleet_outcomes(batch.fleet_workflow_id, batch.fleet_run_id, batch.outcomes)
 
     async def _holder_is_gone(self, workflow_id: str, run_id: str) -> bool:
         try:

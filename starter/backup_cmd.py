@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from activities.infra.storage import open_storage
-from starter.output import human_size, table
+from starter.fleet_output import backup_or_error, show_fleet_result
+from starter.output import human_size
 from starter.runs import start_and_follow
 from tenancy.contracts.backup import BackupTenantInput, BackupTenantResult
 from tenancy.contracts.fleet import FleetBackupInput, FleetResult
@@ -84,23 +85,22 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             summary=f"Backup of tenant {args.tenant}, keep {options['keep']}",
             no_wait=args.no_wait,
         )
-    return 0 if result is None else _show(result, args.json, settings)
+    return 0 if result is None else await _show(result, args.json, settings)
 
 
-def _show(result: BackupTenantResult | FleetResult, as_json: bool, settings: Settings) -> int:
+async def _show(result: BackupTenantResult | FleetResult, as_json: bool, settings: Settings) -> int:
+    if isinstance(result, FleetResult):
+        return await show_fleet_result(
+            result, settings, as_json=as_json, column="backup / error", value=backup_or_error
+        )
     if as_json:
         print(result.model_dump_json(indent=2))
-        return 0 if not isinstance(result, FleetResult) or result.failed == 0 else 1
-    if isinstance(result, BackupTenantResult):
-        print(f"backup   {result.backup_name}")
-        print(f"path     {open_storage(settings).location(result.path)}")
-        print(f"size     {human_size(result.size_bytes)} ({result.compression})")
-        print(f"sha256   {result.sha256}")
-        print(f"rows     {sum(result.row_counts.values())} in {len(result.row_counts)} tables")
-        deleted = ", ".join(result.deleted_by_retention) or "none"
-        print(f"kept     {len(result.kept)} verified backups; deleted by retention: {deleted}")
         return 0
-    rows = [(o.tenant_id, "ok" if o.ok else "FAILED", o.backup_name or o.error) for o in result.outcomes]
-    print(table(["tenant", "result", "backup / error"], rows))
-    print(f"{result.succeeded} succeeded, {result.failed} failed, {result.total} tenants")
-    return 0 if result.failed == 0 else 1
+    print(f"backup   {result.backup_name}")
+    print(f"path     {open_storage(settings).location(result.path)}")
+    print(f"size     {human_size(result.size_bytes)} ({result.compression})")
+    print(f"sha256   {result.sha256}")
+    print(f"rows     {sum(result.row_counts.values())} in {len(result.row_counts)} tables")
+    deleted = ", ".join(result.deleted_by_retention) or "none"
+    print(f"kept     {len(result.kept)} verified backups; deleted by retention: {deleted}")
+    return 0

@@ -15,6 +15,7 @@ from temporalio.service import RPCError
 
 from starter import (
     backup_cmd,
+    fleet_output,
     list_cmd,
     maintenance_cmd,
     offsite_cmds,
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     schedules_cmd.add_parsers(subparsers)
     offsite_cmds.add_parsers(subparsers)
     sweep_cmd.add_parser(subparsers)
+    fleet_output.add_parsers(subparsers)
     worker = subparsers.add_parser("worker", help="run a worker (same as `python worker.py`)")
     worker.set_defaults(handler=None)
     return parser

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from starter.output import human_size, table
+from starter.fleet_output import show_fleet_result
+from starter.output import human_size
 from starter.runs import start_and_follow
 from tenancy.contracts.fleet import FleetMaintenanceInput
 from tenancy.contracts.maintenance import MaintainTenantInput, MaintainTenantResult
@@ -55,13 +56,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             tenant_id=None,
             summary=f"Maintenance of every tenant: {', '.join(tasks)}" + (" (dry run)" if args.dry_run else ""),
         )
-        if args.json:
-            print(result.model_dump_json(indent=2))
-        else:
-            rows = [(o.tenant_id, "ok" if o.ok else "FAILED", o.detail or o.error) for o in result.outcomes]
-            print(table(["tenant", "result", "detail"], rows))
-            print(f"{result.succeeded} succeeded, {result.failed} failed, {result.skipped} skipped")
-        return 0 if result.failed == 0 else 1
+        return await show_fleet_result(result, settings, as_json=args.json)
     tenant_id = validate_tenant_id(args.tenant)
     result: MaintainTenantResult = await start_and_follow(
         settings,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from starter.fleet_output import every_outcome, summary_line
 from starter.output import table
 from starter.runs import start_and_follow
 from tenancy.contracts.backup import DrillInput
@@ -87,8 +88,9 @@ async def prune(args: argparse.Namespace, settings: Settings) -> int:
         tenant_id=None,
         summary="Retention of every tenant" + (" (dry run)" if args.dry_run else ""),
     )
-    for outcome in result.outcomes:
+    for outcome in await every_outcome(result, settings):
         print(f"{outcome.tenant_id}: {outcome.detail or outcome.error}")
+    print(summary_line(result))
     return 0 if result.failed == 0 else 1
 
 

@@ -13,7 +13,8 @@ from activities.infra.backup_facts import describe_backups, retention_entry
 from activities.infra.catalog import Catalog
 from activities.infra.credentials import read_credentials
 from activities.infra.storage import open_storage
-from starter.output import human_size, table
+from starter.fleet_output import show_fleet_result
+from starter.output import human_size
 from starter.runs import start_and_follow
 from tenancy.contracts.fleet import FleetInput
 from tenancy.contracts.provision import (
@@ -301,10 +302,7 @@ async def migrate(args: argparse.Namespace, settings: Settings) -> int:
         tenant_id=None,
         summary="Migration of every tenant",
     )
-    rows = [(o.tenant_id, "ok" if o.ok else "FAILED", o.detail or o.error) for o in result.outcomes]
-    print(table(["tenant", "result", "detail"], rows))
-    print(f"{result.succeeded} succeeded, {result.failed} failed, {result.total} tenants")
-    return 0 if result.failed == 0 else 1
+    return await show_fleet_result(result, settings, as_json=False)
 
 
 async def show(args: argparse.Namespace, settings: Settings) -> int:

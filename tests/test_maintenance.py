@@ -203,7 +203,7 @@ async def test_fleet_maintenance_skips_suspended_tenants(temporal_env, task_queu
         id=f"maintenance-all-{uuid.uuid4().hex[:6]}",
         task_queue=task_queue,
     )
-    outcomes = {o.tenant_id: o for o in result.outcomes}
+    outcomes = {o.tenant_id: o for o in await catalog.fleet_outcomes(result.workflow_id)}
     assert outcomes[active.id].ok and outcomes[active.id].detail.startswith("would delete")
     assert outcomes[suspended.id].detail == "skipped: suspended"
     assert result.skipped >= 1

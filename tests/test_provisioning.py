@@ -358,7 +358,7 @@ async def test_migrate_all_applies_a_new_migration_and_rebuilds_the_template(
             id=f"migrate-all-{uuid.uuid4().hex[:6]}",
             task_queue=queue,
         )
-        outcomes = {o.tenant_id: o for o in result.outcomes}
+        outcomes = {o.tenant_id: o for o in await catalog.fleet_outcomes(result.workflow_id)}
         for tenant_id in ids:
             assert outcomes[tenant_id].ok and "applied: 0004_clients" in outcomes[tenant_id].detail
         fresh = unique_id("m")

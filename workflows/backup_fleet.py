@@ -10,18 +10,16 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.contracts.fleet import FleetBackupInput, FleetResult, TenantOutcome
     from tenancy.contracts.tenants import TenantRef
     from tenancy.errors import INVALID_INPUT, fail
-    from tenancy.naming import workflow_id
     from tenancy.retention import validate_keep
-    from tenancy.search import tenant_attributes
     from workflows.backup_tenant import BackupTenantWorkflow
-    from workflows.fanout import FanOutProgress, fan_out_catalog, finish_fleet, run_child, start_cursor
+    from workflows.fleet import Fleet, FleetProgress, child_options, run_child, run_fleet, start_cursor
     from workflows.validation import check_input
 
 
 @workflow.defn
 class BackupAllTenantsWorkflow:
     def __init__(self) -> None:
-        self._progress = FanOutProgress()
+        self._progress = FleetProgress()
 
     @workflow.query
     def progress(self) -> dict[str, int]:
@@ -35,38 +33,24 @@ class BackupAllTenantsWorkflow:
                 raise fail(INVALID_INPUT, "concurrency must be at least 1")
 
         check_input(lambda: validate_backup(req), legacy)
-        cursor = start_cursor(req.cursor)
 
-        async def back_up(tenant: TenantRef) -> TenantOutcome:
-            child_id = workflow_id("backup", tenant.id, cursor.started_at)
+        async def back_up(tenant: TenantRef, child_id: str) -> TenantOutcome:
+            backup = BackupTenantInput(
+                tenant_id=tenant.id,
+                keep=req.keep,
+                compression=req.compression,
+                compression_level=req.compression_level,
+                lock_wait_seconds=req.lock_wait_seconds,
+            )
             return await run_child(
                 tenant.id,
                 child_id,
                 lambda: workflow.execute_child_workflow(
-                    BackupTenantWorkflow.run,
-                    BackupTenantInput(
-                        tenant_id=tenant.id,
-                        keep=req.keep,
-                        compression=req.compression,
-                        compression_level=req.compression_level,
-                        lock_wait_seconds=req.lock_wait_seconds,
-                    ),
-                    id=child_id,
-                    search_attributes=tenant_attributes(tenant.id),
-                    static_summary=f"Backup of tenant {tenant.id} (fleet run {workflow.info().workflow_id})",
-                    parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
+                    BackupTenantWorkflow.run, backup, **child_options("backup", tenant.id, child_id)
                 ),
                 lambda result: {"backup_name": result.backup_name},
             )
 
         # One tenant's failure never stops the others: it is reported in the summary.
-        cursor, done = await fan_out_catalog(
-            statuses=["active"],
-            cursor=cursor,
-            page_size=req.page_size,
-            history_limit=req.history_limit,
-            concurrency=req.concurrency,
-            one=back_up,
-            progress=self._progress,
-        )
-        return finish_fleet(req, cursor, done)
+        fleet = Fleet(kind="backup", statuses=["active"], start_child=back_up)
+        return await run_fleet(req, start_cursor(req.cursor), fleet, self._progress)

@@ -20,9 +20,8 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.errors import failure_message
     from tenancy.messages.backup import BackupSelection
     from tenancy.messages.restore import RestoredCheckRequest, ScratchRestoreRequest, SwapRequest
-    from tenancy.naming import scratch_database_name, workflow_id
-    from tenancy.search import tenant_attributes
-    from workflows.fanout import FanOutProgress, fan_out_catalog, finish_fleet, run_child, skipped, start_cursor
+    from tenancy.naming import scratch_database_name
+    from workflows.fleet import Fleet, FleetProgress, child_options, run_child, run_fleet, skipped, start_cursor
     from workflows.options import LOCAL, LONG, QUICK
     from workflows.tenant_lock import tenant_lock
     from workflows.validation import check_input
@@ -53,12 +52,14 @@ class BackupDrillWorkflow:
         started = workflow.time()
         result = DrillResult(tenant_id=tenant.id, backup_name=req.backup_name, ok=False)
         try:
+            workflow.set_current_details("checking the backup")
             manifest = await workflow.execute_activity_method(
                 RestoreActivities.select_backup,
                 BackupSelection(tenant_id=tenant.id, backup_name=req.backup_name),
                 **LONG,
             )
             result.backup_name = manifest.backup_name
+            workflow.set_current_details("restoring into a scratch database")
             tables = await workflow.execute_activity_method(
                 RestoreActivities.restore_to_scratch,
                 ScratchRestoreRequest(
@@ -71,6 +72,7 @@ class BackupDrillWorkflow:
                 ),
                 **LONG,
             )
+            workflow.set_current_details("verifying the restored database")
             counts = await workflow.execute_activity_method(
                 RestoreActivities.verify_restored,
                 RestoredCheckRequest(
@@ -86,6 +88,7 @@ class BackupDrillWorkflow:
             result.error = failure_message(exc)
         finally:
             # The scratch copy never outlives the drill, whatever happened.
+            workflow.set_current_details("dropping the scratch database")
             await workflow.execute_activity_method(RestoreActivities.drop_scratch_database, names, **QUICK)
         result.seconds = round(workflow.time() - started, 2)
         await workflow.execute_activity_method(RestoreActivities.record_drill, result, **QUICK)
@@ -105,7 +108,7 @@ class DrillAllTenantsWorkflow:
     """The weekly drill: every active tenant's newest backup, or a rotating share of tenants each week."""
 
     def __init__(self) -> None:
-        self._progress = FanOutProgress()
+        self._progress = FleetProgress()
 
     @workflow.query
     def progress(self) -> dict[str, int]:
@@ -117,31 +120,19 @@ class DrillAllTenantsWorkflow:
         cursor = start_cursor(req.cursor)
         week = cursor.started_at.isocalendar().week
 
-        async def drill(tenant: TenantRef) -> TenantOutcome:
+        async def drill(tenant: TenantRef, child_id: str) -> TenantOutcome:
             if (zlib.crc32(tenant.id.encode()) + week) % req.every_weeks:
                 return skipped(TenantRef(id=tenant.id, status=f"drilled another week (1 in {req.every_weeks})"))
-            child_id = workflow_id("drill", tenant.id, cursor.started_at)
-            outcome = await run_child(
+            return await run_child(
                 tenant.id,
                 child_id,
                 lambda: workflow.execute_child_workflow(
                     BackupDrillWorkflow.run,
                     DrillInput(tenant_id=tenant.id),
-                    id=child_id,
-                    search_attributes=tenant_attributes(tenant.id),
-                    parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
+                    **child_options("drill", tenant.id, child_id),
                 ),
                 lambda result: {"ok": result.ok, "backup_name": result.backup_name, "error": result.error},
             )
-            return outcome
 
-        cursor, done = await fan_out_catalog(
-            statuses=["active"],
-            cursor=cursor,
-            page_size=req.page_size,
-            history_limit=req.history_limit,
-            concurrency=req.concurrency,
-            one=drill,
-            progress=self._progress,
-        )
-        return finish_fleet(req, cursor, done)
+        fleet = Fleet(kind="drill", statuses=["active"], start_child=drill)
+        return await run_fleet(req, cursor, fleet, self._progress)

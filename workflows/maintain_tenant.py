@@ -22,12 +22,12 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.errors import INVALID_INPUT, NON_RETRYABLE, fail, failure_message
     from tenancy.maintenance import ordered_tasks, validate_days
     from tenancy.messages.maintenance import CleanupRequest, MaintenanceTarget, VacuumRequest
-    from tenancy.naming import workflow_id
     from tenancy.retention import MAX_KEEP
     from tenancy.search import tenant_attributes
     from workflows.backup_tenant import BackupTenantWorkflow
-    from workflows.fanout import FanOutProgress, fan_out_catalog, finish_fleet, skipped, start_cursor
+    from workflows.fleet import Fleet, FleetProgress, child_options, run_child, run_fleet, skipped, start_cursor
     from workflows.options import HEARTBEAT_TIMEOUT, QUICK
+    from workflows.phase import ShowsPhase
     from workflows.tenant_lock import tenant_lock
     from workflows.validation import check_input
 
@@ -48,7 +48,7 @@ def task_options(max_attempts: int) -> dict[str, Any]:
 
 
 @workflow.defn
-class MaintainTenantWorkflow:
+class MaintainTenantWorkflow(ShowsPhase):
     def __init__(self) -> None:
         self._phase = "starting"
 
@@ -169,7 +169,7 @@ class MaintainTenantWorkflow:
 @workflow.defn
 class MaintainAllTenantsWorkflow:
     def __init__(self) -> None:
-        self._progress = FanOutProgress()
+        self._progress = FleetProgress()
 
     @workflow.query
     def progress(self) -> dict[str, int]:
@@ -183,43 +183,30 @@ class MaintainAllTenantsWorkflow:
 
         # Tasks and days are checked once here, rather than failing every tenant's run.
         check_input(lambda: validate_maintenance(req), legacy)
-        cursor = start_cursor(req.cursor)
 
-        async def maintain(tenant: TenantRef) -> TenantOutcome:
+        async def maintain(tenant: TenantRef, child_id: str) -> TenantOutcome:
             if tenant.status not in ("active", "inactive"):
                 return skipped(tenant)  # suspended tenants are listed, not maintained
-            child_id = workflow_id("maintenance", tenant.id, cursor.started_at)
-            try:
-                result = await workflow.execute_child_workflow(
-                    MaintainTenantWorkflow.run,
-                    MaintainTenantInput(
-                        tenant_id=tenant.id,
-                        tasks=req.tasks,
-                        days=req.days,
-                        dry_run=req.dry_run,
-                        full=req.full,
-                        max_attempts=req.max_attempts,
-                    ),
-                    id=child_id,
-                    search_attributes=tenant_attributes(tenant.id),
-                    parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
-                )
-            except ChildWorkflowError as exc:
-                return TenantOutcome(tenant_id=tenant.id, ok=False, workflow_id=child_id, error=failure_message(exc))
-            return TenantOutcome(
-                tenant_id=tenant.id, ok=result.ok, workflow_id=child_id, error=result.error, detail=summarize(result)
+            maintenance = MaintainTenantInput(
+                tenant_id=tenant.id,
+                tasks=req.tasks,
+                days=req.days,
+                dry_run=req.dry_run,
+                full=req.full,
+                max_attempts=req.max_attempts,
             )
+            outcome = await run_child(
+                tenant.id,
+                child_id,
+                lambda: workflow.execute_child_workflow(
+                    MaintainTenantWorkflow.run, maintenance, **child_options("maintenance", tenant.id, child_id)
+                ),
+                lambda result: {"ok": result.ok, "error": result.error, "detail": summarize(result)},
+            )
+            return outcome
 
-        cursor, done = await fan_out_catalog(
-            statuses=["active", "inactive", "suspended"],
-            cursor=cursor,
-            page_size=req.page_size,
-            history_limit=req.history_limit,
-            concurrency=req.concurrency,
-            one=maintain,
-            progress=self._progress,
-        )
-        return finish_fleet(req, cursor, done)
+        fleet = Fleet(kind="maintenance", statuses=["active", "inactive", "suspended"], start_child=maintain)
+        return await run_fleet(req, start_cursor(req.cursor), fleet, self._progress)
 
 
 def summarize(result: MaintainTenantResult) -> str:

@@ -14,9 +14,7 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.contracts.tenants import TenantRef
     from tenancy.errors import INVALID_INPUT, fail
     from tenancy.messages.provision import TenantDatabase
-    from tenancy.naming import workflow_id
-    from tenancy.search import tenant_attributes
-    from workflows.fanout import FanOutProgress, fan_out_catalog, finish_fleet, run_child, start_cursor
+    from workflows.fleet import Fleet, FleetProgress, child_options, run_child, run_fleet, start_cursor
     from workflows.options import QUICK, SLOW_DDL
     from workflows.tenant_lock import tenant_lock
     from workflows.validation import check_input
@@ -39,7 +37,7 @@ class MigrateTenantWorkflow:
 @workflow.defn
 class MigrateAllTenantsWorkflow:
     def __init__(self) -> None:
-        self._progress = FanOutProgress()
+        self._progress = FleetProgress()
 
     @workflow.query
     def progress(self) -> dict[str, int]:
@@ -56,28 +54,15 @@ class MigrateAllTenantsWorkflow:
             await workflow.execute_activity_method(ProvisioningActivities.refresh_template, **SLOW_DDL)
         cursor = start_cursor(req.cursor)
 
-        async def migrate(tenant: TenantRef) -> TenantOutcome:
-            child_id = workflow_id("migrate", tenant.id, cursor.started_at)
+        async def migrate(tenant: TenantRef, child_id: str) -> TenantOutcome:
             return await run_child(
                 tenant.id,
                 child_id,
                 lambda: workflow.execute_child_workflow(
-                    MigrateTenantWorkflow.run,
-                    tenant.id,
-                    id=child_id,
-                    search_attributes=tenant_attributes(tenant.id),
-                    parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
+                    MigrateTenantWorkflow.run, tenant.id, **child_options("migrate", tenant.id, child_id)
                 ),
                 lambda result: {"detail": f"at {result.version}; applied: {', '.join(result.applied) or 'nothing'}"},
             )
 
-        cursor, done = await fan_out_catalog(
-            statuses=["active", "inactive", "suspended"],
-            cursor=cursor,
-            page_size=req.page_size,
-            history_limit=req.history_limit,
-            concurrency=req.concurrency,
-            one=migrate,
-            progress=self._progress,
-        )
-        return finish_fleet(req, cursor, done)
+        fleet = Fleet(kind="migrate", statuses=["active", "inactive", "suspended"], start_child=migrate)
+        return await run_fleet(req, cursor, fleet, self._progress)

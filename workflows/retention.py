@@ -12,10 +12,8 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.contracts.tenants import TenantRef
     from tenancy.errors import INVALID_INPUT, fail
     from tenancy.messages.backup import PinRequest, RetentionRequest
-    from tenancy.naming import workflow_id
-    from tenancy.search import tenant_attributes
-    from workflows.fanout import FanOutProgress, fan_out_catalog, finish_fleet, run_child, start_cursor
-    from workflows.options import LOCAL
+    from workflows.fleet import Fleet, FleetProgress, child_options, run_child, run_fleet, start_cursor
+    from workflows.options import storage_activity
     from workflows.tenant_lock import tenant_lock
     from workflows.validation import check_input
 
@@ -25,7 +23,7 @@ class PinBackupWorkflow:
     @workflow.run
     async def run(self, req: PinRequest) -> bool:
         async with tenant_lock(req.tenant_id, "pin", 60):
-            return await workflow.execute_local_activity_method(BackupActivities.set_pinned, req, **LOCAL)
+            return await storage_activity(BackupActivities.set_pinned, req)
 
 
 @workflow.defn
@@ -37,15 +35,15 @@ class PruneTenantWorkflow:
             raise fail(INVALID_INPUT, "prune one tenant: its id is missing")
         request = RetentionRequest(tenant_id=req.tenant_id, keep=req.keep, dry_run=req.dry_run)
         if req.dry_run:  # reads only: no lock needed
-            return await workflow.execute_local_activity_method(BackupActivities.apply_retention, request, **LOCAL)
+            return await storage_activity(BackupActivities.apply_retention, request)
         async with tenant_lock(req.tenant_id, "prune", 60):
-            return await workflow.execute_local_activity_method(BackupActivities.apply_retention, request, **LOCAL)
+            return await storage_activity(BackupActivities.apply_retention, request)
 
 
 @workflow.defn
 class PruneAllTenantsWorkflow:
     def __init__(self) -> None:
-        self._progress = FanOutProgress()
+        self._progress = FleetProgress()
 
     @workflow.query
     def progress(self) -> dict[str, int]:
@@ -54,34 +52,21 @@ class PruneAllTenantsWorkflow:
     @workflow.run
     async def run(self, req: PruneInput) -> FleetResult:
         check_input(lambda: validate_prune(req, fleet=True))
-        cursor = start_cursor(req.cursor)
 
-        async def prune(tenant: TenantRef) -> TenantOutcome:
-            child_id = workflow_id("prune", tenant.id, cursor.started_at)
+        async def prune(tenant: TenantRef, child_id: str) -> TenantOutcome:
+            one = req.model_copy(update={"tenant_id": tenant.id, "cursor": None})
             return await run_child(
                 tenant.id,
                 child_id,
                 lambda: workflow.execute_child_workflow(
-                    PruneTenantWorkflow.run,
-                    req.model_copy(update={"tenant_id": tenant.id, "cursor": None}),
-                    id=child_id,
-                    search_attributes=tenant_attributes(tenant.id),
+                    PruneTenantWorkflow.run, one, **child_options("prune", tenant.id, child_id, legacy_cancels=False)
                 ),
-                lambda result: {
-                    "detail": "; ".join(
-                        f"{'keep' if d.keep else 'DELETE'} {d.name}: {d.reason}" for d in result.decisions
-                    )
-                    or "no backups"
-                },
+                lambda result: {"detail": explain(result)},
             )
 
-        cursor, done = await fan_out_catalog(
-            statuses=["active", "inactive", "suspended"],
-            cursor=cursor,
-            page_size=req.page_size,
-            history_limit=req.history_limit,
-            concurrency=req.concurrency,
-            one=prune,
-            progress=self._progress,
-        )
-        return finish_fleet(req, cursor, done)
+        fleet = Fleet(kind="prune", statuses=["active", "inactive", "suspended"], start_child=prune)
+        return await run_fleet(req, start_cursor(req.cursor), fleet, self._progress)
+
+
+def explain(result: RetentionResult) -> str:
+    return "; ".join(f"{'keep' if d.keep else 'DELETE'} {d.name}: {d.reason}" for d in result.decisions) or "no backups"

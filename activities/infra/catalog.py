@@ -17,6 +17,7 @@ from psycopg.types.json import Jsonb
 
 from activities.infra.marks import mark_database
 from activities.infra.pg import connect
+from tenancy.contracts.fleet import TenantOutcome
 from tenancy.contracts.tenants import Tenant, TenantRef
 from tenancy.marks import Mark
 from tenancy.messages.locks import LockOutcome
@@ -116,6 +117,22 @@ MIGRATIONS: list[str] = [
         operation   text NOT NULL,
         acquired_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (tenant_id, workflow_id)
+    );
+    """,
+    # 7: every tenant's outcome of a fleet run, so the run itself carries only counters and a few failures.
+    """
+    CREATE TABLE fleet_outcomes (
+        fleet_workflow_id text NOT NULL,
+        fleet_run_id      text NOT NULL,
+        tenant_id         text NOT NULL,
+        ok                boolean NOT NULL,
+        skipped           boolean NOT NULL DEFAULT false,
+        workflow_id       text NOT NULL,
+        backup_name       text,
+        detail            text,
+        error             text,
+        recorded_at       timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (fleet_workflow_id, tenant_id)
     );
     """,
 ]
@@ -233,6 +250,18 @@ class Catalog:
                 )
             ).fetchall()
         return [TenantRef(id=r["id"], status=r["status"]) for r in rows]
+
+    async def tenants_page(self, after: str | None, limit: int, statuses: list[str]) -> list[Tenant]:
+        """tenant_page, with every column of each tenant."""
+        async with await self._connect() as conn:
+            rows = await (
+                await conn.execute(
+                    "SELECT * FROM tenants WHERE status = ANY(%s) AND (%s::text IS NULL OR id > %s) "
+                    "ORDER BY id LIMIT %s",
+                    [statuses, after, after, limit],
+                )
+            ).fetchall()
+        return [Tenant.model_validate(r) for r in rows]
 
     async def count_owner_tenants(self, owner_email: str, plan: str) -> int:
         """Tenants an owner has on a plan, not counting deprovisioned or failed ones."""
@@ -479,6 +508,42 @@ class Catalog:
         """The backup was deleted: its facts go with it."""
         async with await self._connect() as conn, conn.transaction():
             await conn.execute("DELETE FROM backups WHERE tenant_id = %s AND name = %s", [tenant_id, name])
+
+    async def record_fleet_outcomes(
+        self, fleet_workflow_id: str, fleet_run_id: str, outcomes: list[TenantOutcome]
+    ) -> int:
+        """Each tenant's outcome of a fleet run; the latest attempt of a tenant wins (a retried write is harmless)."""
+        async with await self._connect() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO fleet_outcomes (fleet_workflow_id, fleet_run_id, tenant_id, ok, skipped, workflow_id,"
+                " backup_name, detail, error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (fleet_workflow_id, tenant_id) DO UPDATE SET fleet_run_id = excluded.fleet_run_id,"
+                " ok = excluded.ok, skipped = excluded.skipped, workflow_id = excluded.workflow_id,"
+                " backup_name = excluded.backup_name, detail = excluded.detail, error = excluded.error,"
+                " recorded_at = now()",
+                [
+                    [
+                        fleet_workflow_id,
+                        fleet_run_id,
+                        o.tenant_id,
+                        o.ok,
+                        o.skipped,
+                        o.workflow_id,
+                        o.backup_name,
+                        o.detail,
+                        o.error,
+                    ]
+                    for o in outcomes
+                ],
+            )
+        return len(outcomes)
+
+    async def fleet_outcomes(self, fleet_workflow_id: str, failed_only: bool = False) -> list[TenantOutcome]:
+        """A fleet run's outcomes, by tenant id."""
+        query = "SELECT * FROM fleet_outcomes WHERE fleet_workflow_id = %s" + (" AND NOT ok" if failed_only else "")
+        async with await self._connect() as conn:
+            rows = await (await conn.execute(query + " ORDER BY tenant_id", [fleet_workflow_id])).fetchall()
+        return [TenantOutcome.model_validate(r) for r in rows]
 
     async def record_event(
         self, tenant_id: str, event_type: str, data: dict[str, Any], workflow_id: str | None = None

@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 
 class FleetBackupInput(BaseModel):
     keep: int = 7
-    compression: Literal["gzip", "zstd", "none"] = "gzip"
-    compression_level: int = 6
+    compression: Literal["gzip", "zstd", "none"] = "zstd"
+    compression_level: int = 3
     concurrency: int = 4
     lock_wait_seconds: int = 0
     page_size: int = 200
@@ -29,12 +29,47 @@ class TenantOutcome(BaseModel):
     skipped: bool = False
 
 
+# A fleet run carries only this many failed outcomes in full (the rest are counted): its payload stays small
+# whatever the fleet's size. Every outcome is in the catalog's fleet_outcomes (`tenants runs show <id>`).
+FAILURES_CARRIED = 100
+
+
 class FleetCursor(BaseModel):
     """Where a fleet run is in the catalog, and what it has done so far: carried across continue-as-new."""
 
-    started_at: datetime  # of the first run: children's ids carry it, across continue-as-new too
-    after: str | None = None
-    outcomes: list[TenantOutcome] = Field(default_factory=list)
+    started_at: datetime  # of the first run (a drill fleet picks its tenants by that week)
+    after: str | None = None  # the last tenant started, by id: the next run starts after it
+    outcomes: list[TenantOutcome] = Field(default_factory=list)  # runs recorded before counters carried all of them
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    failures: list[TenantOutcome] = Field(default_factory=list)  # the first FAILURES_CARRIED, in full
+    failures_not_shown: int = 0
+
+    def count(self, outcome: TenantOutcome) -> None:
+        self.total += 1
+        if outcome.skipped:
+            self.skipped += 1
+        elif not outcome.ok:
+            self.failed += 1
+            if len(self.failures) < FAILURES_CARRIED:
+                self.failures.append(outcome)
+            else:
+                self.failures_not_shown += 1
+        else:
+            self.succeeded += 1
+
+    def summary(self, workflow_id: str) -> FleetResult:
+        return FleetResult(
+            total=self.total,
+            succeeded=self.succeeded,
+            failed=self.failed,
+            skipped=self.skipped,
+            outcomes=list(self.failures),
+            failures_not_shown=self.failures_not_shown,
+            workflow_id=workflow_id,
+        )
 
 
 class FleetOptions(BaseModel):
@@ -53,7 +88,11 @@ class FleetResult(BaseModel):
     succeeded: int
     failed: int
     skipped: int = 0
+    # Runs of the fleet engine: the failed outcomes only (the first FAILURES_CARRIED); every tenant's outcome is in
+    # the catalog under `workflow_id`. Older runs: every outcome, and no workflow_id.
     outcomes: list[TenantOutcome]
+    failures_not_shown: int = 0
+    workflow_id: str | None = None
 
     @classmethod
     def of(cls, outcomes: list[TenantOutcome]) -> FleetResult:
