@@ -7,6 +7,7 @@ without it may be someone else's.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import psycopg
@@ -212,11 +213,11 @@ class DeprovisionActivities:
         elif shared_with:
             reason = f"role {db.role_name!r} also holds privileges in {', '.join(shared_with)}: left in place"
         if reason:
-            delete_credentials(self.settings.effective_secrets_dir, db.tenant_id)
+            await asyncio.to_thread(delete_credentials, self.settings.effective_secrets_dir, db.tenant_id)
             log.warning("tenant role left", role=db.role_name, reason=reason)
             return RoleRemoval(role_name=db.role_name, dropped=False, left_reason=reason)
         cleaned = await remove_role(self.admin_url, db.role_name, [db.database_name]) if exists else []
-        delete_credentials(self.settings.effective_secrets_dir, db.tenant_id)
+        await asyncio.to_thread(delete_credentials, self.settings.effective_secrets_dir, db.tenant_id)
         log.info("tenant role dropped", role=db.role_name, existed=exists, cleaned_in=cleaned)
         return RoleRemoval(role_name=db.role_name, dropped=exists, cleaned_in=cleaned)
 
@@ -308,7 +309,7 @@ class DeprovisionActivities:
             role = await role_mark(admin, db.role_name) if undo.drop_role else None
         if role and role.is_of(db.tenant_id, "role") and role.made_by(info.workflow_id, info.workflow_run_id):
             await remove_role(self.admin_url, db.role_name, [])
-            delete_credentials(self.settings.effective_secrets_dir, db.tenant_id)
+            await asyncio.to_thread(delete_credentials, self.settings.effective_secrets_dir, db.tenant_id)
             undone.append(db.role_name)
         self._log(db.tenant_id).warning("unfinished reinstatement undone", dropped=undone)
         return undone

@@ -3,6 +3,7 @@ and the compensation that undoes all of it."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 from psycopg import sql
@@ -154,8 +155,14 @@ class ProvisioningActivities:
                 "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {}",
             ):
                 await conn.execute(sql.SQL(statement).format(role))
-        path = write_credentials(
-            self.settings.effective_secrets_dir, db.tenant_id, db.role_name, password, db.database_name, self.admin_url
+        path = await asyncio.to_thread(
+            write_credentials,
+            self.settings.effective_secrets_dir,
+            db.tenant_id,
+            db.role_name,
+            password,
+            db.database_name,
+            self.admin_url,
         )
         self._log(db.tenant_id).info("tenant role ready", role=db.role_name, credentials=str(path))
         return str(path)
@@ -189,11 +196,11 @@ class ProvisioningActivities:
             mark = await role_mark(admin, db.role_name)
             if mark and mark.is_of(db.tenant_id, "role"):
                 await admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(_ident(db.role_name)))
-                delete_credentials(self.settings.effective_secrets_dir, db.tenant_id)
+                await asyncio.to_thread(delete_credentials, self.settings.effective_secrets_dir, db.tenant_id)
             elif await (await admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [db.role_name])).fetchone():
                 left.append(db.role_name)
             else:
-                delete_credentials(self.settings.effective_secrets_dir, db.tenant_id)
+                await asyncio.to_thread(delete_credentials, self.settings.effective_secrets_dir, db.tenant_id)
         if left:
             self._log(db.tenant_id).warning("not created by this run: left alone", left=left)
         tenant = await self.catalog.get_tenant(db.tenant_id)

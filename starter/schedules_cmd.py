@@ -141,9 +141,17 @@ async def health_cmd(args: argparse.Namespace, settings: Settings) -> int:
     print(
         table(["tenant", "status", "last backup", "size / quota", "backups", "last maintenance", "failed runs"], rows)
     )
+    if report.tenants_not_shown:
+        # A large fleet: the run's result shows the tenants that need attention first, and counts the rest.
+        checked = len(report.tenants) + report.tenants_not_shown
+        print(f"... and {report.tenants_not_shown} more tenant(s) not shown, {checked} checked")
     free = f", {human_size(report.storage_free_bytes)} free" if report.storage_free_bytes is not None else ""
     print(f"storage {report.storage}: {human_size(report.storage_used_bytes)} of backups{free}")
     for alert in report.alerts:
         print(f"ALERT {alert.kind}: {alert.message}")
-    print(f"{len(report.alerts)} alert(s) at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    return 0 if not report.alerts else 1
+    if report.alerts_not_shown:
+        sent = " (every one was sent)" if args.alert else ""
+        print(f"... and {report.alerts_not_shown} more alert(s) not shown{sent}")
+    total = len(report.alerts) + report.alerts_not_shown
+    print(f"{total} alert(s) at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    return 0 if not total else 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from tenancy.contracts.backup import BackupTenantInput
 from tenancy.contracts.fleet import DrillFleetInput, FleetBackupInput, FleetMaintenanceInput, FleetOptions, PruneInput
+from tenancy.contracts.health import HealthInput
 from tenancy.contracts.maintenance import MaintainTenantInput
 from tenancy.contracts.restore import RestoreTenantInput, UndoRestoreInput
 from tenancy.durations import MAX_DURATION_SECONDS
@@ -27,6 +28,8 @@ HISTORY_LIMIT = (100, 40_000)
 EVERY_WEEKS = (1, 52)
 JOBS = (1, 32)
 MAX_ATTEMPTS = (1, 100)
+HEALTH_PAGE_SIZE = (1, 500)  # tenants one health check activity reads: its result stays far below the payload limit
+FAILURE_WINDOW_HOURS = (1, 24 * 366)
 COMPRESSION_LEVELS = {"gzip": (0, 9), "zstd": (0, 22), "none": (0, 22)}
 
 
@@ -100,3 +103,8 @@ def validate_prune(req: PruneInput, fleet: bool) -> None:
 def validate_drill_fleet(req: DrillFleetInput) -> None:
     whole("--every-weeks", req.every_weeks, *EVERY_WEEKS)
     validate_fleet(req)
+
+
+def validate_health(req: HealthInput) -> None:
+    whole("page_size", req.page_size, *HEALTH_PAGE_SIZE)
+    whole("failure_window_hours", req.failure_window_hours, *FAILURE_WINDOW_HOURS)

@@ -13,7 +13,8 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.errors import INVALID_INPUT, fail
     from tenancy.messages.backup import DumpRequest, RetentionRequest
     from tenancy.retention import validate_keep
-    from workflows.options import LOCAL, LONG
+    from workflows.options import LOCAL, LONG, storage_activity
+    from workflows.phase import ShowsPhase
     from workflows.tenant_lock import tenant_lock
     from workflows.validation import check_input
 
@@ -38,7 +39,7 @@ def validate_backup_input(req: BackupTenantInput) -> None:
 
 
 @workflow.defn
-class BackupTenantWorkflow:
+class BackupTenantWorkflow(ShowsPhase):
     def __init__(self) -> None:
         self._phase = "starting"
         self._backup_name: str | None = None
@@ -66,8 +67,8 @@ class BackupTenantWorkflow:
             name: str | None = None
             if workflow.patched(NAME_IN_WORKFLOW):
                 # Named once per run: a retried dump knows what a dead attempt left under that name.
-                name = self._backup_name = await workflow.execute_local_activity_method(
-                    BackupActivities.name_backup, args=[tenant.id, req.compression], **LOCAL
+                name = self._backup_name = await storage_activity(
+                    BackupActivities.name_backup, tenant.id, req.compression
                 )
             self._phase = "dumping"
             dump = await workflow.execute_activity_method(
@@ -95,16 +96,13 @@ class BackupTenantWorkflow:
                 )
             except ActivityError:
                 # A backup that fails verification is removed and retention does not run.
-                await workflow.execute_local_activity_method(
-                    BackupActivities.discard_backup, args=[tenant.id, name], **LOCAL
-                )
+                await storage_activity(BackupActivities.discard_backup, tenant.id, name)
                 raise
 
             self._phase = "applying retention"
-            retention = await workflow.execute_local_activity_method(
+            retention = await storage_activity(
                 BackupActivities.apply_retention,
                 RetentionRequest(tenant_id=tenant.id, keep=req.keep, newest_backup=name),
-                **LOCAL,
             )
 
         self._phase = "done"

@@ -6,15 +6,69 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.health import HealthActivities
-    from tenancy.contracts.health import HealthInput, HealthReport
-    from workflows.options import QUICK
+    from tenancy.bounds import validate_health
+    from tenancy.contracts.health import Alert, HealthInput, HealthReport
+    from tenancy.health import ALERTS_PER_DELIVERY, HealthTally
+    from tenancy.messages.health import HealthPageRequest
+    from workflows.options import HEALTH_STEP, QUICK
+    from workflows.validation import check_input
+
+# The fleet is checked a page of tenants at a time (one activity each), whatever its size; runs recorded before
+# this checked it in one activity.
+BY_PAGES = "health-checked-page-by-page"
 
 
 @workflow.defn
 class HealthCheckWorkflow:
+    def __init__(self) -> None:
+        self._tally = HealthTally()
+
+    @workflow.query
+    def progress(self) -> dict[str, str]:
+        return self._tally.progress()
+
     @workflow.run
     async def run(self, req: HealthInput) -> HealthReport:
+        if workflow.patched(BY_PAGES):
+            return await self._by_pages(req)
         report = await workflow.execute_activity_method(HealthActivities.check_health, req, **QUICK)
         if req.send_alerts and report.alerts:
             await workflow.execute_activity_method(HealthActivities.send_alerts, report.alerts, **QUICK)
         return report
+
+    async def _by_pages(self, req: HealthInput) -> HealthReport:
+        check_input(lambda: validate_health(req))
+        checked_at = workflow.now()
+        pending: list[Alert] = []  # found, not delivered yet
+
+        async def deliver(everything: bool) -> None:
+            while req.send_alerts and pending and (everything or len(pending) >= ALERTS_PER_DELIVERY):
+                batch = pending[:ALERTS_PER_DELIVERY]
+                await workflow.execute_activity_method(HealthActivities.send_alerts, batch, **QUICK)
+                del pending[: len(batch)]
+
+        after: str | None = None
+        while True:
+            alerted_rows, healthy_rows = self._tally.rows_wanted()
+            page = await workflow.execute_activity_method(
+                HealthActivities.check_health_page,
+                HealthPageRequest(
+                    after=after,
+                    limit=req.page_size,
+                    failure_window_hours=req.failure_window_hours,
+                    alerted_rows=alerted_rows,
+                    healthy_rows=healthy_rows,
+                ),
+                **HEALTH_STEP,
+            )
+            self._tally.add(page)
+            pending += page.alerts
+            await deliver(everything=False)
+            if page.checked < req.page_size or page.last_tenant_id is None:
+                break
+            after = page.last_tenant_id
+        fleet = await workflow.execute_activity_method(HealthActivities.check_fleet_health, req, **HEALTH_STEP)
+        self._tally.add_alerts(fleet.alerts)
+        pending += fleet.alerts
+        await deliver(everything=True)
+        return self._tally.report(checked_at, fleet)

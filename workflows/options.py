@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -54,6 +56,14 @@ SLOW_DDL = {
 # tenants' backups in a fleet run).
 LOCAL = QUICK
 
+# Activities that read or change the backup storage: regular activities, never local ones (a local activity runs
+# inside the run's workflow task, which a slow store would hold up), with minutes for a store with many backups.
+STORAGE = {**QUICK, "start_to_close_timeout": timedelta(minutes=10)}
+STORAGE_NOT_LOCAL = "storage-calls-in-regular-activities"
+
+# A health check's steps (a page of tenants; the whole storage listed): they heartbeat while they read.
+HEALTH_STEP = {**STORAGE, "heartbeat_timeout": HEARTBEAT_TIMEOUT}
+
 # The swap of a restore: short, but heartbeating, so a cancellation reaches it and the undo waits for it to stop.
 SWAP = {**QUICK, "heartbeat_timeout": HEARTBEAT_TIMEOUT}
 
@@ -66,3 +76,11 @@ def undoable_cancellation() -> ActivityCancellationType:
     if workflow.patched(COMPENSATIONS_WAIT):
         return ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
     return ActivityCancellationType.TRY_CANCEL
+
+
+async def storage_activity(method: Callable[..., Any], *args: Any) -> Any:
+    """Call an activity that reads or changes the backup storage: a regular activity; runs recorded before were
+    calling it as a local activity, and replay so."""
+    if workflow.patched(STORAGE_NOT_LOCAL):
+        return await workflow.execute_activity_method(method, args=list(args), **STORAGE)
+    return await workflow.execute_local_activity_method(method, args=list(args), **LOCAL)

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 class HealthInput(BaseModel):
     send_alerts: bool = True
     failure_window_hours: int = 24
+    page_size: int = 100  # tenants one activity checks (tenancy.bounds.HEALTH_PAGE_SIZE)
 
 
 class TenantHealth(BaseModel):
@@ -41,3 +42,7 @@ class HealthReport(BaseModel):
     storage: str = ""
     storage_used_bytes: int = 0
     storage_free_bytes: int | None = None  # None for object storage
+    # The run's result stays small whatever the fleet's size (tenancy.health.HealthTally): it shows the tenants that
+    # need attention first and counts the rest; every alert was delivered all the same.
+    tenants_not_shown: int = 0
+    alerts_not_shown: int = 0
