@@ -21,6 +21,7 @@ from activities.deprovision import DeprovisionActivities
 from activities.health import HealthActivities
 from activities.infra.archive import check_age_keys
 from activities.infra.catalog import Catalog
+from activities.infra.interceptors import LogContextAndMetrics
 from activities.infra.temporal import connect_client, ensure_search_attributes, metrics_runtime
 from activities.maintenance import MaintenanceActivities
 from activities.notify import NotifyActivities
@@ -57,6 +58,16 @@ WORKFLOW_BUGS: list[type[BaseException]] = [
     ValueError,  # pydantic's ValidationError, InvalidInput
 ]
 HEARTBEAT_THROTTLE = timedelta(seconds=1)
+MAX_CONCURRENT_ACTIVITIES = 32
+# asyncio.to_thread's pool (the loop's default executor): a dump, a verification or a restore holds up to two of its
+# threads for its whole length (the byte pump and the wait on pg_dump or pg_restore). Python's default, cores + 4,
+# would have three dumps make every other activity's storage call wait for them.
+IO_THREADS = 2 * MAX_CONCURRENT_ACTIVITIES + 16
+# On SIGTERM the worker stops polling and waits this long before cancelling the activities still running. A dump
+# stops at once, cleanly (it cannot resume: pg_dump killed, at most ~5 s, no partial file or upload left; another
+# worker starts it over); the rest get this long to finish. Whatever is cancelled then is still waited for while
+# it cleans up, so the process manager must allow more (docs/operations.md: 60 s).
+GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
 
 def build_worker(
@@ -80,10 +91,12 @@ def build_worker(
             HealthActivities(settings, client),
             SweepActivities(settings, client),
         ),
-        # Dumps and restores copy bytes in threads; keep some free for the event loop's own to_thread calls.
-        activity_executor=ThreadPoolExecutor(max_workers=40),
-        max_concurrent_activities=32,
-        graceful_shutdown_timeout=timedelta(seconds=10),
+        # Every activity is `async def`: no activity_executor (it runs only sync activities). Their blocking calls
+        # go through asyncio.to_thread, sized in run_worker.
+        max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
+        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        # Tenant, workflow, run, activity and attempt on every log line; per-activity metrics.
+        interceptors=[LogContextAndMetrics()],
         workflow_failure_exception_types=WORKFLOW_BUGS,
         # Heartbeats reach the server every second, not every 80 % of the heartbeat timeout (16 s): a
         # cancellation reaches a dump within a couple of seconds, and `tenants` shows its bytes moving.
@@ -94,6 +107,7 @@ def build_worker(
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     log = get_logger("worker", task_queue=settings.task_queue)
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(IO_THREADS, thread_name_prefix="activity-io"))
     await Catalog(settings).migrate()
     runtime = metrics_runtime(settings.metrics_port) if settings.metrics_port else None
     client = await connect_client(settings, runtime)

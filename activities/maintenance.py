@@ -5,6 +5,7 @@ retried later) instead of waited on forever. The SQL itself is in activities/inf
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,7 +17,7 @@ from psycopg import sql
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.heartbeat import Heartbeater
+from activities.heartbeat import Heartbeater, recorded_details
 from activities.infra.catalog import Catalog
 from activities.infra.maintenance_sql import (
     Heap,
@@ -49,6 +50,7 @@ from tenancy.errors import INVALID_INPUT, fail
 from tenancy.log import activity_logger
 from tenancy.maintenance import CleanupRule, bloat_ratio, rule_keys
 from tenancy.messages.maintenance import CleanupRequest, MaintenanceTarget, VacuumRequest
+from tenancy.messages.progress import HeartbeatDetails
 from tenancy.settings import Settings
 
 LOCK_TIMEOUT = "MaintenanceLockTimeout"
@@ -194,13 +196,11 @@ class MaintenanceActivities:
         every DELETE re-checks it with the rule's condition, so nothing newer is touched. Rows deleted = the run's
         planned count (taken before the first attempt, in the history) minus what is left at the end."""
         log = self._log(req.tenant_id)
-        details = activity.info().heartbeat_details
-        previous = details[0] if details and isinstance(details[0], dict) else {}
-        # Resumable progress: per rule, the next block of each of its heaps. (Details of an older shape, one
-        # block per table, are not trusted: starting a heap again from block 0 is only slower.)
-        next_block = {k: dict(v) for k, v in previous.get("next_block", {}).items() if isinstance(v, dict)}
-        progress = {"batches": previous.get("batches", 0), "next_block": next_block}
-        longest = float(previous.get("longest_batch_ms", 0.0))
+        previous = recorded_details()
+        # Resumable progress: per rule, the next block of each of its heaps.
+        next_block = {k: dict(v) for k, v in (previous.next_block or {}).items()}
+        progress = {"batches": previous.batches or 0, "next_block": next_block}
+        longest = previous.longest_batch_ms or 0.0
         batch = self.settings.cleanup_batch_size
 
         async def timed(query: sql.Composable) -> int:
@@ -213,7 +213,11 @@ class MaintenanceActivities:
 
         async with (
             self._session(req.database_name) as conn,
-            Heartbeater(lambda: {**progress, "longest_batch_ms": longest}),
+            Heartbeater(
+                lambda: HeartbeatDetails(
+                    batches=progress["batches"], next_block=progress["next_block"], longest_batch_ms=longest
+                )
+            ),
         ):
             if req.planned:
                 planned = dict(req.planned)
@@ -243,8 +247,10 @@ class MaintenanceActivities:
                         if not await timed(delete_some(heap, where, batch)):
                             break  # nothing it may delete (a trigger or a policy says no): left, and counted so
             remaining, _ = await self._cleanup_counts(conn, req.cutoff)
-        removed = open_storage(self.settings).remove_stale_partials(
-            req.tenant_id, timedelta(hours=self.settings.stale_partial_hours)
+        removed = await asyncio.to_thread(
+            lambda: open_storage(self.settings).remove_stale_partials(
+                req.tenant_id, timedelta(hours=self.settings.stale_partial_hours)
+            )
         )
         deleted = {key: planned[key] - remaining[key] for key in planned if key in remaining}
         log.info("old rows deleted", rows=deleted, skipped=skipped, batches=progress["batches"], stale_files=removed)
@@ -285,13 +291,12 @@ class MaintenanceActivities:
             state["after"] = table.order
 
     def _table_state(self) -> dict[str, Any]:
-        details = activity.info().heartbeat_details
-        previous = details[0] if details and isinstance(details[0], dict) else {}
+        previous = recorded_details()
         return {
-            "after": previous.get("after"),
-            "tables": int(previous.get("tables", 0)),
-            "timed_out": dict(previous.get("timed_out", {})),
-            "dead_before": previous.get("dead_before"),
+            "after": previous.after,
+            "tables": previous.tables or 0,
+            "timed_out": dict(previous.timed_out or {}),
+            "dead_before": previous.dead_before,
         }
 
     @activity.defn
@@ -299,7 +304,7 @@ class MaintenanceActivities:
         """VACUUM (ANALYZE) table by table (VACUUM FULL only when asked: it locks each table while it rewrites
         it); a table that times out is reported and the others still run."""
         state = self._table_state()
-        async with self._session(req.database_name) as conn, Heartbeater(lambda: state):
+        async with self._session(req.database_name) as conn, Heartbeater(lambda: HeartbeatDetails(**state)):
             if state["dead_before"] is None:
                 state["dead_before"] = await self._dead_tuples(conn)
             version = conn.info.server_version
@@ -400,7 +405,7 @@ class MaintenanceActivities:
         """ANALYZE table by table; a table that times out is reported and the others still run. (None only in
         histories recorded before it reported anything.)"""
         state = self._table_state()
-        async with self._session(target.database_name) as conn, Heartbeater(lambda: state):
+        async with self._session(target.database_name) as conn, Heartbeater(lambda: HeartbeatDetails(**state)):
             version = conn.info.server_version
             await self._table_by_table(conn, await vacuum_tables(conn), lambda t: analyze_only(version, t), state)
         self._log(target.tenant_id).info("analyzed", tables=state["tables"], timed_out=state["timed_out"])

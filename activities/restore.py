@@ -46,6 +46,7 @@ from tenancy.errors import (
 from tenancy.log import activity_logger
 from tenancy.marks import Mark
 from tenancy.messages.backup import BackupSelection
+from tenancy.messages.progress import HeartbeatDetails
 from tenancy.messages.restore import RestoredCheckRequest, ScratchRestoreRequest, SwapRequest, SwapResult
 from tenancy.naming import is_previous_database_name, parse_backup_name, partial_name
 from tenancy.selection import choose_backup
@@ -134,23 +135,22 @@ class RestoreActivities:
                 name = choose_backup(entries, selection.at).name
             except InvalidInput as exc:
                 raise fail(BACKUP_NOT_FOUND, f"tenant {tenant_id!r} has {exc}") from None
-        if not self.storage.exists(tenant_id, name):
+        if not await asyncio.to_thread(self.storage.exists, tenant_id, name):
             raise fail(BACKUP_NOT_FOUND, f"backup {name!r} of tenant {tenant_id!r} does not exist")
-        manifest = self.storage.read_manifest(tenant_id, name)
+        manifest = await asyncio.to_thread(self.storage.read_manifest, tenant_id, name)
         if manifest is None or not manifest.verified:
             raise fail(BACKUP_REJECTED, f"backup {name!r} has no verified manifest: it was never verified")
         if manifest.tenant_id != tenant_id or manifest.backup_name != name:
             raise fail(BACKUP_REJECTED, f"the manifest of {name!r} describes another backup ({manifest.backup_name})")
 
         progress = Progress()
-        async with Heartbeater(lambda: {"bytes_read": progress.bytes}):
-            size = self.storage.size(tenant_id, name)
+        async with Heartbeater(lambda: HeartbeatDetails(bytes_read=progress.bytes)):
 
-            def read_back() -> str:
+            def read_back() -> tuple[int, str]:
                 with self.storage.open_for_read(tenant_id, name) as reader:
-                    return hash_stream(reader, progress)
+                    return self.storage.size(tenant_id, name), hash_stream(reader, progress)
 
-            digest = await asyncio.to_thread(read_back)
+            size, digest = await asyncio.to_thread(read_back)
             if size != manifest.size_bytes or digest != manifest.sha256:
                 raise fail(
                     BACKUP_REJECTED,
@@ -166,13 +166,13 @@ class RestoreActivities:
                     f"backup {name!r} was made by pg_dump {manifest.tool_version}; the tenant's server is "
                     f"PostgreSQL {major}, whose pg_restore cannot read archives of a newer pg_dump",
                 )
-            tools = find_client_tools(major, self.settings.pg_bin_dir)
+            tools = await asyncio.to_thread(find_client_tools, major, self.settings.pg_bin_dir)
             # An encrypted backup needs the identity: a missing or wrong key fails here, before anything changes.
             identities = load_identities(self.settings.age_identity_file, name) if manifest.encrypted else None
 
             def feed(stdin) -> None:
                 with self.storage.open_for_read(tenant_id, name) as reader:
-                    unpack(reader, stdin, manifest.compression, identities, Progress())
+                    unpack(reader, stdin, manifest.stream_compression, identities, Progress())
 
             code, err, _ = await asyncio.to_thread(list_archive, tools.pg_restore, feed)
         if code != 0:
@@ -189,12 +189,12 @@ class RestoreActivities:
         progress = Progress()
         done = {"tables": 0}
         # Heartbeats from the start: dropping a dead attempt's copy and CREATE DATABASE can take a while.
-        async with Heartbeater(lambda: {"tables_restored": done["tables"], "bytes_unpacked": progress.bytes}):
+        async with Heartbeater(lambda: HeartbeatDetails(tables_restored=done["tables"], bytes_unpacked=progress.bytes)):
             return await self._restore_to_scratch(req, log, progress, done)
 
     async def _restore_to_scratch(self, req: ScratchRestoreRequest, log, progress: Progress, done: dict) -> int:
         info = activity.info()
-        work = self._work_file(req.scratch_name)
+        work = await asyncio.to_thread(self._work_file, req.scratch_name)
         await asyncio.to_thread(work.unlink, missing_ok=True)  # a dead attempt's plaintext goes first
         async with await connect(self.admin_url, autocommit=True) as conn:
             major = server_major(conn.info.server_version)
@@ -229,12 +229,18 @@ class RestoreActivities:
                 await _copy_database_acl(conn, req.database_name, req.scratch_name)
             else:
                 await _grant_to_tenant_role_only(conn, req.scratch_name, req.role_name, req.grant_connect)
-        tools = find_client_tools(major, self.settings.pg_bin_dir)
-        manifest = await asyncio.to_thread(self.storage.read_manifest, req.tenant_id, req.backup_name)
+        tools = await asyncio.to_thread(find_client_tools, major, self.settings.pg_bin_dir)
+        manifest, archive = await asyncio.to_thread(
+            lambda: (
+                self.storage.read_manifest(req.tenant_id, req.backup_name),
+                self.storage.local_path(req.tenant_id, req.backup_name),
+            )
+        )
         encrypted = bool(manifest and manifest.encrypted)
-        archive = self.storage.local_path(req.tenant_id, req.backup_name)
+        # zstd by pg_dump 16+ is inside the archive, which pg_restore reads as stored; a zstd stream is unpacked.
+        stream = manifest.stream_compression if manifest else ("zstd" if req.compression == "zstd" else "none")
         try:
-            if archive is None or encrypted or req.compression == "zstd":
+            if archive is None or encrypted or stream == "zstd":
                 # pg_restore --jobs needs a seekable, plain archive: fetch, decrypt and unpack it to a local
                 # work file first (0600 in a 0700 folder, removed at the end, or by the next attempt).
                 identities = load_identities(self.settings.age_identity_file, req.backup_name) if encrypted else None
@@ -245,7 +251,7 @@ class RestoreActivities:
                         open(fd, "wb") as handle,
                         self.storage.open_for_read(req.tenant_id, req.backup_name) as reader,
                     ):
-                        unpack(reader, handle, req.compression, identities, progress)
+                        unpack(reader, handle, stream, identities, progress)
 
                 await asyncio.to_thread(materialize)
                 archive = work

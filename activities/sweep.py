@@ -27,6 +27,7 @@ from activities.infra.storage import open_storage
 from tenancy.contracts.sweep import SweepInput, SweepItem, SweepReport
 from tenancy.log import activity_logger
 from tenancy.marks import Mark, parse_mark
+from tenancy.messages.progress import HeartbeatDetails
 from tenancy.settings import Settings
 from tenancy.sweep import (
     MAX_LISTED_LEFT_ALONE,
@@ -153,7 +154,7 @@ class SweepActivities:
         now = datetime.now(UTC)
         runs: _RunCache = {}
         items: list[SweepItem] = []
-        async with Heartbeater(lambda: {"checked": len(items)}):
+        async with Heartbeater(lambda: HeartbeatDetails(checked=len(items))):
             for find in (self._find_work_files, self._find_databases, self._find_roles, self._find_files):
                 items += await find(now, stale, runs)
         removable = [i for i in items if i.removable]
@@ -252,7 +253,7 @@ class SweepActivities:
             "partial": self._remove_partial,
             "upload": self._remove_upload,
         }
-        async with Heartbeater(lambda: dict(done)):
+        async with Heartbeater(lambda: HeartbeatDetails(**done)):
             for item in report.items:
                 if not item.removable or item.kind not in removers:
                     items.append(item)

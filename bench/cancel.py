@@ -34,6 +34,7 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from activities.infra.pg import find_client_tools, libpq_env, server_major
 from activities.infra.temporal import connect_client
 from tenancy.contracts.backup import BackupTenantInput
+from tenancy.messages.progress import HeartbeatDetails
 from workflows.backup_tenant import BackupTenantWorkflow
 
 
@@ -54,8 +55,9 @@ async def bytes_shown(client, handle) -> int | None:
     for pending in description.raw_description.pending_activities:
         if pending.heartbeat_details.payloads:
             values = await client.data_converter.decode(pending.heartbeat_details.payloads)
-            if values and isinstance(values[0], dict) and "bytes_written" in values[0]:
-                return int(values[0]["bytes_written"])
+            details = HeartbeatDetails.from_heartbeat(values)
+            if details.bytes_written is not None:
+                return details.bytes_written
     return None
 
 

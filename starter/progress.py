@@ -10,28 +10,29 @@ from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from starter.output import human_size
+from tenancy.messages.progress import HeartbeatDetails
 
 
-async def _heartbeat_details(client: Client, handle: WorkflowHandle[Any, Any]) -> dict[str, Any]:
+async def _heartbeat_details(client: Client, handle: WorkflowHandle[Any, Any]) -> HeartbeatDetails:
+    """What the run's running activity last heartbeated (activities.heartbeat), empty when nothing is running."""
     description = await handle.describe()
     for pending in description.raw_description.pending_activities:
         if pending.heartbeat_details.payloads:
             values = await client.data_converter.decode(pending.heartbeat_details.payloads)
-            if values and isinstance(values[0], dict):
-                return values[0]
-    return {}
+            return HeartbeatDetails.from_heartbeat(values)
+    return HeartbeatDetails()
 
 
-def _render(progress: dict[str, Any], details: dict[str, Any]) -> str:
+def _render(progress: dict[str, Any], details: HeartbeatDetails) -> str:
     if "total" in progress:
         return f"{progress['done']}/{progress['total']} tenants done, {progress['failed']} failed"
     line = str(progress.get("phase", ""))
-    if "bytes_written" in details:
-        line += f" — {human_size(details['bytes_written'])} written"
-    elif "tables_restored" in details:
-        line += f" — {details['tables_restored']} tables loaded"
-    elif "bytes_read" in details:
-        line += f" — {human_size(details['bytes_read'])} checked"
+    if details.bytes_written is not None:
+        line += f" — {human_size(details.bytes_written)} written"
+    elif details.tables_restored is not None:
+        line += f" — {details.tables_restored} tables loaded"
+    elif details.bytes_read is not None:
+        line += f" — {human_size(details.bytes_read)} checked"
     return line
 
 

@@ -93,3 +93,7 @@ NON_RETRYABLE += [NOT_MARKED]
 
 ROLE_IN_USE = "RoleInUse"
 NON_RETRYABLE += [ROLE_IN_USE]
+
+# Retryable: an activity that cannot resume stopped cleanly because its worker is shutting down; another worker
+# runs it again.
+WORKER_SHUTDOWN = "WorkerShutdown"

@@ -45,13 +45,16 @@ def get_logger(name: str = "tenants", **bound: object) -> structlog.stdlib.Bound
 
 
 def activity_logger(component: str, tenant_id: str | None = None) -> structlog.stdlib.BoundLogger:
-    """A logger bound to the running activity: tenant, workflow, run, activity type and attempt."""
+    """A logger bound to the running activity: tenant, workflow, run, activity type and attempt. In a worker the
+    interceptor (activities.infra.interceptors) binds these for every line anyway; bound here too, they are there
+    when an activity runs outside one (tests)."""
     from temporalio import activity
 
     info = activity.info()
+    tenant = {"tenant_id": tenant_id} if tenant_id is not None else {}  # None would hide the interceptor's
     return get_logger(
         component,
-        tenant_id=tenant_id,
+        **tenant,
         workflow_id=info.workflow_id,
         run_id=info.workflow_run_id,
         activity=info.activity_type,

@@ -147,3 +147,13 @@ async def test_the_worker_serves_prometheus_metrics(temporal_env, settings, make
     assert float(written.rsplit(" ", 1)[1]) >= taken.size_bytes
     assert any(line.startswith("tenants_backup_age_seconds{") and tenant.id in line for line in lines)
     assert any(line.startswith("temporal_workflow_completed") for line in lines)  # the SDK's own
+    # Every activity, through the worker's interceptor: attempts by outcome, and how long they took.
+    assert any(
+        line.startswith("tenants_activity_attempts_total{")
+        and 'activity_type="dump_database"' in line
+        and 'outcome="ok"' in line
+        for line in lines
+    )
+    assert any(
+        line.startswith("tenants_activity_duration") and 'activity_type="verify_backup"' in line for line in lines
+    )

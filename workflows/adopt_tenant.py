@@ -14,6 +14,7 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.errors import failure_message
     from workflows.notify import announce
     from workflows.options import HEARTBEAT_TIMEOUT, QUICK
+    from workflows.phase import ShowsPhase
     from workflows.tenant_lock import tenant_lock
 
 # The marking is undone by undo_adoption: it heartbeats and is waited for when cancelled.
@@ -24,7 +25,7 @@ _UNDOABLE = {
 
 
 @workflow.defn
-class AdoptTenantWorkflow:
+class AdoptTenantWorkflow(ShowsPhase):
     def __init__(self) -> None:
         self._phase = "starting"
 

@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.backup_tenant import BackupTenantWorkflow
     from workflows.notify import announce
     from workflows.options import QUICK, SLOW_DDL
+    from workflows.phase import ShowsPhase
     from workflows.tenant_lock import tenant_lock
 
 # Runs started before this change (recorded in tests/histories) replay on the original path below it.
@@ -34,7 +35,7 @@ COMPLETES_OR_CHANGES_NOTHING = "deprovision-completes-or-changes-nothing"
 
 
 @workflow.defn
-class DeprovisionTenantWorkflow:
+class DeprovisionTenantWorkflow(ShowsPhase):
     def __init__(self) -> None:
         self._phase = "starting"
 

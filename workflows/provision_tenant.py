@@ -14,6 +14,7 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.messages.provision import TenantDatabase
     from workflows.notify import SendWelcomeEmailWorkflow, announce
     from workflows.options import HEARTBEAT_TIMEOUT, QUICK, SLOW_DDL, undoable_cancellation
+    from workflows.phase import ShowsPhase
     from workflows.tenant_lock import tenant_lock
 
 # What undo_provisioning may undo heartbeats, so a cancellation reaches it (and is waited for: see run).
@@ -21,7 +22,7 @@ _UNDOABLE = {"heartbeat_timeout": HEARTBEAT_TIMEOUT}
 
 
 @workflow.defn
-class ProvisionTenantWorkflow:
+class ProvisionTenantWorkflow(ShowsPhase):
     def __init__(self) -> None:
         self._phase = "starting"
 

@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.naming import previous_database_name, scratch_database_name
     from workflows.notify import announce
     from workflows.options import LONG, QUICK
+    from workflows.phase import ShowsPhase
     from workflows.restore_steps import WAIT_FOR_CLEANUP, restore_check_swap
     from workflows.tenant_lock import tenant_lock
 
@@ -38,7 +39,7 @@ def validate_reinstate_input(req: ReinstateTenantInput) -> None:
 
 
 @workflow.defn
-class ReinstateTenantWorkflow:
+class ReinstateTenantWorkflow(ShowsPhase):
     def __init__(self) -> None:
         self._phase = "starting"
         self._backup_name: str | None = None

@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.messages.restore import SwapRequest
     from tenancy.naming import previous_database_name, scratch_database_name
     from workflows.options import LONG, QUICK
+    from workflows.phase import ShowsPhase
     from workflows.restore_steps import clear_cache, keep_or_drop_previous, restore_check_swap
     from workflows.tenant_lock import tenant_lock
     from workflows.validation import check_input
@@ -41,7 +42,7 @@ def validate_restore_input(req: RestoreTenantInput) -> None:
 
 
 @workflow.defn
-class RestoreTenantWorkflow:
+class RestoreTenantWorkflow(ShowsPhase):
     def __init__(self) -> None:
         self._phase = "starting"
         self._backup_name: str | None = None

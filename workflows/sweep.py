@@ -11,6 +11,7 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.errors import INVALID_INPUT, fail
     from tenancy.sweep import MAX_STALE_HOURS, MAX_SWEEP_ITEMS
     from workflows.options import LONG
+    from workflows.phase import ShowsPhase
 
 
 def validate_sweep_input(req: SweepInput) -> None:
@@ -21,7 +22,7 @@ def validate_sweep_input(req: SweepInput) -> None:
 
 
 @workflow.defn
-class SweepWorkflow:
+class SweepWorkflow(ShowsPhase):
     def __init__(self) -> None:
         self._phase = "starting"
 

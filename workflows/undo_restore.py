@@ -16,6 +16,7 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.messages.restore import SwapRequest
     from tenancy.naming import previous_database_name
     from workflows.options import QUICK, SWAP
+    from workflows.phase import ShowsPhase
     from workflows.restore_steps import WAIT_FOR_CLEANUP, clear_cache, keep_or_drop_previous, with_keep_until
     from workflows.tenant_lock import tenant_lock
 
@@ -28,7 +29,7 @@ def validate_undo_input(req: UndoRestoreInput) -> None:
 
 
 @workflow.defn
-class UndoRestoreWorkflow:
+class UndoRestoreWorkflow(ShowsPhase):
     def __init__(self) -> None:
         self._phase = "starting"
 
