@@ -17,12 +17,14 @@ install: $(STAMP)
 up: $(STAMP)
 	$(VENV)/bin/tenants up
 
-test: $(STAMP)
+# Lint first (ruff and the type checker, seconds), then the suite.
+test: lint
 	$(VENV)/bin/python scripts/run_tests.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/backup.py

@@ -20,7 +20,7 @@ from tenancy.contracts.tenants import Tenant
 from tenancy.errors import INVALID_INPUT, TENANT_EXISTS, InvalidInput, fail
 from tenancy.log import activity_logger
 from tenancy.marks import Mark, parse_mark
-from tenancy.messages.provision import AdoptionPlan
+from tenancy.messages.provision import AdoptionPlan, AdoptionUndo
 from tenancy.naming import (
     MAX_IDENTIFIER_BYTES,
     reserved_database,
@@ -244,9 +244,12 @@ class AdoptionActivities:
         return event_id
 
     @activity.defn
-    async def undo_adoption(self, plan: AdoptionPlan, reason: str) -> None:
+    async def undo_adoption(self, req: AdoptionUndo | AdoptionPlan, legacy_reason: str | None = None) -> None:
         """Compensation: the comments this run's marks replaced are put back, and the row it recorded becomes
         failed. Nothing else was changed. An adoption that finished (its event is recorded) is not undone."""
+        # Attempts scheduled by the previous release carry (plan, reason); see tenancy/messages.
+        undo = AdoptionUndo.model_validate(req if legacy_reason is None else {"plan": req, "reason": legacy_reason})
+        plan, reason = undo.plan, undo.reason
         info = activity.info()
         if await self.catalog.adoption_event(plan.tenant_id, info.workflow_id) is not None:
             return

@@ -16,6 +16,7 @@ from tenancy.log import get_logger
 from tenancy.messages.fleet import FleetOutcomes
 from tenancy.messages.locks import LockOutcome, LockRequest, TenantPage
 from tenancy.messages.provision import NewTenant
+from tenancy.messages.tenants import TenantRequest
 from tenancy.naming import (
     role_name,
     slugify,
@@ -70,14 +71,14 @@ class CatalogActivities:
         return new
 
     @activity.defn
-    async def get_tenant(self, tenant_id: str) -> Tenant:
+    async def get_tenant(self, req: TenantRequest) -> Tenant:
         try:
-            validate_tenant_id(tenant_id)
+            validate_tenant_id(req.tenant_id)
         except InvalidInput as exc:
             raise fail(INVALID_INPUT, str(exc)) from None
-        tenant = await self.catalog.get_tenant(tenant_id)
+        tenant = await self.catalog.get_tenant(req.tenant_id)
         if tenant is None:
-            raise fail(TENANT_NOT_FOUND, f"tenant {tenant_id!r} is not in the catalog")
+            raise fail(TENANT_NOT_FOUND, f"tenant {req.tenant_id!r} is not in the catalog")
         return tenant
 
     @activity.defn

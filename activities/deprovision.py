@@ -24,7 +24,14 @@ from tenancy.errors import INVALID_INPUT, NOT_MARKED, ROLE_IN_USE, InvalidInput,
 from tenancy.lifecycle import check_reinstatement
 from tenancy.log import activity_logger
 from tenancy.marks import Mark
-from tenancy.messages.provision import DeprovisionCheck, Reinstatement, ReinstatementUndo, RoleRemoval, TenantDatabase
+from tenancy.messages.provision import (
+    DeprovisionCheck,
+    FinalBackup,
+    Reinstatement,
+    ReinstatementUndo,
+    RoleRemoval,
+    TenantDatabase,
+)
 from tenancy.naming import is_copy_name
 from tenancy.settings import Settings
 
@@ -167,10 +174,14 @@ class DeprovisionActivities:
         return None
 
     @activity.defn
-    async def record_final_backup(self, tenant_id: str, backup_name: str) -> int:
+    async def record_final_backup(self, req: FinalBackup | str, legacy_backup_name: str | None = None) -> int:
         """The final backup's name, recorded as soon as it is taken: a re-run after a crash reports it."""
-        data = {"backup": backup_name}
-        return await self.catalog.record_event(tenant_id, FINAL_BACKUP_EVENT, data, activity.info().workflow_id)
+        # Attempts scheduled by the previous release carry (tenant_id, backup_name); see tenancy/messages.
+        final = FinalBackup.model_validate(
+            req if legacy_backup_name is None else {"tenant_id": req, "backup_name": legacy_backup_name}
+        )
+        data = {"backup": final.backup_name}
+        return await self.catalog.record_event(final.tenant_id, FINAL_BACKUP_EVENT, data, activity.info().workflow_id)
 
     @activity.defn
     async def drop_leftover_databases(self, db: TenantDatabase) -> list[str]:

@@ -22,7 +22,7 @@ from tenancy.contracts.health import Alert, HealthInput, HealthReport, TenantHea
 from tenancy.contracts.tenants import Tenant
 from tenancy.health import alerts_for
 from tenancy.log import get_logger
-from tenancy.messages.health import FleetHealth, HealthPage, HealthPageRequest
+from tenancy.messages.health import AlertBatch, FleetHealth, HealthPage, HealthPageRequest
 from tenancy.retention import is_good_copy
 from tenancy.search import TENANT_ID
 from tenancy.settings import Settings
@@ -157,9 +157,10 @@ class HealthActivities:
         )
 
     @activity.defn
-    async def send_alerts(self, alerts: list[Alert]) -> list[str]:
+    async def send_alerts(self, batch: AlertBatch) -> list[str]:
         """Every alert goes to the log; to the alert webhook and e-mail address when they are set. Returns where
         they were sent."""
+        alerts = batch.alerts
         log = get_logger("activities.health", workflow_id=activity.info().workflow_id)
         for alert in alerts:
             log.warning("alert", kind=alert.kind, tenant_id=alert.tenant_id, message=alert.message)

@@ -49,7 +49,7 @@ from tenancy.contracts.maintenance import (
 from tenancy.errors import INVALID_INPUT, fail
 from tenancy.log import activity_logger
 from tenancy.maintenance import CleanupRule, bloat_ratio, rule_keys
-from tenancy.messages.maintenance import CleanupRequest, MaintenanceTarget, VacuumRequest
+from tenancy.messages.maintenance import CleanupRequest, MaintenanceRecord, MaintenanceTarget, VacuumRequest
 from tenancy.messages.progress import HeartbeatDetails
 from tenancy.settings import Settings
 
@@ -412,5 +412,11 @@ class MaintenanceActivities:
         return AnalyzeResult(tables=state["tables"], timed_out=state["timed_out"])
 
     @activity.defn
-    async def record_maintenance(self, tenant_id: str, summary: dict) -> int:
-        return await self.catalog.record_maintenance(tenant_id, summary, activity.info().workflow_id)
+    async def record_maintenance(
+        self, req: MaintenanceRecord | str, legacy_summary: dict[str, Any] | None = None
+    ) -> int:
+        # Attempts scheduled by the previous release carry (tenant_id, summary); see tenancy/messages.
+        record = MaintenanceRecord.model_validate(
+            req if legacy_summary is None else {"tenant_id": req, "summary": legacy_summary}
+        )
+        return await self.catalog.record_maintenance(record.tenant_id, record.summary, activity.info().workflow_id)

@@ -16,6 +16,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.infra.catalog import Catalog
 from tenancy.contracts.provision import WelcomeMail
+from tenancy.contracts.tenants import DeliverEventInput
 from tenancy.log import get_logger
 from tenancy.settings import Settings
 
@@ -54,14 +55,14 @@ class NotifyActivities:
         return True
 
     @activity.defn
-    async def deliver_event(self, event_id: int) -> int | None:
+    async def deliver_event(self, req: DeliverEventInput) -> int | None:
         """POST one catalog event to the webhook, signed; at-least-once (receivers de-duplicate by `id`).
         Returns the HTTP status, or None when no webhook is configured."""
         if not self.settings.webhook_url:
             return None
-        event = await self.catalog.event(event_id)
+        event = await self.catalog.event(req.event_id)
         if event is None:
-            raise ApplicationError(f"event {event_id} does not exist", non_retryable=True)
+            raise ApplicationError(f"event {req.event_id} does not exist", non_retryable=True)
         body = json.dumps(
             {
                 "id": event["id"],

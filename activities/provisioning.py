@@ -29,7 +29,8 @@ from tenancy.contracts.tenants import Tenant
 from tenancy.errors import PLAN_LIMIT_REACHED, TENANT_EXISTS, fail
 from tenancy.log import activity_logger
 from tenancy.marks import Mark
-from tenancy.messages.provision import NewTenant, TenantDatabase
+from tenancy.messages.provision import NewTenant, ProvisioningUndo, TemplateRefresh, TenantDatabase
+from tenancy.messages.tenants import TenantRequest
 from tenancy.settings import Settings
 
 
@@ -99,8 +100,9 @@ class ProvisioningActivities:
         )
 
     @activity.defn
-    async def refresh_template(self) -> str | None:
+    async def refresh_template(self, req: TemplateRefresh | None = None) -> str | None:
         """Rebuild the template database if the migration files changed; returns its schema version."""
+        # None: attempts scheduled by the previous release carry no argument.
         return await ensure_template(self.admin_url, self.settings.template_database, self.settings.migrations_dir)
 
     @activity.defn
@@ -173,18 +175,21 @@ class ProvisioningActivities:
             return await seed_once(conn, self.settings.migrations_dir)
 
     @activity.defn
-    async def activate_tenant(self, tenant_id: str) -> int | None:
+    async def activate_tenant(self, req: TenantRequest) -> int | None:
         """Mark the tenant active and record TenantProvisioned; returns the event's id."""
         _, event_id = await self.catalog.change_status(
-            tenant_id, "active", None, "TenantProvisioned", activity.info().workflow_id, lambda old, new: None
+            req.tenant_id, "active", None, "TenantProvisioned", activity.info().workflow_id, lambda old, new: None
         )
         return event_id
 
     @activity.defn
-    async def undo_provisioning(self, db: TenantDatabase, reason: str) -> None:
+    async def undo_provisioning(self, req: ProvisioningUndo | TenantDatabase, legacy_reason: str | None = None) -> None:
         """Compensation: remove what this run created (the database and its unfinished copy carrying this run's
         mark, the role carrying this tenant's mark, the credentials), and record the tenant as failed. A
         database or role of the name that is not marked so is someone else's: left as it is."""
+        # Attempts scheduled by the previous release carry (db, reason); see tenancy/messages.
+        undo = ProvisioningUndo.model_validate(req if legacy_reason is None else {"db": req, "reason": legacy_reason})
+        db, reason = undo.db, undo.reason
         info = activity.info()
         left = []
         async with await connect(self.admin_url, autocommit=True) as admin:

@@ -47,7 +47,16 @@ from tenancy.log import activity_logger
 from tenancy.marks import Mark
 from tenancy.messages.backup import BackupSelection
 from tenancy.messages.progress import HeartbeatDetails
-from tenancy.messages.restore import RestoredCheckRequest, ScratchRestoreRequest, SwapRequest, SwapResult
+from tenancy.messages.restore import (
+    KeptDatabaseEnd,
+    PreviousDatabase,
+    RestoredCheckRequest,
+    ScratchDatabase,
+    ScratchRestoreRequest,
+    SwapRequest,
+    SwapResult,
+)
+from tenancy.messages.tenants import TenantRequest
 from tenancy.naming import is_previous_database_name, parse_backup_name, partial_name
 from tenancy.selection import choose_backup
 from tenancy.settings import Settings
@@ -478,7 +487,7 @@ class RestoreActivities:
         raise ApplicationError(f"sessions of {req.database_name!r} would not end", type=RESTORE_FAILED)
 
     @activity.defn
-    async def drop_previous_database(self, req: SwapRequest) -> bool:
+    async def drop_previous_database(self, req: PreviousDatabase) -> bool:
         """Drop a database a restore set aside; refuses any name that is not such a database, and leaves alone
         one that does not carry this tenant's `previous` mark (it was swapped back, or is not ours)."""
         if not is_previous_database_name(req.database_name, req.previous_name):
@@ -497,7 +506,7 @@ class RestoreActivities:
         return existed
 
     @activity.defn
-    async def drop_scratch_database(self, req: SwapRequest) -> None:
+    async def drop_scratch_database(self, req: ScratchDatabase) -> None:
         """Drop a scratch copy (a drill's, when it is done): only one that carries this run's scratch mark."""
         if req.scratch_name == req.database_name or "__rs_" not in req.scratch_name:
             raise fail(INVALID_INPUT, f"{req.scratch_name!r} is not a scratch database")
@@ -514,12 +523,15 @@ class RestoreActivities:
         )
 
     @activity.defn
-    async def end_kept_database(self, name: str, how: str) -> bool:
-        return await self.catalog.end_kept_database(name, how)
+    async def end_kept_database(self, req: KeptDatabaseEnd | str, legacy_how: str | None = None) -> bool:
+        # Attempts scheduled by the previous release carry (name, how); see tenancy/messages.
+        end = KeptDatabaseEnd.model_validate(req if legacy_how is None else {"name": req, "how": legacy_how})
+        return await self.catalog.end_kept_database(end.name, end.how)
 
     @activity.defn
-    async def find_kept_database(self, tenant_id: str) -> KeptDatabase:
+    async def find_kept_database(self, req: TenantRequest) -> KeptDatabase:
         """The newest database a restore of this tenant set aside that still exists and carries its mark."""
+        tenant_id = req.tenant_id
         async with await connect(self.admin_url, autocommit=True) as conn:
             for row in await self.catalog.kept_databases(tenant_id):
                 mark = await database_mark(conn, row["name"]) if await _exists(conn, row["name"]) else None
@@ -546,10 +558,11 @@ class RestoreActivities:
         )
 
     @activity.defn
-    async def clear_tenant_cache(self, tenant_id: str) -> int | None:
+    async def clear_tenant_cache(self, req: TenantRequest) -> int | None:
         """Delete the tenant's cache keys (Redis, `cache_key_prefix`); None when no cache is configured."""
         if not self.settings.redis_url:
             return None
+        tenant_id = req.tenant_id
         import redis.asyncio as redis
 
         prefix = self.settings.cache_key_prefix.format(tenant_id=tenant_id)

@@ -20,6 +20,7 @@ from tenancy.contracts.fleet import FleetInput
 from tenancy.contracts.provision import (
     AdoptTenantInput,
     DeprovisionTenantInput,
+    MigrateTenantInput,
     ProvisionTenantInput,
     ReinstateTenantInput,
 )
@@ -284,7 +285,7 @@ async def migrate(args: argparse.Namespace, settings: Settings) -> int:
         result = await start_and_follow(
             settings,
             MigrateTenantWorkflow.run,
-            tenant_id,
+            MigrateTenantInput(tenant_id=tenant_id),
             operation="migrate",
             tenant_id=tenant_id,
             summary=f"Migration of tenant {tenant_id}",

@@ -12,7 +12,6 @@ from tenancy.errors import InvalidInput
 
 # The order tasks run in when several are asked, whatever order they were given in.
 TASK_ORDER = ["backup", "cleanup", "vacuum", "optimize", "analyze"]
-DESTRUCTIVE = {"cleanup", "vacuum", "optimize"}
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 

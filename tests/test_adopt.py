@@ -16,6 +16,7 @@ from tenancy.contracts.backup import BackupTenantInput
 from tenancy.contracts.provision import AdoptTenantInput, ProvisionTenantInput
 from tenancy.errors import failure_message, failure_type
 from tenancy.marks import Mark, parse_mark
+from tenancy.messages.provision import AdoptionUndo
 from tests.cli import tenants
 from tests.recording import RECORD, save_history
 from workflows.adopt_tenant import AdoptTenantWorkflow
@@ -210,7 +211,7 @@ async def test_an_unfinished_adoption_is_undone_and_a_finished_one_is_not(settin
         conn.execute(
             sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(database), sql.Literal(mark.comment()))
         )
-    await run.run(acts.undo_adoption, plan, "cancelled")
+    await run.run(acts.undo_adoption, AdoptionUndo(plan=plan, reason="cancelled"))
     assert comment_of(settings, database=database) == "billing, since 2019"
     tenant = await catalog.get_tenant(tenant_id)
     assert (tenant.status, tenant.status_reason) == ("failed", "cancelled")
@@ -223,7 +224,7 @@ async def test_an_unfinished_adoption_is_undone_and_a_finished_one_is_not(settin
     await again.run(acts.record_adoption, plan)
     event_id = await again.run(acts.adopt_database, plan)
     assert await again.run(acts.adopt_database, plan) == event_id  # retried: one event
-    await again.run(acts.undo_adoption, plan, "too late")
+    await again.run(acts.undo_adoption, plan, "too late")  # as an attempt the previous release scheduled
     assert (await catalog.get_tenant(tenant_id)).status == "active"
     assert parse_mark(comment_of(settings, database=database)).is_of(tenant_id, "tenant")
 

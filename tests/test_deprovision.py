@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pyrage
@@ -11,12 +11,14 @@ import pytest
 from psycopg import sql
 from temporalio.client import WorkflowFailureError
 
+from activities.infra.storage import open_storage
 from starter.demo import seed_tenant_data, table_fingerprint
 from tenancy.contracts.backup import BackupTenantInput
 from tenancy.contracts.provision import DeprovisionTenantInput, ProvisionTenantInput
 from tenancy.contracts.restore import RestoreTenantInput
 from tenancy.errors import failure_message, failure_type
 from tenancy.marks import Mark
+from tenancy.naming import backup_name
 from workflows.backup_tenant import BackupTenantWorkflow
 from workflows.deprovision_tenant import DeprovisionTenantWorkflow
 from workflows.provision_tenant import ProvisionTenantWorkflow
@@ -254,3 +256,38 @@ async def test_deprovision_touches_no_other_deployment_and_refuses_a_closed_data
     finally:
         with admin(settings) as conn:
             conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(closed)))
+
+
+async def test_the_final_backup_deletes_none_of_the_tenants_backups(temporal_env, task_queue, settings, make_tenant):
+    tenant = await make_tenant("dp", entries=50)
+    storage = open_storage(settings)
+    taken = await run(
+        temporal_env, task_queue, BackupTenantWorkflow.run, BackupTenantInput(tenant_id=tenant.id), "backup"
+    )
+    # More verified backups than retention keeps by default (BackupTenantInput.keep): copies of that one, older.
+    manifest = storage.read_manifest(tenant.id, taken.backup_name)
+    source = (settings.storage_root / taken.path).read_bytes()
+    for days in range(1, BackupTenantInput(tenant_id=tenant.id).keep + 2):
+        name = backup_name(tenant.id, datetime.now(UTC) - timedelta(days=days), taken.compression)
+        with storage.open_for_write(tenant.id, name) as sink:
+            sink.write(source)
+        storage.write_manifest(manifest.model_copy(update={"backup_name": name}))
+    before = storage.list_backups(tenant.id)
+
+    handle = await temporal_env.client.start_workflow(
+        DeprovisionTenantWorkflow.run,
+        DeprovisionTenantInput(tenant_id=tenant.id),
+        id=f"dep-{uuid.uuid4().hex[:8]}",
+        task_queue=task_queue,
+    )
+    result = await handle.result()
+
+    assert sorted(storage.list_backups(tenant.id)) == sorted([*before, result.final_backup])
+    # The final backup's run skipped the retention step altogether.
+    child = temporal_env.client.get_workflow_handle(f"backup-{tenant.id}-final-{handle.result_run_id[:8]}")
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        async for e in child.fetch_history_events()
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    assert "verify_backup" in scheduled and "apply_retention" not in scheduled

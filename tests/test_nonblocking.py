@@ -20,13 +20,13 @@ from activities.infra.storage import LocalStorage
 from activities.restore import RestoreActivities
 from tenancy.contracts.backup import DumpResult
 from tenancy.contracts.fleet import PruneInput
-from tenancy.messages.backup import BackupSelection
+from tenancy.messages.backup import BackupNameRequest, BackupSelection
 from tenancy.messages.health import HealthPageRequest
 from tenancy.naming import backup_name
 from worker import HEARTBEAT_THROTTLE, activities_of
-from workflows.options import STORAGE_NOT_LOCAL
 from workflows.registry import WORKFLOWS
 from workflows.retention import PruneTenantWorkflow
+from workflows.steps import STORAGE_NOT_LOCAL
 
 SLOW = 3.0  # seconds each storage call of the tenant under test takes
 HEARTBEAT_TIMEOUT = timedelta(seconds=2)  # a loop blocked for SLOW seconds misses it
@@ -71,7 +71,9 @@ class StorageBesideHeartbeats:
             row_counts={},
         )
         waiting = [
-            workflow.execute_activity_method(BackupActivities.name_backup, args=[tenant_id, "gzip"], **once),
+            workflow.execute_activity_method(
+                BackupActivities.name_backup, BackupNameRequest(tenant_id=tenant_id, compression="gzip"), **once
+            ),
             workflow.execute_activity_method(BackupActivities.verify_backup, dump, **once),
             workflow.execute_activity_method(
                 RestoreActivities.select_backup, BackupSelection(tenant_id=tenant_id, backup_name=missing), **once

@@ -26,7 +26,7 @@ from tenancy.contracts.provision import DeprovisionTenantInput, ProvisionTenantI
 from tenancy.contracts.tenants import SettingsChange, StatusChange
 from tenancy.errors import InvalidInput, failure_message, failure_type
 from tenancy.marks import Mark, parse_mark
-from tenancy.messages.provision import TenantDatabase
+from tenancy.messages.provision import ProvisioningUndo, TenantDatabase
 from tenancy.naming import tenant_database_name, validate_database_prefix
 from tenancy.settings import Settings
 from tests.blocking import wait_until
@@ -499,7 +499,7 @@ async def test_the_create_steps_trust_only_what_their_own_run_made(settings):
         with pytest.raises(ApplicationError, match="already exists; adopt it") as caught:
             await run.run(acts.create_tenant_database, db)
         assert caught.value.type == "TenantExists" and caught.value.non_retryable
-        await run.run(acts.undo_provisioning, db, "refused")
+        await run.run(acts.undo_provisioning, db, "refused")  # as an attempt the previous release scheduled
         assert invoice_count(settings, db.database_name) == 4
         drop_database(settings, db.database_name)
 
@@ -541,9 +541,9 @@ async def test_the_create_steps_trust_only_what_their_own_run_made(settings):
         assert role_state(settings, db.role_name) == before
 
         # The undo of another run drops nothing; this run's undo drops its database, never the foreign role.
-        await other_run.run(acts.undo_provisioning, db, "not mine")
+        await other_run.run(acts.undo_provisioning, ProvisioningUndo(db=db, reason="not mine"))
         assert database_exists(settings, db.database_name)
-        await run.run(acts.undo_provisioning, db, "mine")
+        await run.run(acts.undo_provisioning, ProvisioningUndo(db=db, reason="mine"))
         assert not database_exists(settings, db.database_name)
         assert role_state(settings, db.role_name) == before
     finally:

@@ -6,22 +6,15 @@ the row recorded as failed."""
 from __future__ import annotations
 
 from temporalio import workflow
-from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from activities.adoption import AdoptionActivities
     from tenancy.contracts.provision import AdoptTenantInput, AdoptTenantResult
     from tenancy.errors import failure_message
+    from tenancy.messages.provision import AdoptionUndo
+    from workflows import steps
     from workflows.notify import announce
-    from workflows.options import HEARTBEAT_TIMEOUT, QUICK
     from workflows.phase import ShowsPhase
     from workflows.tenant_lock import tenant_lock
-
-# The marking is undone by undo_adoption: it heartbeats and is waited for when cancelled.
-_UNDOABLE = {
-    "heartbeat_timeout": HEARTBEAT_TIMEOUT,
-    "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-}
 
 
 @workflow.defn
@@ -35,22 +28,22 @@ class AdoptTenantWorkflow(ShowsPhase):
 
     @workflow.run
     async def run(self, req: AdoptTenantInput) -> AdoptTenantResult:
+        # 1. Check what is adopted.
         self._phase = "checking"
-        plan = await workflow.execute_activity_method(AdoptionActivities.check_adoption, req, **QUICK)
+        plan = await steps.check_adoption(req)
+        # 2. Record the tenant.
         self._phase = "recording the tenant"
-        await workflow.execute_activity_method(AdoptionActivities.record_adoption, plan, **QUICK)
+        await steps.record_adoption(plan)
         try:
+            # 3. Under its lock, mark the database (and role) and record it active.
             async with tenant_lock(plan.tenant_id, "adopt", req.lock_wait_seconds):
                 self._phase = "marking the database"
-                event_id = await workflow.execute_activity_method(
-                    AdoptionActivities.adopt_database, plan, **QUICK, **_UNDOABLE
-                )
+                event_id = await steps.adopt_database(plan)
         except BaseException as exc:
             self._phase = "undoing"
-            await workflow.execute_activity_method(
-                AdoptionActivities.undo_adoption, args=[plan, failure_message(exc)], **QUICK
-            )
+            await steps.undo_adoption(AdoptionUndo(plan=plan, reason=failure_message(exc)))
             raise
+        # 4. The TenantAdopted event to the webhook.
         await announce(event_id)
         self._phase = "done"
         return AdoptTenantResult(

@@ -1,4 +1,5 @@
-"""BackupTenantWorkflow: dump → verify → retention, under the tenant's operation lock."""
+"""BackupTenantWorkflow: 1. the tenant's operation lock → 2. the backup's name → 3. dump → 4. verify (a backup that
+fails is discarded) → 5. retention (unless the parent asked for none)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,21 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.backup import BackupActivities
-    from activities.catalog import CatalogActivities
     from tenancy.bounds import validate_backup
-    from tenancy.contracts.backup import BackupTenantInput, BackupTenantResult
+    from tenancy.contracts.backup import BackupTenantInput, BackupTenantResult, RetentionResult
     from tenancy.errors import INVALID_INPUT, fail
-    from tenancy.messages.backup import DumpRequest, RetentionRequest
+    from tenancy.messages.backup import BackupNameRequest, DiscardRequest, DumpRequest, RetentionRequest
+    from tenancy.messages.tenants import TenantRequest
     from tenancy.retention import validate_keep
-    from workflows.options import LOCAL, LONG, storage_activity
+    from workflows import steps
     from workflows.phase import ShowsPhase
     from workflows.tenant_lock import tenant_lock
     from workflows.validation import check_input
 
-from temporalio.workflow import ActivityCancellationType
-
 NAME_IN_WORKFLOW = "backup-named-in-workflow"
+# A parent that wants no retention says so (apply_retention=False) and the step is skipped; runs recorded before
+# were asked for keep=MAX_KEEP instead, and ran retention with it.
+WITHOUT_RETENTION = "backup-without-retention"
 
 
 def backups_total():
@@ -61,49 +62,42 @@ class BackupTenantWorkflow(ShowsPhase):
     async def _run(self, req: BackupTenantInput) -> BackupTenantResult:
         validate_backup_input(req)
         self._phase = "looking up tenant"
-        tenant = await workflow.execute_local_activity_method(CatalogActivities.get_tenant, req.tenant_id, **LOCAL)
+        tenant = await steps.get_tenant_local(TenantRequest(tenant_id=req.tenant_id))
+        # 1. The lock (a parent that holds it, deprovisioning or maintenance, lends it).
         self._phase = "waiting for the tenant lock"
         async with tenant_lock(tenant.id, "backup", req.lock_wait_seconds, req.lock_held_by_parent):
+            # 2. The name, decided once per run: a retried dump knows what a dead attempt left under it.
             name: str | None = None
             if workflow.patched(NAME_IN_WORKFLOW):
-                # Named once per run: a retried dump knows what a dead attempt left under that name.
-                name = self._backup_name = await storage_activity(
-                    BackupActivities.name_backup, tenant.id, req.compression
+                name = self._backup_name = await steps.name_backup(
+                    BackupNameRequest(tenant_id=tenant.id, compression=req.compression)
                 )
+            # 3. The dump.
             self._phase = "dumping"
-            dump = await workflow.execute_activity_method(
-                BackupActivities.dump_database,
+            dump = await steps.dump_database(
                 DumpRequest(
                     tenant_id=tenant.id,
                     database_name=tenant.database_name,
                     compression=req.compression,
                     compression_level=req.compression_level,
                     backup_name=name,
-                ),
-                # Wait for pg_dump to be killed and the partial file removed before the run ends.
-                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                **LONG,
+                )
             )
-
             name = self._backup_name = dump.backup_name
+            # 4. Verified, or removed (and no retention runs).
             self._phase = "verifying"
             try:
-                manifest = await workflow.execute_activity_method(
-                    BackupActivities.verify_backup,
-                    dump,
-                    cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                    **LONG,
-                )
+                manifest = await steps.verify_backup(dump)
             except ActivityError:
-                # A backup that fails verification is removed and retention does not run.
-                await storage_activity(BackupActivities.discard_backup, tenant.id, name)
+                await steps.discard_backup(DiscardRequest(tenant_id=tenant.id, backup_name=name))
                 raise
-
-            self._phase = "applying retention"
-            retention = await storage_activity(
-                BackupActivities.apply_retention,
-                RetentionRequest(tenant_id=tenant.id, keep=req.keep, newest_backup=name),
-            )
+            # 5. Retention, unless the parent asked for none.
+            retention = RetentionResult(kept=[], deleted=[])
+            if req.apply_retention or not workflow.patched(WITHOUT_RETENTION):
+                self._phase = "applying retention"
+                retention = await steps.apply_retention(
+                    RetentionRequest(tenant_id=tenant.id, keep=req.keep, newest_backup=name)
+                )
 
         self._phase = "done"
         return BackupTenantResult(

@@ -9,9 +9,6 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.catalog import CatalogActivities
-    from activities.health import HealthActivities
-    from activities.restore import RestoreActivities
     from tenancy.bounds import validate_drill_fleet
     from tenancy.contracts.backup import DrillInput, DrillResult
     from tenancy.contracts.fleet import DrillFleetInput, FleetResult, TenantOutcome
@@ -19,79 +16,76 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.contracts.tenants import Tenant, TenantRef
     from tenancy.errors import failure_message
     from tenancy.messages.backup import BackupSelection
-    from tenancy.messages.restore import RestoredCheckRequest, ScratchRestoreRequest, SwapRequest
+    from tenancy.messages.health import AlertBatch
+    from tenancy.messages.restore import RestoredCheckRequest, ScratchDatabase, ScratchRestoreRequest
+    from tenancy.messages.tenants import TenantRequest
     from tenancy.naming import scratch_database_name
+    from workflows import steps
     from workflows.fleet import Fleet, FleetProgress, child_options, run_child, run_fleet, skipped, start_cursor
-    from workflows.options import LOCAL, LONG, QUICK
     from workflows.tenant_lock import tenant_lock
     from workflows.validation import check_input
 
 DRILL_SHARED_LOCK = "drill-shared-tenant-lock"
 # A drill scheduled during a long maintenance or restore waits for it rather than failing.
 DRILL_LOCK_WAIT_SECONDS = 1800
+# pg_restore jobs of a drill: it runs beside the tenant's own traffic (a restore's default, RestoreTenantInput.jobs).
+DRILL_RESTORE_JOBS = 2
 
 
 @workflow.defn
 class BackupDrillWorkflow:
     @workflow.run
     async def run(self, req: DrillInput) -> DrillResult:
-        tenant = await workflow.execute_local_activity_method(CatalogActivities.get_tenant, req.tenant_id, **LOCAL)
-        names = SwapRequest(
+        tenant = await steps.get_tenant_local(TenantRequest(tenant_id=req.tenant_id))
+        scratch = ScratchDatabase(
             tenant_id=tenant.id,
             database_name=tenant.database_name,
             scratch_name=scratch_database_name(tenant.database_name, "d" + workflow.uuid4().hex[:9]),
-            previous_name="",
         )
         if workflow.patched(DRILL_SHARED_LOCK):
             # Shared: backups and other drills go on; a restore, maintenance or deprovisioning waits for the drill.
             async with tenant_lock(tenant.id, "drill", DRILL_LOCK_WAIT_SECONDS, shared=True):
-                return await self._drill(req, tenant, names)
-        return await self._drill(req, tenant, names)
+                return await self._drill(req, tenant, scratch)
+        return await self._drill(req, tenant, scratch)
 
-    async def _drill(self, req: DrillInput, tenant: Tenant, names: SwapRequest) -> DrillResult:
+    async def _drill(self, req: DrillInput, tenant: Tenant, scratch: ScratchDatabase) -> DrillResult:
         started = workflow.time()
         result = DrillResult(tenant_id=tenant.id, backup_name=req.backup_name, ok=False)
         try:
+            # 1. Check the backup, 2. restore it into a scratch database, 3. check that as a restore would.
             workflow.set_current_details("checking the backup")
-            manifest = await workflow.execute_activity_method(
-                RestoreActivities.select_backup,
-                BackupSelection(tenant_id=tenant.id, backup_name=req.backup_name),
-                **LONG,
-            )
+            manifest = await steps.select_backup(BackupSelection(tenant_id=tenant.id, backup_name=req.backup_name))
             result.backup_name = manifest.backup_name
             workflow.set_current_details("restoring into a scratch database")
-            tables = await workflow.execute_activity_method(
-                RestoreActivities.restore_to_scratch,
+            tables = await steps.restore_drill_copy(
                 ScratchRestoreRequest(
                     tenant_id=tenant.id,
                     database_name=tenant.database_name,
-                    scratch_name=names.scratch_name,
+                    scratch_name=scratch.scratch_name,
                     backup_name=manifest.backup_name,
                     compression=manifest.compression,
-                    jobs=2,
-                ),
-                **LONG,
+                    jobs=DRILL_RESTORE_JOBS,
+                )
             )
             workflow.set_current_details("verifying the restored database")
-            counts = await workflow.execute_activity_method(
-                RestoreActivities.verify_restored,
+            counts = await steps.verify_drill_copy(
                 RestoredCheckRequest(
                     tenant_id=tenant.id,
-                    scratch_name=names.scratch_name,
+                    scratch_name=scratch.scratch_name,
                     row_counts=manifest.row_counts,
                     checks=req.checks,
-                ),
-                **LONG,
+                )
             )
             result = result.model_copy(update={"ok": True, "tables": tables, "rows": sum(counts.values())})
         except ActivityError as exc:
             result.error = failure_message(exc)
         finally:
-            # The scratch copy never outlives the drill, whatever happened.
+            # 4. The scratch copy never outlives the drill, whatever happened.
             workflow.set_current_details("dropping the scratch database")
-            await workflow.execute_activity_method(RestoreActivities.drop_scratch_database, names, **QUICK)
+            await steps.drop_scratch_database(scratch)
+        # 5. The outcome recorded, 6. an alert when the drill failed.
         result.seconds = round(workflow.time() - started, 2)
-        await workflow.execute_activity_method(RestoreActivities.record_drill, result, **QUICK)
+        await steps.record_drill(result)
         if not result.ok:
             alert = Alert(
                 kind="failed_drill",
@@ -99,7 +93,7 @@ class BackupDrillWorkflow:
                 message=f"tenant {tenant.id}: restore drill of {result.backup_name or 'its newest backup'} failed: "
                 f"{result.error}",
             )
-            await workflow.execute_activity_method(HealthActivities.send_alerts, [alert], **QUICK)
+            await steps.send_alerts(AlertBatch(alerts=[alert]))
         return result
 
 

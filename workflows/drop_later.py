@@ -7,10 +7,9 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.restore import RestoreActivities
     from tenancy.contracts.restore import DropLaterInput
-    from tenancy.messages.restore import SwapRequest
-    from workflows.options import QUICK
+    from tenancy.messages.restore import PreviousDatabase
+    from workflows import steps
 
 
 @workflow.defn
@@ -18,13 +17,6 @@ class DropPreviousDatabaseWorkflow:
     @workflow.run
     async def run(self, req: DropLaterInput) -> bool:
         await workflow.sleep(timedelta(seconds=req.delay_seconds))
-        return await workflow.execute_activity_method(
-            RestoreActivities.drop_previous_database,
-            SwapRequest(
-                tenant_id=req.tenant_id,
-                database_name=req.database_name,
-                scratch_name="",
-                previous_name=req.previous_name,
-            ),
-            **QUICK,
+        return await steps.drop_previous_database(
+            PreviousDatabase(tenant_id=req.tenant_id, database_name=req.database_name, previous_name=req.previous_name)
         )

@@ -23,7 +23,6 @@ from temporalio import workflow
 from temporalio.exceptions import ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.catalog import CatalogActivities
     from tenancy.contracts.fleet import FleetCursor, FleetOptions, FleetResult, TenantOutcome
     from tenancy.contracts.tenants import TenantRef
     from tenancy.errors import failure_message
@@ -31,8 +30,8 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.messages.locks import TenantPage
     from tenancy.naming import workflow_id
     from tenancy.search import tenant_attributes
+    from workflows import steps
     from workflows.fleet_legacy import fan_out_catalog, finish_fleet
-    from workflows.options import LOCAL
 
 # Runs recorded before the engine went page by page, with children named after the fleet's start time.
 SLIDING_WINDOW = "fleet-sliding-window"
@@ -144,13 +143,11 @@ class _SlidingWindow:
         info = workflow.info()
         batch = FleetOutcomes(fleet_workflow_id=info.workflow_id, fleet_run_id=info.run_id, outcomes=self.unwritten)
         self.unwritten = []
-        await workflow.execute_local_activity_method(CatalogActivities.record_fleet_outcomes, batch, **LOCAL)
+        await steps.record_fleet_outcomes(batch)
 
     async def _page(self, after: str | None) -> list[TenantRef]:
-        return await workflow.execute_local_activity_method(
-            CatalogActivities.list_tenant_page,
-            TenantPage(after=after, limit=self.req.page_size, statuses=self.fleet.statuses),
-            **LOCAL,
+        return await steps.list_tenant_page(
+            TenantPage(after=after, limit=self.req.page_size, statuses=self.fleet.statuses)
         )
 
     def _history_is_long(self) -> bool:

@@ -10,11 +10,10 @@ from typing import Any
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.catalog import CatalogActivities
     from tenancy.contracts.fleet import FleetCursor, FleetResult, TenantOutcome
     from tenancy.contracts.tenants import TenantRef
     from tenancy.messages.locks import TenantPage
-    from workflows.options import LOCAL
+    from workflows import steps
 
 
 async def fan_out(
@@ -50,11 +49,7 @@ async def fan_out_catalog(
     progress.done = progress.total = len(cursor.outcomes)
     progress.failed = sum(not o.ok for o in cursor.outcomes)
     while True:
-        page = await workflow.execute_local_activity_method(
-            CatalogActivities.list_tenant_page,
-            TenantPage(after=cursor.after, limit=page_size, statuses=statuses),
-            **LOCAL,
-        )
+        page = await steps.list_tenant_page(TenantPage(after=cursor.after, limit=page_size, statuses=statuses))
         if not page:
             return cursor, True
         progress.total += len(page)

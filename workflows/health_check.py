@@ -5,12 +5,11 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.health import HealthActivities
     from tenancy.bounds import validate_health
     from tenancy.contracts.health import Alert, HealthInput, HealthReport
     from tenancy.health import ALERTS_PER_DELIVERY, HealthTally
-    from tenancy.messages.health import HealthPageRequest
-    from workflows.options import HEALTH_STEP, QUICK
+    from tenancy.messages.health import AlertBatch, HealthPageRequest
+    from workflows import steps
     from workflows.validation import check_input
 
 # The fleet is checked a page of tenants at a time (one activity each), whatever its size; runs recorded before
@@ -31,9 +30,9 @@ class HealthCheckWorkflow:
     async def run(self, req: HealthInput) -> HealthReport:
         if workflow.patched(BY_PAGES):
             return await self._by_pages(req)
-        report = await workflow.execute_activity_method(HealthActivities.check_health, req, **QUICK)
+        report = await steps.check_health(req)
         if req.send_alerts and report.alerts:
-            await workflow.execute_activity_method(HealthActivities.send_alerts, report.alerts, **QUICK)
+            await steps.send_alerts(AlertBatch(alerts=report.alerts))
         return report
 
     async def _by_pages(self, req: HealthInput) -> HealthReport:
@@ -44,22 +43,21 @@ class HealthCheckWorkflow:
         async def deliver(everything: bool) -> None:
             while req.send_alerts and pending and (everything or len(pending) >= ALERTS_PER_DELIVERY):
                 batch = pending[:ALERTS_PER_DELIVERY]
-                await workflow.execute_activity_method(HealthActivities.send_alerts, batch, **QUICK)
+                await steps.send_alerts(AlertBatch(alerts=batch))
                 del pending[: len(batch)]
 
+        # 1. Tenants a page at a time, their alerts delivered as they add up.
         after: str | None = None
         while True:
             alerted_rows, healthy_rows = self._tally.rows_wanted()
-            page = await workflow.execute_activity_method(
-                HealthActivities.check_health_page,
+            page = await steps.check_health_page(
                 HealthPageRequest(
                     after=after,
                     limit=req.page_size,
                     failure_window_hours=req.failure_window_hours,
                     alerted_rows=alerted_rows,
                     healthy_rows=healthy_rows,
-                ),
-                **HEALTH_STEP,
+                )
             )
             self._tally.add(page)
             pending += page.alerts
@@ -67,7 +65,8 @@ class HealthCheckWorkflow:
             if page.checked < req.page_size or page.last_tenant_id is None:
                 break
             after = page.last_tenant_id
-        fleet = await workflow.execute_activity_method(HealthActivities.check_fleet_health, req, **HEALTH_STEP)
+        # 2. The fleet-wide facts (storage, failed fleet runs), 3. the alerts left delivered.
+        fleet = await steps.check_fleet_health(req)
         self._tally.add_alerts(fleet.alerts)
         pending += fleet.alerts
         await deliver(everything=True)

@@ -8,43 +8,25 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.catalog import CatalogActivities
-    from activities.maintenance import MaintenanceActivities
     from tenancy.bounds import validate_maintenance
     from tenancy.contracts.backup import BackupTenantInput
     from tenancy.contracts.fleet import FleetMaintenanceInput, FleetResult, TenantOutcome
     from tenancy.contracts.maintenance import MaintainTenantInput, MaintainTenantResult, TaskReport
     from tenancy.contracts.tenants import TenantRef
-    from tenancy.errors import INVALID_INPUT, NON_RETRYABLE, fail, failure_message
+    from tenancy.errors import INVALID_INPUT, fail, failure_message
     from tenancy.maintenance import ordered_tasks, validate_days
-    from tenancy.messages.maintenance import CleanupRequest, MaintenanceTarget, VacuumRequest
-    from tenancy.retention import MAX_KEEP
+    from tenancy.messages.maintenance import CleanupRequest, MaintenanceRecord, MaintenanceTarget, VacuumRequest
+    from tenancy.messages.tenants import TenantRequest
     from tenancy.search import tenant_attributes
+    from workflows import steps
     from workflows.backup_tenant import BackupTenantWorkflow
     from workflows.fleet import Fleet, FleetProgress, child_options, run_child, run_fleet, skipped, start_cursor
-    from workflows.options import HEARTBEAT_TIMEOUT, QUICK
     from workflows.phase import ShowsPhase
     from workflows.tenant_lock import tenant_lock
     from workflows.validation import check_input
-
-
-def task_options(max_attempts: int) -> dict[str, Any]:
-    """Lock timeouts come back later (backing off to five minutes) rather than waiting on the lock."""
-    return {
-        "start_to_close_timeout": timedelta(hours=6),
-        "heartbeat_timeout": HEARTBEAT_TIMEOUT,
-        "retry_policy": RetryPolicy(
-            initial_interval=timedelta(seconds=5),
-            backoff_coefficient=3.0,
-            maximum_interval=timedelta(minutes=5),
-            maximum_attempts=max_attempts,
-            non_retryable_error_types=NON_RETRYABLE,
-        ),
-    }
 
 
 @workflow.defn
@@ -66,17 +48,16 @@ class MaintainTenantWorkflow(ShowsPhase):
 
         check_input(lambda: validate_maintenance(req), legacy)
         tasks = ordered_tasks(req.tasks)
-        tenant = await workflow.execute_activity_method(CatalogActivities.get_tenant, req.tenant_id, **QUICK)
+        tenant = await steps.get_tenant(TenantRequest(tenant_id=req.tenant_id))
         target = MaintenanceTarget(tenant_id=tenant.id, database_name=tenant.database_name)
         # Fixed once for the whole run: retries and a resumed run delete exactly up to the same instant.
         cutoff = workflow.now() - timedelta(days=req.days)
-        options = task_options(req.max_attempts)
         cleanup = CleanupRequest(**target.model_dump(), cutoff=cutoff)
 
-        size_before = await workflow.execute_activity_method(MaintenanceActivities.database_size, target, **QUICK)
+        size_before = await steps.database_size(target)
         if req.dry_run:
             self._phase = "planning"
-            plan = await workflow.execute_activity_method(MaintenanceActivities.plan_maintenance, cleanup, **options)
+            plan = await steps.plan_maintenance(cleanup, max_attempts=req.max_attempts)
             self._phase = "done"
             return MaintainTenantResult(
                 tenant_id=tenant.id,
@@ -96,7 +77,7 @@ class MaintainTenantWorkflow(ShowsPhase):
                 self._phase = task
                 started = workflow.time()
                 try:
-                    detail = await self._run_task(task, tenant.id, target, cleanup, req, options)
+                    detail = await self._run_task(task, tenant.id, target, cleanup, req)
                 except (ActivityError, ChildWorkflowError) as exc:
                     error = f"{task} failed: {failure_message(exc)}"
                     reports.append(
@@ -109,7 +90,7 @@ class MaintainTenantWorkflow(ShowsPhase):
                     TaskReport(task=task, ok=True, seconds=round(workflow.time() - started, 2), detail=detail)
                 )
             self._phase = "recording"
-            size_after = await workflow.execute_activity_method(MaintenanceActivities.database_size, target, **QUICK)
+            size_after = await steps.database_size(target)
             result = MaintainTenantResult(
                 tenant_id=tenant.id,
                 dry_run=False,
@@ -120,10 +101,10 @@ class MaintainTenantWorkflow(ShowsPhase):
                 tasks=reports,
                 error=error,
             )
-            await workflow.execute_activity_method(
-                MaintenanceActivities.record_maintenance,
-                args=[tenant.id, {"at": workflow.now().isoformat(), **result.model_dump(mode="json")}],
-                **QUICK,
+            await steps.record_maintenance(
+                MaintenanceRecord(
+                    tenant_id=tenant.id, summary={"at": workflow.now().isoformat(), **result.model_dump(mode="json")}
+                )
             )
         self._phase = "done"
         return result
@@ -135,34 +116,29 @@ class MaintainTenantWorkflow(ShowsPhase):
         target: MaintenanceTarget,
         cleanup: CleanupRequest,
         req: MaintainTenantInput,
-        options: dict[str, Any],
     ) -> dict[str, Any]:
+        attempts = req.max_attempts
         if task == "backup":
+            # Under this run's lock; it prunes none of the tenant's backups.
             backup = await workflow.execute_child_workflow(
                 BackupTenantWorkflow.run,
-                BackupTenantInput(tenant_id=tenant_id, keep=MAX_KEEP, lock_held_by_parent=True),
+                BackupTenantInput(tenant_id=tenant_id, lock_held_by_parent=True, apply_retention=False),
                 id=f"backup-{tenant_id}-maintenance-{workflow.info().run_id[:8]}",
                 search_attributes=tenant_attributes(tenant_id),
                 static_summary=f"Backup of tenant {tenant_id} before maintenance",
             )
             return {"backup": backup.backup_name}
         if task == "cleanup":
-            planned = await workflow.execute_activity_method(MaintenanceActivities.count_old_rows, cleanup, **options)
-            done = await workflow.execute_activity_method(
-                MaintenanceActivities.cleanup_old_rows, cleanup.model_copy(update={"planned": planned}), **options
-            )
+            planned = await steps.count_old_rows(cleanup, max_attempts=attempts)
+            done = await steps.cleanup_old_rows(cleanup.model_copy(update={"planned": planned}), max_attempts=attempts)
             return done.model_dump()
         if task == "vacuum":
             vacuum = VacuumRequest(**target.model_dump(), full=req.full)
-            return (
-                await workflow.execute_activity_method(MaintenanceActivities.vacuum_database, vacuum, **options)
-            ).model_dump()
+            return (await steps.vacuum_database(vacuum, max_attempts=attempts)).model_dump()
         if task == "optimize":
-            return (
-                await workflow.execute_activity_method(MaintenanceActivities.optimize_indexes, target, **options)
-            ).model_dump()
+            return (await steps.optimize_indexes(target, max_attempts=attempts)).model_dump()
         # The same command as before; the result says which tables timed out (None in older histories).
-        analyzed = await workflow.execute_activity_method(MaintenanceActivities.analyze_database, target, **options)
+        analyzed = await steps.analyze_database(target, max_attempts=attempts)
         return analyzed.model_dump() if analyzed is not None else {}
 
 

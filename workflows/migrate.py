@@ -6,16 +6,15 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.catalog import CatalogActivities
-    from activities.provisioning import ProvisioningActivities
     from tenancy.bounds import validate_fleet
     from tenancy.contracts.fleet import FleetInput, FleetResult, TenantOutcome
-    from tenancy.contracts.provision import MigrationResult
+    from tenancy.contracts.provision import MigrateTenantInput, MigrationResult
     from tenancy.contracts.tenants import TenantRef
     from tenancy.errors import INVALID_INPUT, fail
-    from tenancy.messages.provision import TenantDatabase
+    from tenancy.messages.provision import TemplateRefresh, TenantDatabase
+    from tenancy.messages.tenants import TenantRequest
+    from workflows import steps
     from workflows.fleet import Fleet, FleetProgress, child_options, run_child, run_fleet, start_cursor
-    from workflows.options import QUICK, SLOW_DDL
     from workflows.tenant_lock import tenant_lock
     from workflows.validation import check_input
 
@@ -23,15 +22,13 @@ with workflow.unsafe.imports_passed_through():
 @workflow.defn
 class MigrateTenantWorkflow:
     @workflow.run
-    async def run(self, tenant_id: str) -> MigrationResult:
-        tenant = await workflow.execute_activity_method(CatalogActivities.get_tenant, tenant_id, **QUICK)
+    async def run(self, req: MigrateTenantInput) -> MigrationResult:
+        tenant = await steps.get_tenant(TenantRequest(tenant_id=req.tenant_id))
         db = TenantDatabase(
             tenant_id=tenant.id, database_name=tenant.database_name, role_name=tenant.role_name or tenant.database_name
         )
         async with tenant_lock(tenant.id, "migrate", 60):
-            return await workflow.execute_activity_method(
-                ProvisioningActivities.migrate_tenant_database, db, **SLOW_DDL
-            )
+            return await steps.migrate_tenant_database(db)
 
 
 @workflow.defn
@@ -51,7 +48,7 @@ class MigrateAllTenantsWorkflow:
 
         check_input(lambda: validate_fleet(req), legacy)
         if req.cursor is None:  # the template first, once, so the children do not race to rebuild it
-            await workflow.execute_activity_method(ProvisioningActivities.refresh_template, **SLOW_DDL)
+            await steps.refresh_template(TemplateRefresh())
         cursor = start_cursor(req.cursor)
 
         async def migrate(tenant: TenantRef, child_id: str) -> TenantOutcome:
@@ -59,7 +56,9 @@ class MigrateAllTenantsWorkflow:
                 tenant.id,
                 child_id,
                 lambda: workflow.execute_child_workflow(
-                    MigrateTenantWorkflow.run, tenant.id, **child_options("migrate", tenant.id, child_id)
+                    MigrateTenantWorkflow.run,
+                    MigrateTenantInput(tenant_id=tenant.id),
+                    **child_options("migrate", tenant.id, child_id),
                 ),
                 lambda result: {"detail": f"at {result.version}; applied: {', '.join(result.applied) or 'nothing'}"},
             )

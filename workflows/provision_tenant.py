@@ -7,18 +7,14 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.catalog import CatalogActivities
-    from activities.provisioning import ProvisioningActivities
     from tenancy.contracts.provision import ProvisionTenantInput, ProvisionTenantResult, WelcomeMail
     from tenancy.errors import failure_message
-    from tenancy.messages.provision import TenantDatabase
+    from tenancy.messages.provision import ProvisioningUndo, TenantDatabase
+    from tenancy.messages.tenants import TenantRequest
+    from workflows import steps
     from workflows.notify import SendWelcomeEmailWorkflow, announce
-    from workflows.options import HEARTBEAT_TIMEOUT, QUICK, SLOW_DDL, undoable_cancellation
     from workflows.phase import ShowsPhase
     from workflows.tenant_lock import tenant_lock
-
-# What undo_provisioning may undo heartbeats, so a cancellation reaches it (and is waited for: see run).
-_UNDOABLE = {"heartbeat_timeout": HEARTBEAT_TIMEOUT}
 
 
 @workflow.defn
@@ -32,40 +28,34 @@ class ProvisionTenantWorkflow(ShowsPhase):
 
     @workflow.run
     async def run(self, req: ProvisionTenantInput) -> ProvisionTenantResult:
+        # 1. Validate, 2. the plan limit, 3. record the tenant as provisioning.
         self._phase = "validating"
-        new = await workflow.execute_activity_method(CatalogActivities.validate_new_tenant, req, **QUICK)
+        new = await steps.validate_new_tenant(req)
         self._phase = "checking the plan limit"
-        await workflow.execute_activity_method(ProvisioningActivities.check_plan_limit, new, **QUICK)
+        await steps.check_plan_limit(new)
         self._phase = "recording the tenant"
-        await workflow.execute_activity_method(ProvisioningActivities.record_provisioning, new, **QUICK)
+        await steps.record_provisioning(new)
         db = TenantDatabase(tenant_id=new.tenant_id, database_name=new.database_name, role_name=new.role_name)
 
         async with tenant_lock(new.tenant_id, "provision", 0):
-            cancel = undoable_cancellation()
             try:
+                # 4. The database from the template, 5. its role, 6. the seed: undone on failure or cancellation
+                # (and waited for when cancelled, so the undo never runs beside them).
                 self._phase = "creating the database"
-                migration = await workflow.execute_activity_method(
-                    ProvisioningActivities.create_tenant_database, db, cancellation_type=cancel, **SLOW_DDL, **_UNDOABLE
-                )
+                migration = await steps.create_tenant_database(db)
                 self._phase = "creating the role"
-                credentials = await workflow.execute_activity_method(
-                    ProvisioningActivities.create_tenant_role, db, cancellation_type=cancel, **QUICK, **_UNDOABLE
-                )
+                credentials = await steps.create_tenant_role(db)
                 self._phase = "seeding"
-                await workflow.execute_activity_method(
-                    ProvisioningActivities.seed_tenant_database, db, cancellation_type=cancel, **QUICK, **_UNDOABLE
-                )
+                await steps.seed_tenant_database(db)
+                # 7. Active, with TenantProvisioned.
                 self._phase = "activating"
-                event_id = await workflow.execute_activity_method(
-                    ProvisioningActivities.activate_tenant, new.tenant_id, **QUICK
-                )
+                event_id = await steps.activate_tenant(TenantRequest(tenant_id=new.tenant_id))
             except BaseException as exc:
                 self._phase = "undoing"
-                await workflow.execute_activity_method(
-                    ProvisioningActivities.undo_provisioning, args=[db, failure_message(exc)], **QUICK
-                )
+                await steps.undo_provisioning(ProvisioningUndo(db=db, reason=failure_message(exc)))
                 raise
 
+        # 8. The event to the webhook and the welcome mail, each on its own.
         await announce(event_id)
         mail_id = f"welcome-{new.tenant_id}-{workflow.info().run_id[:8]}"
         await workflow.start_child_workflow(

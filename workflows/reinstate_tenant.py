@@ -12,21 +12,18 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.catalog import CatalogActivities
-    from activities.deprovision import DeprovisionActivities
-    from activities.provisioning import ProvisioningActivities
-    from activities.restore import RestoreActivities
     from tenancy.bounds import JOBS, validate_lock_wait, whole
     from tenancy.contracts.provision import ReinstateTenantInput, ReinstateTenantResult
     from tenancy.errors import INVALID_INPUT, InvalidInput, fail
     from tenancy.messages.backup import BackupSelection
     from tenancy.messages.provision import Reinstatement, ReinstatementUndo, TenantDatabase
     from tenancy.messages.restore import SwapRequest
+    from tenancy.messages.tenants import TenantRequest
     from tenancy.naming import previous_database_name, scratch_database_name
+    from workflows import steps
     from workflows.notify import announce
-    from workflows.options import LONG, QUICK
     from workflows.phase import ShowsPhase
-    from workflows.restore_steps import WAIT_FOR_CLEANUP, restore_check_swap
+    from workflows.restore_steps import restore_check_swap
     from workflows.tenant_lock import tenant_lock
 
 
@@ -55,7 +52,7 @@ class ReinstateTenantWorkflow(ShowsPhase):
     async def run(self, req: ReinstateTenantInput) -> ReinstateTenantResult:
         validate_reinstate_input(req)
         self._phase = "looking up tenant"
-        tenant = await workflow.execute_activity_method(CatalogActivities.get_tenant, req.tenant_id, **QUICK)
+        tenant = await steps.get_tenant(TenantRequest(tenant_id=req.tenant_id))
         token = workflow.uuid4().hex[:10]
         names = SwapRequest(
             tenant_id=tenant.id,
@@ -69,29 +66,26 @@ class ReinstateTenantWorkflow(ShowsPhase):
 
         self._phase = "waiting for the tenant lock"
         async with tenant_lock(tenant.id, "reinstate", req.lock_wait_seconds):
-            tenant = await workflow.execute_activity_method(CatalogActivities.get_tenant, tenant.id, **QUICK)
+            tenant = await steps.get_tenant(TenantRequest(tenant_id=tenant.id))
             if tenant.status != "deprovisioned":
                 raise fail(
                     INVALID_INPUT,
                     f"tenant {tenant.id} is {tenant.status}, not deprovisioned: only a deprovisioned tenant can be "
                     f"reinstated; to bring back an earlier copy of its data use `tenants restore {tenant.id}`",
                 )
+            # 1. Nothing of its names is in the way, 2. the backup chosen and checked.
             self._phase = "checking that nothing is in the way"
-            await workflow.execute_activity_method(DeprovisionActivities.check_before_reinstatement, db, **QUICK)
+            await steps.check_before_reinstatement(db)
             self._phase = "checking the backup"
-            manifest = await workflow.execute_activity_method(
-                RestoreActivities.select_backup,
-                BackupSelection(tenant_id=tenant.id, backup_name=req.backup_name),
-                **LONG,
-            )
+            manifest = await steps.select_backup(BackupSelection(tenant_id=tenant.id, backup_name=req.backup_name))
             self._backup_name = manifest.backup_name
             created_role = False
             try:
+                # 3. Its role again (marked, no login yet: the backup's GRANTs name it).
                 self._phase = "creating the role"
-                created_role = await workflow.execute_activity_method(
-                    DeprovisionActivities.create_reinstated_role, db, cancellation_type=WAIT_FOR_CLEANUP, **QUICK
-                )
-                # The tenant has no database to copy grants from: its role's, never PUBLIC's.
+                created_role = await steps.create_reinstated_role(db)
+                # 4. Restore into scratch, check, rename into place. The tenant has no database to copy grants
+                # from: its role's, never PUBLIC's.
                 counts, _, _ = await restore_check_swap(
                     self._set_phase,
                     names,
@@ -101,27 +95,20 @@ class ReinstateTenantWorkflow(ShowsPhase):
                     role_name=db.role_name,
                     grant_connect=True,
                 )
+                # 5. The role's login, new password and credentials file, 6. active with TenantReinstated.
                 self._phase = "giving the role its login and new credentials"
-                credentials = await workflow.execute_activity_method(
-                    ProvisioningActivities.create_tenant_role, db, cancellation_type=WAIT_FOR_CLEANUP, **QUICK
-                )
+                credentials = await steps.give_reinstated_role_login(db)
                 self._phase = "activating"
-                event_id = await workflow.execute_activity_method(
-                    DeprovisionActivities.activate_reinstated_tenant,
+                event_id = await steps.activate_reinstated_tenant(
                     Reinstatement(
                         tenant_id=tenant.id, backup_name=manifest.backup_name, backup_taken_at=manifest.started_at
-                    ),
-                    **QUICK,
+                    )
                 )
             except BaseException:
                 # Failed or cancelled before the tenant was active again: leave it deprovisioned, as it was.
                 self._phase = "undoing the unfinished reinstatement"
-                await workflow.execute_activity_method(RestoreActivities.undo_unfinished_restore, names, **QUICK)
-                await workflow.execute_activity_method(
-                    DeprovisionActivities.undo_reinstatement,
-                    ReinstatementUndo(db=db, drop_role=created_role),
-                    **QUICK,
-                )
+                await steps.undo_unfinished_restore(names)
+                await steps.undo_reinstatement(ReinstatementUndo(db=db, drop_role=created_role))
                 raise
 
         await announce(event_id)

@@ -1,6 +1,6 @@
-"""The steps restores share (RestoreTenantWorkflow, UndoRestoreWorkflow, ReinstateTenantWorkflow): load a backup into
-a scratch database, check it and swap it in; keep or drop the database a swap set aside; clear the tenant's cache.
-Each issues the same commands in the same order wherever it is called from."""
+"""The steps restores share (RestoreTenantWorkflow, UndoRestoreWorkflow, ReinstateTenantWorkflow): 1. load a backup
+into a scratch database, 2. check it and 3. swap it in; 4. keep or drop the database a swap set aside; 5. clear the
+tenant's cache. Each issues the same commands in the same order wherever it is called from."""
 
 from __future__ import annotations
 
@@ -9,19 +9,16 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
-from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from activities.restore import RestoreActivities
     from tenancy.contracts.backup import BackupManifest
     from tenancy.contracts.restore import DropLaterInput, KeptDatabase
     from tenancy.errors import failure_message
     from tenancy.messages.restore import RestoredCheckRequest, ScratchRestoreRequest, SwapRequest, SwapResult
+    from tenancy.messages.tenants import TenantRequest
+    from workflows import steps
     from workflows.drop_later import DropPreviousDatabaseWorkflow
-    from workflows.options import LONG, QUICK, SWAP, undoable_cancellation
 
-# What an undo may undo is cancelled and waited for: undo never runs beside the work it undoes.
-WAIT_FOR_CLEANUP = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
 # Runs recorded before a swap said whether it set a database aside kept (and scheduled the drop of) one always.
 ONLY_WHAT_WAS_SET_ASIDE = "restore-keeps-only-what-it-set-aside"
 
@@ -41,11 +38,10 @@ async def restore_check_swap(
 ) -> tuple[dict[str, int], SwapResult, SwapRequest]:
     """pg_restore into the scratch database, check it against the manifest, swap it in. The caller undoes on any
     failure (RestoreActivities.undo_unfinished_restore). Returns the restored row counts, the swap's result and
-    the names as swapped: the set-aside database is kept `keep_seconds` from the swap (its `keep_until`)."""
-    cancel = undoable_cancellation()
+    the names as swapped: the set-aside database is kept `keep_seconds` from the swap (its `keep_until`).
+    Each step is waited for when cancelled (workflows/steps.py): the undo never runs beside them."""
     phase("restoring into a scratch database")
-    await workflow.execute_activity_method(
-        RestoreActivities.restore_to_scratch,
+    await steps.restore_to_scratch(
         ScratchRestoreRequest(
             tenant_id=names.tenant_id,
             database_name=names.database_name,
@@ -55,27 +51,20 @@ async def restore_check_swap(
             jobs=jobs,
             role_name=role_name,
             grant_connect=grant_connect,
-        ),
-        cancellation_type=WAIT_FOR_CLEANUP,
-        **LONG,
+        )
     )
     phase("verifying the restored database")
-    counts = await workflow.execute_activity_method(
-        RestoreActivities.verify_restored,
+    counts = await steps.verify_restored(
         RestoredCheckRequest(
             tenant_id=names.tenant_id,
             scratch_name=names.scratch_name,
             row_counts=manifest.row_counts,
             checks=checks,
-        ),
-        cancellation_type=cancel,
-        **LONG,
+        )
     )
     phase("swapping the restored database in")
     names = with_keep_until(names, keep_seconds)
-    swap = await workflow.execute_activity_method(
-        RestoreActivities.swap_in_restored, names, cancellation_type=cancel, **SWAP
-    )
+    swap = await steps.swap_in_restored(names)
     return counts, swap, names
 
 
@@ -103,12 +92,11 @@ async def keep_or_drop_previous(
     keep_until = names.keep_until
     if not keep_seconds or keep_until is None:
         phase("dropping the previous database")
-        await workflow.execute_activity_method(RestoreActivities.drop_previous_database, names, **QUICK)
+        await steps.drop_previous_database(names)
         return
     phase("scheduling the drop of the previous database")
     if record:
-        await workflow.execute_activity_method(
-            RestoreActivities.record_kept_database,
+        await steps.record_kept_database(
             KeptDatabase(
                 name=names.previous_name,
                 tenant_id=names.tenant_id,
@@ -116,8 +104,7 @@ async def keep_or_drop_previous(
                 workflow_id=workflow.info().workflow_id,
                 backup_name=backup_name,
                 kept_until=keep_until,
-            ),
-            **QUICK,
+            )
         )
     await workflow.start_child_workflow(
         DropPreviousDatabaseWorkflow.run,
@@ -138,6 +125,6 @@ async def clear_cache(phase: Phase, tenant_id: str) -> tuple[int | None, str | N
     not be cleared is reported, never a failed run."""
     phase("clearing the tenant's cache")
     try:
-        return await workflow.execute_activity_method(RestoreActivities.clear_tenant_cache, tenant_id, **QUICK), None
+        return await steps.clear_tenant_cache(TenantRequest(tenant_id=tenant_id)), None
     except ActivityError as exc:
         return None, failure_message(exc)

@@ -10,8 +10,6 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.catalog import CatalogActivities
-    from activities.restore import RestoreActivities
     from tenancy.bounds import validate_restore
     from tenancy.contracts.restore import RestoreTenantInput, RestoreTenantResult
     from tenancy.contracts.tenants import TenantEvent
@@ -19,8 +17,9 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.lifecycle import CAN_CONNECT
     from tenancy.messages.backup import BackupSelection
     from tenancy.messages.restore import SwapRequest
+    from tenancy.messages.tenants import TenantRequest
     from tenancy.naming import previous_database_name, scratch_database_name
-    from workflows.options import LONG, QUICK
+    from workflows import steps
     from workflows.phase import ShowsPhase
     from workflows.restore_steps import clear_cache, keep_or_drop_previous, restore_check_swap
     from workflows.tenant_lock import tenant_lock
@@ -58,7 +57,7 @@ class RestoreTenantWorkflow(ShowsPhase):
     async def run(self, req: RestoreTenantInput) -> RestoreTenantResult:
         validate_restore_input(req)
         self._phase = "looking up tenant"
-        tenant = await workflow.execute_activity_method(CatalogActivities.get_tenant, req.tenant_id, **QUICK)
+        tenant = await steps.get_tenant(TenantRequest(tenant_id=req.tenant_id))
         if tenant.status == "deprovisioned":
             raise fail(
                 INVALID_INPUT,
@@ -75,14 +74,14 @@ class RestoreTenantWorkflow(ShowsPhase):
 
         self._phase = "waiting for the tenant lock"
         async with tenant_lock(tenant.id, "restore", req.lock_wait_seconds):
+            # 1. Check the backup.
             self._phase = "checking the backup"
-            manifest = await workflow.execute_activity_method(
-                RestoreActivities.select_backup,
-                BackupSelection(tenant_id=tenant.id, backup_name=req.backup_name, at=req.at),
-                **LONG,
+            manifest = await steps.select_backup(
+                BackupSelection(tenant_id=tenant.id, backup_name=req.backup_name, at=req.at)
             )
             self._backup_name = manifest.backup_name
             try:
+                # 2. Restore into scratch, 3. check the restored copy, 4. swap it in.
                 counts, swap, names = await restore_check_swap(
                     self._set_phase,
                     names,
@@ -97,9 +96,10 @@ class RestoreTenantWorkflow(ShowsPhase):
                 # Failed or cancelled, and every activity above has stopped: undo puts the tenant's database back
                 # as it was, whether or not the swap had committed.
                 self._phase = "undoing the unfinished restore"
-                await workflow.execute_activity_method(RestoreActivities.undo_unfinished_restore, names, **QUICK)
+                await steps.undo_unfinished_restore(names)
                 raise
 
+            # 5. Drop (or keep for a while) the old database, 6. clear the tenant's cache, 7. record the restore.
             keep_until = names.keep_until if swap.set_aside else None
             await keep_or_drop_previous(
                 self._set_phase,
@@ -113,8 +113,7 @@ class RestoreTenantWorkflow(ShowsPhase):
             cache_deleted, cache_error = await clear_cache(self._set_phase, tenant.id)
 
             self._phase = "recording the restore"
-            await workflow.execute_activity_method(
-                RestoreActivities.record_event,
+            await steps.record_event(
                 TenantEvent(
                     tenant_id=tenant.id,
                     type="TenantRestored",
@@ -127,8 +126,7 @@ class RestoreTenantWorkflow(ShowsPhase):
                         "cache_keys_deleted": cache_deleted,
                         "cache_error": cache_error,
                     },
-                ),
-                **QUICK,
+                )
             )
         self._phase = "done"
         return RestoreTenantResult(

@@ -5,15 +5,14 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.backup import BackupActivities
     from tenancy.bounds import validate_prune
     from tenancy.contracts.backup import RetentionResult
     from tenancy.contracts.fleet import FleetResult, PruneInput, TenantOutcome
     from tenancy.contracts.tenants import TenantRef
     from tenancy.errors import INVALID_INPUT, fail
     from tenancy.messages.backup import PinRequest, RetentionRequest
+    from workflows import steps
     from workflows.fleet import Fleet, FleetProgress, child_options, run_child, run_fleet, start_cursor
-    from workflows.options import storage_activity
     from workflows.tenant_lock import tenant_lock
     from workflows.validation import check_input
 
@@ -23,7 +22,7 @@ class PinBackupWorkflow:
     @workflow.run
     async def run(self, req: PinRequest) -> bool:
         async with tenant_lock(req.tenant_id, "pin", 60):
-            return await storage_activity(BackupActivities.set_pinned, req)
+            return await steps.set_pinned(req)
 
 
 @workflow.defn
@@ -35,9 +34,9 @@ class PruneTenantWorkflow:
             raise fail(INVALID_INPUT, "prune one tenant: its id is missing")
         request = RetentionRequest(tenant_id=req.tenant_id, keep=req.keep, dry_run=req.dry_run)
         if req.dry_run:  # reads only: no lock needed
-            return await storage_activity(BackupActivities.apply_retention, request)
+            return await steps.apply_retention(request)
         async with tenant_lock(req.tenant_id, "prune", 60):
-            return await storage_activity(BackupActivities.apply_retention, request)
+            return await steps.apply_retention(request)
 
 
 @workflow.defn

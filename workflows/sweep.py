@@ -6,11 +6,10 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.sweep import SweepActivities
     from tenancy.contracts.sweep import SweepInput, SweepReport
     from tenancy.errors import INVALID_INPUT, fail
     from tenancy.sweep import MAX_STALE_HOURS, MAX_SWEEP_ITEMS
-    from workflows.options import LONG
+    from workflows import steps
     from workflows.phase import ShowsPhase
 
 
@@ -34,11 +33,11 @@ class SweepWorkflow(ShowsPhase):
     async def run(self, req: SweepInput) -> SweepReport:
         validate_sweep_input(req)
         self._phase = "looking for orphans"
-        report = await workflow.execute_activity_method(SweepActivities.find_orphans, req, **LONG)
+        report = await steps.find_orphans(req)
         if req.dry_run or not any(item.removable for item in report.items):
             self._phase = "done"
             return report
         self._phase = "removing orphans"
-        report = await workflow.execute_activity_method(SweepActivities.remove_orphans, report, **LONG)
+        report = await steps.remove_orphans(report)
         self._phase = "done"
         return report

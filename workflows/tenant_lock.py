@@ -9,10 +9,9 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.catalog import CatalogActivities
     from tenancy.errors import TENANT_BUSY, fail
     from tenancy.messages.locks import LockRequest
-    from workflows.options import LOCAL
+    from workflows import steps
 
 POLL = timedelta(seconds=5)
 
@@ -34,7 +33,7 @@ async def tenant_lock(
         request = LockRequest(
             tenant_id=tenant_id, operation=operation, workflow_id=info.parent.workflow_id, run_id=info.parent.run_id
         )
-        outcome = await workflow.execute_local_activity_method(CatalogActivities.acquire_tenant_lock, request, **LOCAL)
+        outcome = await steps.acquire_tenant_lock(request)
         if not outcome.acquired:
             raise fail(TENANT_BUSY, f"tenant {tenant_id!r} is busy: {outcome.holder_workflow_id} holds it")
         yield
@@ -44,7 +43,7 @@ async def tenant_lock(
     )
     waited = timedelta(0)
     while True:
-        outcome = await workflow.execute_local_activity_method(CatalogActivities.acquire_tenant_lock, request, **LOCAL)
+        outcome = await steps.acquire_tenant_lock(request)
         if outcome.acquired:
             break
         if waited >= timedelta(seconds=wait_seconds):
@@ -58,4 +57,4 @@ async def tenant_lock(
     try:
         yield
     finally:
-        await workflow.execute_local_activity_method(CatalogActivities.release_tenant_lock, request, **LOCAL)
+        await steps.release_tenant_lock(request)

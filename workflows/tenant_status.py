@@ -5,11 +5,10 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.catalog import CatalogActivities
-    from activities.tenant_admin import TenantAdminActivities
     from tenancy.contracts.tenants import SettingsChange, SettingsChangeResult, StatusChange, StatusChangeResult
+    from tenancy.messages.tenants import TenantRequest
+    from workflows import steps
     from workflows.notify import announce
-    from workflows.options import QUICK
     from workflows.tenant_lock import tenant_lock
 
 
@@ -19,9 +18,9 @@ class ChangeTenantStatusWorkflow:
 
     @workflow.run
     async def run(self, change: StatusChange) -> StatusChangeResult:
-        await workflow.execute_activity_method(CatalogActivities.get_tenant, change.tenant_id, **QUICK)
+        await steps.get_tenant(TenantRequest(tenant_id=change.tenant_id))
         async with tenant_lock(change.tenant_id, f"status:{change.status}", 0):
-            result = await workflow.execute_activity_method(TenantAdminActivities.change_tenant_status, change, **QUICK)
+            result = await steps.change_tenant_status(change)
         await announce(result.event_id)
         return result
 
@@ -30,10 +29,8 @@ class ChangeTenantStatusWorkflow:
 class UpdateTenantSettingsWorkflow:
     @workflow.run
     async def run(self, change: SettingsChange) -> SettingsChangeResult:
-        await workflow.execute_activity_method(CatalogActivities.get_tenant, change.tenant_id, **QUICK)
+        await steps.get_tenant(TenantRequest(tenant_id=change.tenant_id))
         async with tenant_lock(change.tenant_id, "settings", 0):
-            result = await workflow.execute_activity_method(
-                TenantAdminActivities.update_tenant_settings, change, **QUICK
-            )
+            result = await steps.update_tenant_settings(change)
         await announce(result.event_id)
         return result

@@ -7,17 +7,16 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.catalog import CatalogActivities
-    from activities.restore import RestoreActivities
     from tenancy.bounds import validate_undo
     from tenancy.contracts.restore import UndoRestoreInput, UndoRestoreResult
     from tenancy.contracts.tenants import TenantEvent
     from tenancy.errors import INVALID_INPUT, InvalidInput, fail
-    from tenancy.messages.restore import SwapRequest
+    from tenancy.messages.restore import KeptDatabaseEnd, SwapRequest
+    from tenancy.messages.tenants import TenantRequest
     from tenancy.naming import previous_database_name
-    from workflows.options import QUICK, SWAP
+    from workflows import steps
     from workflows.phase import ShowsPhase
-    from workflows.restore_steps import WAIT_FOR_CLEANUP, clear_cache, keep_or_drop_previous, with_keep_until
+    from workflows.restore_steps import clear_cache, keep_or_drop_previous, with_keep_until
     from workflows.tenant_lock import tenant_lock
 
 
@@ -44,12 +43,13 @@ class UndoRestoreWorkflow(ShowsPhase):
     async def run(self, req: UndoRestoreInput) -> UndoRestoreResult:
         validate_undo_input(req)
         self._phase = "looking up tenant"
-        tenant = await workflow.execute_activity_method(CatalogActivities.get_tenant, req.tenant_id, **QUICK)
+        tenant = await steps.get_tenant(TenantRequest(tenant_id=req.tenant_id))
         token = workflow.uuid4().hex[:10]
         self._phase = "waiting for the tenant lock"
         async with tenant_lock(tenant.id, "restore-undo", req.lock_wait_seconds):
+            # 1. The database the last restore kept.
             self._phase = "finding the kept database"
-            kept = await workflow.execute_activity_method(RestoreActivities.find_kept_database, tenant.id, **QUICK)
+            kept = await steps.find_kept_database(TenantRequest(tenant_id=tenant.id))
             names = SwapRequest(
                 tenant_id=tenant.id,
                 database_name=tenant.database_name,
@@ -58,21 +58,17 @@ class UndoRestoreWorkflow(ShowsPhase):
             )
             names = with_keep_until(names, req.keep_previous_seconds)  # kept from the swap on
             keep_until = names.keep_until
+            # 2. Swapped back in: one transaction that puts connections back on failure, nothing to compensate.
             self._phase = "swapping the kept database back in"
-            # The swap is one transaction and puts connections back on failure: nothing to compensate.
-            swap = await workflow.execute_activity_method(
-                RestoreActivities.swap_in_restored, names, cancellation_type=WAIT_FOR_CLEANUP, **SWAP
-            )
-            await workflow.execute_activity_method(
-                RestoreActivities.end_kept_database, args=[kept.name, "swapped back by an undo"], **QUICK
-            )
+            swap = await steps.swap_kept_back_in(names)
+            await steps.end_kept_database(KeptDatabaseEnd(name=kept.name, how="swapped back by an undo"))
+            # 3. Keep or drop the restored database, 4. clear the cache, 5. record the undo.
             await keep_or_drop_previous(
                 self._set_phase, names, swap, token=token, keep_seconds=req.keep_previous_seconds, backup_name=None
             )
             _, cache_error = await clear_cache(self._set_phase, tenant.id)
             self._phase = "recording the undo"
-            await workflow.execute_activity_method(
-                RestoreActivities.record_event,
+            await steps.record_event(
                 TenantEvent(
                     tenant_id=tenant.id,
                     type="TenantRestoreUndone",
@@ -85,8 +81,7 @@ class UndoRestoreWorkflow(ShowsPhase):
                         "terminated_sessions": swap.terminated_sessions,
                         "cache_error": cache_error,
                     },
-                ),
-                **QUICK,
+                )
             )
         self._phase = "done"
         return UndoRestoreResult(

@@ -5,18 +5,20 @@ Plain async functions over psycopg, used by the catalog activities, the command 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
 
 from activities.infra.marks import mark_database
-from activities.infra.pg import connect
+from activities.infra.pg import connect, conninfo_for
 from tenancy.contracts.fleet import TenantOutcome
 from tenancy.contracts.tenants import Tenant, TenantRef
 from tenancy.marks import Mark
@@ -167,6 +169,39 @@ async def _adoption_event(conn: psycopg.AsyncConnection, tenant_id: str, workflo
     return row["id"] if row else None
 
 
+# The worker's catalog connections, by (server URL, catalog database): opening a connection costs PostgreSQL more
+# CPU (a new backend, ~10 ms) than a catalog call's queries, and a fleet run makes several calls per tenant. Only
+# the event loop that opened a pool uses it; elsewhere (the command line, tests) each call opens its own connection.
+_POOLS: dict[tuple[str, str], tuple[asyncio.AbstractEventLoop, AsyncConnectionPool]] = {}
+# Catalog calls are short (one transaction, a few statements): a few connections serve dozens of concurrent ones.
+CATALOG_POOL_SIZE = 8
+
+
+@contextlib.asynccontextmanager
+async def catalog_pool(settings: Settings, max_size: int = CATALOG_POOL_SIZE) -> AsyncIterator[AsyncConnectionPool]:
+    """While the block runs, catalog calls made in this event loop share up to `max_size` open connections;
+    they are closed when it ends. A connection is checked before each use (a restarted server costs no call)."""
+    key = (settings.effective_database_url, settings.catalog_database)
+    pool = AsyncConnectionPool(
+        conninfo_for(*key),
+        kwargs={"row_factory": dict_row},
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        check=AsyncConnectionPool.check_connection,
+        name="catalog",
+    )
+    await pool.open()
+    _POOLS[key] = (asyncio.get_running_loop(), pool)
+    try:
+        yield pool
+    finally:
+        current = _POOLS.get(key)
+        if current is not None and current[1] is pool:
+            del _POOLS[key]
+        await pool.close()
+
+
 class Catalog:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -174,6 +209,18 @@ class Catalog:
 
     async def _connect(self) -> psycopg.AsyncConnection:
         return await connect(self.admin_url, self.settings.catalog_database, row_factory=dict_row)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A catalog connection for one call, from the worker's pool if this loop has one: committed when the block
+        ends, rolled back when it raises."""
+        pooled = _POOLS.get((self.admin_url, self.settings.catalog_database))
+        if pooled is not None and pooled[0] is asyncio.get_running_loop():
+            async with pooled[1].connection() as conn:
+                yield cast("psycopg.AsyncConnection[Any]", conn)
+        else:
+            async with await self._connect() as conn:
+                yield conn
 
     async def migrate(self) -> int:
         """Create the catalog database and bring its schema to the newest version; idempotent."""
@@ -187,7 +234,7 @@ class Catalog:
                     await admin.execute(
                         sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.settings.catalog_database))
                     )
-        async with await self._connect() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK_KEY])
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
@@ -202,13 +249,13 @@ class Catalog:
             return len(MIGRATIONS)
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
-        async with await self._connect() as conn:
+        async with self._connection() as conn:
             row = await (await conn.execute("SELECT * FROM tenants WHERE id = %s", [tenant_id])).fetchone()
         return Tenant.model_validate(row) if row else None
 
     async def list_tenants(self, status: str | None = None) -> list[Tenant]:
         query = "SELECT * FROM tenants" + (" WHERE status = %s" if status else "") + " ORDER BY id"
-        async with await self._connect() as conn:
+        async with self._connection() as conn:
             rows = await (await conn.execute(query, [status] if status else [])).fetchall()
         return [Tenant.model_validate(r) for r in rows]
 
@@ -229,7 +276,7 @@ class Catalog:
             async with await connect(self.admin_url, autocommit=True) as admin:
                 await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
                 await mark_database(admin, dbname, Mark(kind="tenant", tenant_id=tenant_id, at=datetime.now(UTC)))
-        async with await self._connect() as conn:
+        async with self._connection() as conn:
             row = await (
                 await conn.execute(
                     "INSERT INTO tenants (id, name, plan, status, owner_email, database_name, settings) "
@@ -241,7 +288,7 @@ class Catalog:
         return Tenant.model_validate(row)
 
     async def tenant_page(self, after: str | None, limit: int, statuses: list[str]) -> list[TenantRef]:
-        async with await self._connect() as conn:
+        async with self._connection() as conn:
             rows = await (
                 await conn.execute(
                     "SELECT id, status FROM tenants WHERE status = ANY(%s) AND (%s::text IS NULL OR id > %s) "
@@ -253,7 +300,7 @@ class Catalog:
 
     async def tenants_page(self, after: str | None, limit: int, statuses: list[str]) -> list[Tenant]:
         """tenant_page, with every column of each tenant."""
-        async with await self._connect() as conn:
+        async with self._connection() as conn:
             rows = await (
                 await conn.execute(
                     "SELECT * FROM tenants WHERE status = ANY(%s) AND (%s::text IS NULL OR id > %s) "
@@ -265,7 +312,7 @@ class Catalog:
 
     async def count_owner_tenants(self, owner_email: str, plan: str) -> int:
         """Tenants an owner has on a plan, not counting deprovisioned or failed ones."""
-        async with await self._connect() as conn:
+        async with self._connection() as conn:
             row = await (
                 await conn.execute(
                     "SELECT count(*) AS n FROM tenants WHERE owner_email = %s AND plan = %s "
@@ -278,7 +325,7 @@ class Catalog:
     async def record_provisioning(self, new: NewTenant) -> tuple[Tenant, bool]:
         """Record the tenant as `provisioning`. Returns (tenant, created); created is False when the same request
         was already recorded (a retried activity). Another live tenant with the id raises TenantExists."""
-        async with await self._connect() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             row = await (
                 await conn.execute("SELECT * FROM tenants WHERE id = %s FOR UPDATE", [new.tenant_id])
             ).fetchone()
@@ -319,7 +366,7 @@ class Catalog:
         """Move the tenant to `new_status` (after `check(old, new)`) and append the event (with `data` besides
         the statuses), in one transaction. Returns (old status, event id); changing to the status it already has
         changes nothing (no event)."""
-        async with await self._connect() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             row = await (
                 await conn.execute("SELECT status FROM tenants WHERE id = %s FOR UPDATE", [tenant_id])
             ).fetchone()
@@ -339,7 +386,7 @@ class Catalog:
     async def update_settings(
         self, tenant_id: str, merge: Callable[[dict], dict], workflow_id: str | None
     ) -> tuple[dict, int]:
-        async with await self._connect() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             row = await (
                 await conn.execute("SELECT settings FROM tenants WHERE id = %s FOR UPDATE", [tenant_id])
             ).fetchone()
@@ -353,18 +400,18 @@ class Catalog:
             return merged, await _append_event(conn, tenant_id, "TenantSettingsChanged", data, workflow_id)
 
     async def record_maintenance(self, tenant_id: str, summary: dict[str, Any], workflow_id: str | None) -> int:
-        async with await self._connect() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             await conn.execute("UPDATE tenants SET last_maintenance = %s WHERE id = %s", [Jsonb(summary), tenant_id])
             return await _append_event(conn, tenant_id, "TenantMaintained", summary, workflow_id)
 
     async def managed_schedules(self) -> dict[str, str]:
         """Schedules this project created on the Temporal server: id → fingerprint of what was applied."""
-        async with await self._connect() as conn:
+        async with self._connection() as conn:
             rows = await (await conn.execute("SELECT id, fingerprint FROM managed_schedules")).fetchall()
         return {r["id"]: r["fingerprint"] for r in rows}
 
     async def set_managed_schedule(self, schedule_id: str, fingerprint: str | None) -> None:
-        async with await self._connect() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             if fingerprint is None:
                 await conn.execute("DELETE FROM managed_schedules WHERE id = %s", [schedule_id])
             else:
@@ -382,7 +429,7 @@ class Catalog:
             await admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
             if tenant and tenant.role_name:
                 await admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(tenant.role_name)))
-        async with await self._connect() as conn:
+        async with self._connection() as conn:
             await conn.execute("DELETE FROM tenant_events WHERE tenant_id = %s", [tenant_id])
             await conn.execute("DELETE FROM tenants WHERE id = %s", [tenant_id])
             await conn.commit()
@@ -409,7 +456,7 @@ class Catalog:
         Shared holds (drills) go together with each other and with the operations in SHARED_COMPATIBLE (a backup
         may run during a drill); any other operation waits for them, and they wait for it.
         """
-        async with await self._connect() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             # Exclusive and shared takers of one tenant decide one at a time.
             await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [_LOCK_KEY, tenant_id])
             row = await (await conn.execute("SELECT * FROM tenant_locks WHERE tenant_id = %s", [tenant_id])).fetchone()
@@ -469,7 +516,7 @@ class Catalog:
             return LockOutcome(acquired=True, **previous)
 
     async def release_lock(self, tenant_id: str, workflow_id: str) -> bool:
-        async with await self._connect() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "DELETE FROM tenant_locks WHERE tenant_id = %s AND workflow_id = %s", [tenant_id, workflow_id]
             )
@@ -480,13 +527,13 @@ class Catalog:
 
     async def backup_facts(self, tenant_id: str) -> dict[str, dict[str, Any]]:
         """What the catalog knows of each of the tenant's backups (pins, drills, restorable), by name."""
-        async with await self._connect() as conn:
+        async with self._connection() as conn:
             rows = await (await conn.execute("SELECT * FROM backups WHERE tenant_id = %s", [tenant_id])).fetchall()
         return {r["name"]: r for r in rows}
 
     async def set_backup_pinned(self, tenant_id: str, name: str, pinned: bool) -> None:
         """One statement on one column: a pin never overwrites a drill's outcome, nor the other way round."""
-        async with await self._connect() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO backups (tenant_id, name, pinned) VALUES (%s, %s, %s) ON CONFLICT (tenant_id, name) "
                 "DO UPDATE SET pinned = excluded.pinned, updated_at = now()",
@@ -495,7 +542,7 @@ class Catalog:
 
     async def record_backup_drill(self, tenant_id: str, name: str, ok: bool) -> None:
         """A passed drill proves the backup restorable; a failed one marks it so it never counts as a good copy."""
-        async with await self._connect() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO backups (tenant_id, name, drilled_at, drill_ok, restorable) "
                 "VALUES (%s, %s, now(), %s, CASE WHEN %s THEN true END) ON CONFLICT (tenant_id, name) "
@@ -506,14 +553,14 @@ class Catalog:
 
     async def forget_backup(self, tenant_id: str, name: str) -> None:
         """The backup was deleted: its facts go with it."""
-        async with await self._connect() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             await conn.execute("DELETE FROM backups WHERE tenant_id = %s AND name = %s", [tenant_id, name])
 
     async def record_fleet_outcomes(
         self, fleet_workflow_id: str, fleet_run_id: str, outcomes: list[TenantOutcome]
     ) -> int:
         """Each tenant's outcome of a fleet run; the latest attempt of a tenant wins (a retried write is harmless)."""
-        async with await self._connect() as conn, conn.transaction(), conn.cursor() as cur:
+        async with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
             await cur.executemany(
                 "INSERT INTO fleet_outcomes (fleet_workflow_id, fleet_run_id, tenant_id, ok, skipped, workflow_id,"
                 " backup_name, detail, error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
@@ -541,7 +588,7 @@ class Catalog:
     async def fleet_outcomes(self, fleet_workflow_id: str, failed_only: bool = False) -> list[TenantOutcome]:
         """A fleet run's outcomes, by tenant id."""
         query = "SELECT * FROM fleet_outcomes WHERE fleet_workflow_id = %s" + (" AND NOT ok" if failed_only else "")
-        async with await self._connect() as conn:
+        async with self._connection() as conn:
             rows = await (await conn.execute(query + " ORDER BY tenant_id", [fleet_workflow_id])).fetchall()
         return [TenantOutcome.model_validate(r) for r in rows]
 
@@ -549,23 +596,15 @@ class Catalog:
         self, tenant_id: str, event_type: str, data: dict[str, Any], workflow_id: str | None = None
     ) -> int:
         """Append an event (the table is append-only: events are never updated or deleted)."""
-        async with await self._connect() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             return await _append_event(conn, tenant_id, event_type, data, workflow_id)
 
     async def event(self, event_id: int) -> dict[str, Any] | None:
-        async with await self._connect() as conn:
+        async with self._connection() as conn:
             return await (await conn.execute("SELECT * FROM tenant_events WHERE id = %s", [event_id])).fetchone()
 
-    async def events_since(self, tenant_id: str, after_id: int) -> list[dict[str, Any]]:
-        async with await self._connect() as conn:
-            return await (
-                await conn.execute(
-                    "SELECT * FROM tenant_events WHERE tenant_id = %s AND id > %s ORDER BY id", [tenant_id, after_id]
-                )
-            ).fetchall()
-
     async def events(self, tenant_id: str, limit: int = 20) -> list[dict[str, Any]]:
-        async with await self._connect() as conn:
+        async with self._connection() as conn:
             return await (
                 await conn.execute(
                     "SELECT * FROM tenant_events WHERE tenant_id = %s ORDER BY id DESC LIMIT %s", [tenant_id, limit]
@@ -576,7 +615,7 @@ class Catalog:
         self, name: str, tenant_id: str, database_name: str, workflow_id: str, backup_name: str | None, kept_until
     ) -> None:
         """A database a restore set aside, kept until `kept_until` (idempotent: a retried call changes nothing)."""
-        async with await self._connect() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO kept_databases (name, tenant_id, database_name, workflow_id, backup_name, kept_until) "
                 "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
@@ -585,7 +624,7 @@ class Catalog:
 
     async def end_kept_database(self, name: str, how: str) -> bool:
         """The kept database is gone or back in service (`how` says which); False when it was already ended."""
-        async with await self._connect() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "UPDATE kept_databases SET ended_at = now(), ended_how = %s WHERE name = %s AND ended_at IS NULL",
                 [how, name],
@@ -594,7 +633,7 @@ class Catalog:
 
     async def kept_databases(self, tenant_id: str) -> list[dict[str, Any]]:
         """The tenant's databases set aside by restores and not yet dropped or swapped back, newest first."""
-        async with await self._connect() as conn:
+        async with self._connection() as conn:
             return await (
                 await conn.execute(
                     "SELECT * FROM kept_databases WHERE tenant_id = %s AND ended_at IS NULL ORDER BY created_at DESC",
@@ -603,18 +642,18 @@ class Catalog:
             ).fetchall()
 
     async def lock_holder(self, tenant_id: str) -> dict[str, Any] | None:
-        async with await self._connect() as conn:
+        async with self._connection() as conn:
             return await (await conn.execute("SELECT * FROM tenant_locks WHERE tenant_id = %s", [tenant_id])).fetchone()
 
     async def tenant_with_database(self, dbname: str) -> Tenant | None:
         """The tenant (of any status) recorded with this database, if any."""
-        async with await self._connect() as conn:
+        async with self._connection() as conn:
             row = await (await conn.execute("SELECT * FROM tenants WHERE database_name = %s", [dbname])).fetchone()
         return Tenant.model_validate(row) if row else None
 
     async def tenant_with_role(self, role: str) -> Tenant | None:
         """A tenant not deprovisioned or failed that is recorded with this role, if any."""
-        async with await self._connect() as conn:
+        async with self._connection() as conn:
             row = await (
                 await conn.execute(
                     "SELECT * FROM tenants WHERE role_name = %s AND status NOT IN ('deprovisioned', 'failed') "
@@ -628,7 +667,7 @@ class Catalog:
         """Record a tenant being adopted as `provisioning` (with `marker` as its status reason, so a retried call
         knows its own row), which lets its lock be taken. A tenant already recorded with the database (mark only)
         is left as it is. TenantExists when the id or the database is another tenant's."""
-        async with await self._connect() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             row = await (
                 await conn.execute("SELECT * FROM tenants WHERE id = %s FOR UPDATE", [plan.tenant_id])
             ).fetchone()
@@ -667,7 +706,7 @@ class Catalog:
     async def record_adopted(self, plan: AdoptionPlan, marker: str, workflow_id: str) -> int:
         """The adopted tenant is active (a mark-only adoption keeps its status), with one TenantAdopted event per
         run: a retried call returns the event it recorded."""
-        async with await self._connect() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             row = await (
                 await conn.execute(
                     "SELECT status, status_reason FROM tenants WHERE id = %s FOR UPDATE", [plan.tenant_id]
@@ -699,12 +738,12 @@ class Catalog:
 
     async def adoption_event(self, tenant_id: str, workflow_id: str) -> int | None:
         """The TenantAdopted event this run recorded: its adoption finished."""
-        async with await self._connect() as conn:
+        async with self._connection() as conn:
             return await _adoption_event(conn, tenant_id, workflow_id)
 
     async def fail_adoption(self, tenant_id: str, marker: str, reason: str, workflow_id: str) -> bool:
         """An adoption that did not finish: the row it recorded (and only that one) becomes failed."""
-        async with await self._connect() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "UPDATE tenants SET status = 'failed', status_reason = %s, updated_at = now() "
                 "WHERE id = %s AND status = 'provisioning' AND status_reason = %s",

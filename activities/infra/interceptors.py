@@ -39,10 +39,12 @@ def _parameters(fn: Callable[..., Any]) -> tuple[str, ...]:
 
 
 def tenant_of(fn: Callable[..., Any], args: Sequence[Any]) -> str | None:
-    """The tenant an activity or workflow works on: the `tenant_id` of an input model, or the argument named
-    `tenant_id`. None for fleet-wide work (sweeps, health checks, fleet runs)."""
+    """The tenant an activity or workflow works on: the `tenant_id` of an input model (or of the dict an activity
+    with `legacy_*` parameters gets its model as: see tenancy/messages), or the argument named `tenant_id`. None for
+    fleet-wide work (sweeps, health checks, fleet runs)."""
     for arg in args:
         tenant = getattr(arg, "tenant_id", None) if isinstance(arg, BaseModel) else None
+        tenant = arg.get("tenant_id") if isinstance(arg, dict) else tenant
         if isinstance(tenant, str):
             return tenant
     function = getattr(fn, "__func__", fn)

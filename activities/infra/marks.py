@@ -38,8 +38,3 @@ async def marked_databases(conn: psycopg.AsyncConnection) -> dict[str, Mark]:
         await conn.execute("SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database")
     ).fetchall()
     return {name: mark for name, comment in rows if (mark := parse_mark(comment)) is not None}
-
-
-async def marked_roles(conn: psycopg.AsyncConnection) -> dict[str, Mark]:
-    rows = await (await conn.execute("SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles")).fetchall()
-    return {name: mark for name, comment in rows if (mark := parse_mark(comment)) is not None}

@@ -11,11 +11,14 @@ from pydantic import BaseModel, Field, model_validator
 class BackupTenantInput(BaseModel):
     tenant_id: str
     keep: int = 7
-    compression: Literal["gzip", "zstd", "none"] = "gzip"
-    compression_level: int = 6
+    compression: Literal["gzip", "zstd", "none"] = "zstd"
+    compression_level: int = 1  # tenancy.settings.DEFAULT_COMPRESSION_LEVELS
     lock_wait_seconds: int = 0
     # Set by a parent run that holds the tenant's lock (deprovisioning, maintenance).
     lock_held_by_parent: bool = False
+    # False: the backup is taken and verified, and no backup is deleted (`keep` is not used). A deprovisioning's
+    # final backup and the backup before a maintenance never prune the tenant's history.
+    apply_retention: bool = True
 
 
 class DumpResult(BaseModel):
@@ -28,6 +31,11 @@ class DumpResult(BaseModel):
     format: Literal["custom"] = "custom"
     compression: str
     compression_level: int
+    # What wraps the custom archive in the stored bytes (under age, when encrypted): "zstd", a stream the worker
+    # compressed around an uncompressed archive, unpacked before pg_restore reads it; "none", pg_restore reads the
+    # archive as stored (gzip, or zstd done by pg_dump 16+ itself, are inside it). Absent from older records,
+    # when zstd was always a stream.
+    stream_compression: Literal["zstd", "none"] = "none"
     size_bytes: int
     sha256: str
     server_version: str
@@ -35,6 +43,13 @@ class DumpResult(BaseModel):
     started_at: datetime
     finished_at: datetime
     row_counts: dict[str, int]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stream_of_older_records(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "stream_compression" not in data:
+            data = {**data, "stream_compression": "zstd" if data.get("compression") == "zstd" else "none"}
+        return data
 
 
 class BackupManifest(DumpResult):
@@ -99,6 +114,7 @@ class BackupTenantResult(BaseModel):
     sha256: str
     compression: str
     row_counts: dict[str, int]
+    # What retention deleted and kept; both empty when the run applied none (apply_retention=False).
     deleted_by_retention: list[str]
     kept: list[str]
     restorable: bool = False  # pg_restore read its table of contents (see BackupManifest)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 class FleetBackupInput(BaseModel):
     keep: int = 7
     compression: Literal["gzip", "zstd", "none"] = "zstd"
-    compression_level: int = 3
+    compression_level: int = 1  # tenancy.settings.DEFAULT_COMPRESSION_LEVELS
     concurrency: int = 4
     lock_wait_seconds: int = 0
     page_size: int = 200

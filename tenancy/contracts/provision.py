@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 
 class ProvisionTenantInput(BaseModel):
@@ -13,6 +13,16 @@ class ProvisionTenantInput(BaseModel):
     owner_email: str
     tenant_id: str | None = None  # derived from the name when not given
     settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class MigrateTenantInput(BaseModel):
+    tenant_id: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_id(cls, data: Any) -> Any:
+        # Runs started by the previous release (and their recorded histories) carry the bare id.
+        return {"tenant_id": data} if isinstance(data, str) else data
 
 
 class MigrationResult(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 TenantStatus = Literal["provisioning", "active", "inactive", "suspended", "deprovisioned", "failed"]
 
@@ -29,6 +29,18 @@ class TenantEvent(BaseModel):
     tenant_id: str
     type: str
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeliverEventInput(BaseModel):
+    """A catalog event to deliver to the webhook (DeliverEventWorkflow, and its activity)."""
+
+    event_id: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_id(cls, data: Any) -> Any:
+        # Runs started by the previous release (and their recorded histories) carry the bare id.
+        return {"event_id": data} if isinstance(data, int) else data
 
 
 class StatusChange(BaseModel):

@@ -18,6 +18,20 @@ class DumpRequest(BaseModel):
     backup_name: str | None = None
 
 
+class BackupNameRequest(BaseModel):
+    """The name of the backup a run is about to take (BackupActivities.name_backup)."""
+
+    tenant_id: str
+    compression: str  # checked by the activity against the known extensions
+
+
+class DiscardRequest(BaseModel):
+    """A backup that failed verification, to remove."""
+
+    tenant_id: str
+    backup_name: str
+
+
 class RetentionRequest(BaseModel):
     tenant_id: str
     keep: int

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import Any
+
+from pydantic import BaseModel, model_validator
 
 from tenancy.contracts.health import Alert, TenantHealth
 
@@ -28,3 +30,13 @@ class FleetHealth(BaseModel):
     storage_used_bytes: int
     storage_free_bytes: int | None
     alerts: list[Alert]  # failed fleet runs (no tenant)
+
+
+class AlertBatch(BaseModel):
+    alerts: list[Alert]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_list(cls, data: Any) -> Any:
+        # Attempts scheduled by the previous release (in flight across an upgrade) carry the bare list.
+        return {"alerts": data} if isinstance(data, list) else data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -21,3 +22,10 @@ class CleanupRequest(MaintenanceTarget):
 
 class VacuumRequest(MaintenanceTarget):
     full: bool = False
+
+
+class MaintenanceRecord(BaseModel):
+    """What a maintenance run did, recorded as the tenant's last maintenance."""
+
+    tenant_id: str
+    summary: dict[str, Any]

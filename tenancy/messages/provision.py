@@ -26,12 +26,29 @@ class TenantDatabase(BaseModel):
     role_name: str
 
 
+class TemplateRefresh(BaseModel):
+    """Rebuild the template database if the migration files changed. Nothing to say yet: the template and the
+    migrations are the worker's settings; a model all the same, so a field can be added without a new signature."""
+
+
+class ProvisioningUndo(BaseModel):
+    db: TenantDatabase
+    reason: str  # why provisioning failed: the failed tenant's status reason
+
+
 class DeprovisionCheck(BaseModel):
     """What deprovisioning finds before it changes anything."""
 
     database_exists: bool
     # The final backup an earlier attempt took and recorded (TenantFinalBackup), for a re-run to report.
     earlier_final_backup: str | None = None
+
+
+class FinalBackup(BaseModel):
+    """The final backup of a deprovisioning, recorded as soon as it is taken (a re-run after a crash reports it)."""
+
+    tenant_id: str
+    backup_name: str
 
 
 class RoleRemoval(BaseModel):
@@ -66,3 +83,8 @@ class AdoptionPlan(BaseModel):
     mark_only: bool = False
     database_comment: str | None = None
     role_comment: str | None = None
+
+
+class AdoptionUndo(BaseModel):
+    plan: AdoptionPlan
+    reason: str  # why the adoption did not finish: the failed row's reason

@@ -27,12 +27,34 @@ class RestoredCheckRequest(BaseModel):
     checks: list[str]
 
 
-class SwapRequest(BaseModel):
+class ScratchDatabase(BaseModel):
+    """A scratch copy of the tenant's database (`<db>__rs_<token>`): a restore's or a drill's."""
+
     tenant_id: str
     database_name: str
-    scratch_name: str  # the database swapped in: a restored copy, or a kept previous one (undo)
+    scratch_name: str
+
+
+class PreviousDatabase(BaseModel):
+    """A database a restore set aside (`<db>__old_<token>`)."""
+
+    tenant_id: str
+    database_name: str
     previous_name: str
+
+
+class SwapRequest(PreviousDatabase, ScratchDatabase):
+    """A swap: the scratch database (a restored copy, or a kept previous one for an undo) becomes the tenant's
+    database, which is set aside under the previous name."""
+
     keep_until: datetime | None = None  # written in the set-aside database's mark
+
+
+class KeptDatabaseEnd(BaseModel):
+    """A kept database that is no longer kept: dropped, or swapped back by an undo."""
+
+    name: str
+    how: str
 
 
 class SwapResult(BaseModel):
