@@ -10,6 +10,7 @@ import psycopg
 from psycopg import sql
 from temporalio import activity
 
+from activities.calling_run import calling_run
 from activities.deprovision import databases_mentioning
 from activities.heartbeat import Heartbeater
 from activities.infra.catalog import Catalog, TenantExists
@@ -216,7 +217,7 @@ class AdoptionActivities:
     async def adopt_database(self, plan: AdoptionPlan) -> int:
         """Under the tenant's lock: check again, mark the database (and the role) as the tenant's, then record
         the tenant as active with a TenantAdopted event; returns the event's id."""
-        info = activity.info()
+        info = calling_run()
 
         def mark(kind: str) -> Mark:
             return Mark(
@@ -250,7 +251,7 @@ class AdoptionActivities:
         # Attempts scheduled by the previous release carry (plan, reason); see tenancy/messages.
         undo = AdoptionUndo.model_validate(req if legacy_reason is None else {"plan": req, "reason": legacy_reason})
         plan, reason = undo.plan, undo.reason
-        info = activity.info()
+        info = calling_run()
         if await self.catalog.adoption_event(plan.tenant_id, info.workflow_id) is not None:
             return
         async with await connect(self.admin_url, autocommit=True) as conn:

@@ -15,6 +15,7 @@ from psycopg import sql
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.calling_run import calling_run
 from activities.infra.catalog import Catalog
 from activities.infra.credentials import delete_credentials
 from activities.infra.marks import database_mark, mark_role, marked_databases, role_mark
@@ -256,7 +257,7 @@ class DeprovisionActivities:
         it). It cannot log in yet: ProvisioningActivities.create_tenant_role gives it its login, password and
         credentials once the database is in place. A role of the tenant's that is already there is taken up
         (marked as this run's). Returns whether this run created the role."""
-        info = activity.info()
+        info = calling_run()
         mark = Mark(
             kind="role",
             tenant_id=db.tenant_id,
@@ -306,7 +307,7 @@ class DeprovisionActivities:
         """After a reinstatement failed or was cancelled (its unfinished restore already undone): drop the
         database this run put in place, if it got that far, and the role if this run created it. Nothing is
         undone once the tenant is active again. Returns what was dropped."""
-        db, info = undo.db, activity.info()
+        db, info = undo.db, calling_run()
         tenant = await self.catalog.get_tenant(db.tenant_id)
         if tenant is None or tenant.status != "deprovisioned":
             return []

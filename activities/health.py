@@ -172,7 +172,8 @@ class HealthActivities:
             )
             await asyncio.to_thread(lambda: urllib.request.urlopen(request, timeout=10).close())
             sent.append("webhook")
-        if self.settings.alert_email and self.settings.smtp_host:
+        smtp_host = self.settings.smtp_host
+        if self.settings.alert_email and smtp_host:
             message = EmailMessage()
             message["From"] = self.settings.mail_from
             message["To"] = self.settings.alert_email
@@ -180,7 +181,7 @@ class HealthActivities:
             message.set_content("\n".join(a.message for a in alerts))
 
             def send() -> None:
-                with smtplib.SMTP(self.settings.smtp_host, self.settings.smtp_port, timeout=10) as smtp:
+                with smtplib.SMTP(smtp_host, self.settings.smtp_port, timeout=10) as smtp:
                     smtp.send_message(message)
 
             await asyncio.to_thread(send)

@@ -36,7 +36,7 @@ from activities.infra.maintenance_sql import (
     vacuum_one,
     vacuum_tables,
 )
-from activities.infra.pg import connect
+from activities.infra.pg import connect, one_row
 from activities.infra.storage import open_storage
 from tenancy.contracts.maintenance import (
     AnalyzeResult,
@@ -113,7 +113,7 @@ class MaintenanceActivities:
     @activity.defn
     async def database_size(self, target: MaintenanceTarget) -> int:
         async with await connect(self.admin_url) as conn:
-            row = await (await conn.execute("SELECT pg_database_size(%s)", [target.database_name])).fetchone()
+            row = await one_row(await conn.execute("SELECT pg_database_size(%s)", [target.database_name]))
         return row[0]
 
     def _timeout(self, exc: psycopg.Error) -> str:
@@ -170,9 +170,8 @@ class MaintenanceActivities:
             counts, skipped = await self._cleanup_counts(conn, req.cutoff)
             rebuild = self._to_rebuild(await self._index_bloat(conn))
             leftovers = [leftover.index for leftover in await reindex_leftovers(conn)]
-            dead = (
-                await (await conn.execute("SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables")).fetchone()
-            )[0]
+            cursor = await conn.execute("SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables")
+            dead = (await one_row(cursor))[0]
         return MaintenancePlan(
             cleanup_rows=counts,
             indexes_to_rebuild=rebuild,
@@ -199,25 +198,21 @@ class MaintenanceActivities:
         previous = recorded_details()
         # Resumable progress: per rule, the next block of each of its heaps.
         next_block = {k: dict(v) for k, v in (previous.next_block or {}).items()}
-        progress = {"batches": previous.batches or 0, "next_block": next_block}
+        batches = previous.batches or 0
         longest = previous.longest_batch_ms or 0.0
         batch = self.settings.cleanup_batch_size
 
-        async def timed(query: sql.Composable) -> int:
-            nonlocal longest
+        async def timed(query: sql.Composed) -> int:
+            nonlocal longest, batches
             started = time.perf_counter()
             cursor = await conn.execute(query)  # no parameters: a `%` in a condition is just a `%`
             longest = max(longest, (time.perf_counter() - started) * 1000)
-            progress["batches"] += 1
+            batches += 1
             return cursor.rowcount
 
         async with (
             self._session(req.database_name) as conn,
-            Heartbeater(
-                lambda: HeartbeatDetails(
-                    batches=progress["batches"], next_block=progress["next_block"], longest_batch_ms=longest
-                )
-            ),
+            Heartbeater(lambda: HeartbeatDetails(batches=batches, next_block=next_block, longest_batch_ms=longest)),
         ):
             if req.planned:
                 planned = dict(req.planned)
@@ -230,7 +225,7 @@ class MaintenanceActivities:
                     skipped[key] = "appeared after the rows were counted; left for the next run"
                     continue
                 where = old_rows(rule, req.cutoff)
-                done = progress["next_block"].setdefault(key, {})
+                done = next_block.setdefault(key, {})
                 for heap in heaps:
                     # Walk the heap in block ranges (a TID range scan: as cheap as the sequential scan of one big
                     # DELETE) sized to hold about `cleanup_batch_size` rows, each range its own short transaction.
@@ -253,10 +248,10 @@ class MaintenanceActivities:
             )
         )
         deleted = {key: planned[key] - remaining[key] for key in planned if key in remaining}
-        log.info("old rows deleted", rows=deleted, skipped=skipped, batches=progress["batches"], stale_files=removed)
+        log.info("old rows deleted", rows=deleted, skipped=skipped, batches=batches, stale_files=removed)
         return CleanupResult(
             rows_deleted=deleted,
-            batches=progress["batches"],
+            batches=batches,
             longest_batch_ms=round(longest, 1),
             stale_files_removed=removed,
             skipped=skipped,
@@ -264,14 +259,14 @@ class MaintenanceActivities:
 
     async def _dead_tuples(self, conn: psycopg.AsyncConnection) -> int:
         await conn.execute("SELECT pg_stat_clear_snapshot()")
-        row = await (await conn.execute("SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables")).fetchone()
+        row = await one_row(await conn.execute("SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables"))
         return int(row[0])
 
     async def _table_by_table(
         self,
         conn: psycopg.AsyncConnection,
         tables: list[Table],
-        statement: Callable[[Table], sql.Composable],
+        statement: Callable[[Table], sql.Composed],
         state: dict[str, Any],
     ) -> None:
         """One statement per table, each under its own statement and lock timeouts. A timeout is noted for its
@@ -357,7 +352,7 @@ class MaintenanceActivities:
                 if index.table in busy:
                     timed_out[index.index] = "not tried: a rebuild on the same table had just timed out"
                     continue
-                before = {leftover.oid for leftover in await reindex_leftovers(conn)}
+                existing = {leftover.oid for leftover in await reindex_leftovers(conn)}
                 try:
                     await conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.SQL(index.index)))
                     rebuilt.append(index)
@@ -369,7 +364,7 @@ class MaintenanceActivities:
                     ours = [
                         leftover
                         for leftover in await reindex_leftovers(conn)
-                        if leftover.table == index.table and leftover.oid not in before
+                        if leftover.table == index.table and leftover.oid not in existing
                     ]
                     await conn.execute("SET lock_timeout = 0")
                     try:

@@ -35,7 +35,8 @@ class NotifyActivities:
     async def send_welcome_email(self, mail: WelcomeMail) -> bool:
         """False when no SMTP server is configured; an unreachable server is retried by Temporal."""
         log = get_logger("activities.notify", tenant_id=mail.tenant_id, workflow_id=activity.info().workflow_id)
-        if not self.settings.smtp_host:
+        smtp_host = self.settings.smtp_host
+        if not smtp_host:
             log.info("no SMTP server configured: welcome mail not sent")
             return False
         message = EmailMessage()
@@ -47,7 +48,7 @@ class NotifyActivities:
         )
 
         def send() -> None:
-            with smtplib.SMTP(self.settings.smtp_host, self.settings.smtp_port, timeout=10) as smtp:
+            with smtplib.SMTP(smtp_host, self.settings.smtp_port, timeout=10) as smtp:
                 smtp.send_message(message)
 
         await asyncio.to_thread(send)

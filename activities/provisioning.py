@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from psycopg import sql
 from temporalio import activity
 
+from activities.calling_run import calling_run
 from activities.heartbeat import Heartbeater
 from activities.infra.catalog import Catalog, TenantExists
 from activities.infra.credentials import delete_credentials, new_password, scram_sha256_verifier, write_credentials
@@ -39,7 +40,7 @@ def _ident(name: str) -> sql.Identifier:
 
 
 def _made_by_this_run(mark: Mark | None, tenant_id: str, *kinds: str) -> bool:
-    info = activity.info()
+    info = calling_run()
     return mark is not None and mark.is_of(tenant_id, *kinds) and mark.made_by(info.workflow_id, info.workflow_run_id)
 
 
@@ -80,7 +81,7 @@ class ProvisioningActivities:
         A retried attempt goes on with what this run made; a database of the name that it did not make is
         refused and left alone (schema.create_from_template)."""
         folder = self.settings.migrations_dir
-        info = activity.info()
+        info = calling_run()
         async with Heartbeater():
             await ensure_template(self.admin_url, self.settings.template_database, folder)
             created = await create_from_template(
@@ -122,7 +123,7 @@ class ProvisioningActivities:
         """A login role that can connect to its own database only; returns where its credentials are kept.
         The role is created and marked in one transaction; one of the name that this run did not create is
         refused and left unchanged."""
-        info = activity.info()
+        info = calling_run()
         password = new_password()
         verifier = sql.Literal(scram_sha256_verifier(password))
         role, database = _ident(db.role_name), _ident(db.database_name)
@@ -190,7 +191,7 @@ class ProvisioningActivities:
         # Attempts scheduled by the previous release carry (db, reason); see tenancy/messages.
         undo = ProvisioningUndo.model_validate(req if legacy_reason is None else {"db": req, "reason": legacy_reason})
         db, reason = undo.db, undo.reason
-        info = activity.info()
+        info = calling_run()
         left = []
         async with await connect(self.admin_url, autocommit=True) as admin:
             for name in (db.database_name, provisioning_copy_name(db.database_name, info.workflow_run_id)):

@@ -21,12 +21,13 @@ from psycopg import sql
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.calling_run import CallingRun, calling_run
 from activities.heartbeat import Heartbeater
 from activities.infra.archive import Progress, hash_stream, list_archive, load_identities, unpack
 from activities.infra.backup_facts import describe_backups, restore_candidate
 from activities.infra.catalog import Catalog
 from activities.infra.marks import database_mark, mark_database
-from activities.infra.pg import connect, count_rows, find_client_tools, libpq_env, server_major
+from activities.infra.pg import connect, count_rows, find_client_tools, libpq_env, one_row, server_major
 from activities.infra.storage import FILE_MODE, open_storage
 from activities.infra.subprocesses import kill_group, tail
 from tenancy.contracts.backup import BackupManifest, DrillResult
@@ -75,13 +76,13 @@ async def _exists(conn: psycopg.AsyncConnection, dbname: str) -> bool:
 
 
 async def _terminate(conn: psycopg.AsyncConnection, dbname: str) -> int:
-    row = await (
+    row = await one_row(
         await conn.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
             "WHERE datname = %s AND pid <> pg_backend_pid()",
             [dbname],
         )
-    ).fetchone()
+    )
     return row[0]
 
 
@@ -202,7 +203,7 @@ class RestoreActivities:
             return await self._restore_to_scratch(req, log, progress, done)
 
     async def _restore_to_scratch(self, req: ScratchRestoreRequest, log, progress: Progress, done: dict) -> int:
-        info = activity.info()
+        info = calling_run()
         work = await asyncio.to_thread(self._work_file, req.scratch_name)
         await asyncio.to_thread(work.unlink, missing_ok=True)  # a dead attempt's plaintext goes first
         async with await connect(self.admin_url, autocommit=True) as conn:
@@ -339,7 +340,7 @@ class RestoreActivities:
                 try:
                     async with conn.transaction():
                         await conn.execute("SET TRANSACTION READ ONLY")
-                        row = await (await conn.execute(check)).fetchone()  # type: ignore[arg-type]
+                        row = await (await conn.execute(check)).fetchone()
                 except psycopg.Error as exc:
                     raise fail(RESTORE_VERIFICATION_FAILED, f"check {check!r} failed: {str(exc).strip()}") from None
                 if not row or row[0] is not True:
@@ -354,7 +355,7 @@ class RestoreActivities:
         copy, or a kept previous database when a restore is undone) into its place, marked as the tenant's.
         Safe to retry: a swap already made is recognised."""
         log = self._log(req.tenant_id)
-        info = activity.info()
+        info = calling_run()
         now = datetime.now(UTC)
         tenant_mark = Mark(
             kind="tenant", tenant_id=req.tenant_id, workflow_id=info.workflow_id, run_id=info.workflow_run_id, at=now
@@ -419,7 +420,7 @@ class RestoreActivities:
         """After a restore failed or was cancelled (and its activities have stopped): the tenant's database as it
         was. A swap that committed is recognised by the marks and swapped back; this run's scratch database is
         dropped; the tenant's database accepts connections. Returns what state the tenant was left in."""
-        info = activity.info()
+        info = calling_run()
         state = "unchanged"
         async with await connect(self.admin_url, autocommit=True) as conn:
             live, incoming, previous = (
@@ -448,7 +449,7 @@ class RestoreActivities:
         self._log(req.tenant_id).warning("unfinished restore undone", tenant_database=state)
         return state
 
-    async def _swap_back(self, conn: psycopg.AsyncConnection, req: SwapRequest, info: activity.Info) -> None:
+    async def _swap_back(self, conn: psycopg.AsyncConnection, req: SwapRequest, info: CallingRun) -> None:
         """Reverse a committed swap: the restored copy back to its scratch name, the set-aside database back."""
         now = datetime.now(UTC)
         scratch = Mark(
@@ -512,7 +513,7 @@ class RestoreActivities:
             raise fail(INVALID_INPUT, f"{req.scratch_name!r} is not a scratch database")
         async with await connect(self.admin_url, autocommit=True) as conn:
             mark = await database_mark(conn, req.scratch_name)
-            if mark is not None and mark.is_of(req.tenant_id, "scratch") and mark.made_by(activity.info().workflow_id):
+            if mark is not None and mark.is_of(req.tenant_id, "scratch") and mark.made_by(calling_run().workflow_id):
                 await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(_ident(req.scratch_name)))
 
     @activity.defn

@@ -6,7 +6,7 @@ from psycopg import sql
 from temporalio import activity
 
 from activities.infra.catalog import Catalog
-from activities.infra.pg import connect
+from activities.infra.pg import connect, one_row
 from tenancy.contracts.tenants import SettingsChange, SettingsChangeResult, StatusChange, StatusChangeResult
 from tenancy.errors import INVALID_INPUT, TENANT_NOT_FOUND, InvalidInput, fail
 from tenancy.lifecycle import CAN_CONNECT, check_transition
@@ -46,13 +46,13 @@ class TenantAdminActivities:
                     await admin.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, role))
                 else:
                     await admin.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM {}").format(database, role))
-                    row = await (
+                    row = await one_row(
                         await admin.execute(
                             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                             "WHERE datname = %s AND usename = %s",
                             [tenant.database_name, tenant.role_name],
                         )
-                    ).fetchone()
+                    )
                     terminated = row[0]
         get_logger("activities.tenant_admin", tenant_id=change.tenant_id, workflow_id=activity.info().workflow_id).info(
             "tenant status changed", old=old, new=change.status, reason=change.reason

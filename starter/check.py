@@ -8,7 +8,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
 from activities.infra.catalog import Catalog
-from activities.infra.pg import find_client_tools, server_major
+from activities.infra.pg import find_client_tools, one_row, server_major
 from activities.infra.storage import open_storage
 from activities.infra.temporal import connect_client
 from tenancy.errors import failure_message
@@ -18,7 +18,7 @@ from tenancy.settings import Settings
 
 async def _postgres(settings: Settings) -> tuple[str, int]:
     async with await psycopg.AsyncConnection.connect(settings.effective_database_url, connect_timeout=5) as conn:
-        version = (await (await conn.execute("SHOW server_version")).fetchone())[0].split()[0]
+        version = (await one_row(await conn.execute("SHOW server_version")))[0].split()[0]
         return f"PostgreSQL {version} at {conn.info.host}:{conn.info.port}", server_major(conn.info.server_version)
 
 

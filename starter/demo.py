@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from activities.infra.pg import connect
+from activities.infra.pg import connect, one_row
 from activities.infra.schema import apply_migrations, migration_files
 from tenancy.settings import PROJECT_ROOT
 
@@ -41,10 +41,10 @@ async def table_fingerprint(admin_url: str, dbname: str) -> dict[str, str]:
     out: dict[str, str] = {}
     async with await connect(admin_url, dbname, autocommit=True) as conn:
         for table in ("projects", "time_entries", "activity_log"):
-            row = await (
+            row = await one_row(
                 await conn.execute(
                     f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY id), '')) FROM {table} t"
                 )
-            ).fetchone()
+            )
             out[table] = f"{row[0]}:{row[1]}"
     return out

@@ -46,7 +46,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         concurrency = args.concurrency or settings.fleet_concurrency
         if concurrency < 1:
             raise InvalidInput("--concurrency must be at least 1")
-        result = await start_and_follow(
+        fleet_result = await start_and_follow(
             settings,
             MaintainAllTenantsWorkflow.run,
             FleetMaintenanceInput(
@@ -56,7 +56,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             tenant_id=None,
             summary=f"Maintenance of every tenant: {', '.join(tasks)}" + (" (dry run)" if args.dry_run else ""),
         )
-        return await show_fleet_result(result, settings, as_json=args.json)
+        return await show_fleet_result(fleet_result, settings, as_json=args.json)
     tenant_id = validate_tenant_id(args.tenant)
     result: MaintainTenantResult = await start_and_follow(
         settings,

@@ -80,7 +80,7 @@ async def prune(args: argparse.Namespace, settings: Settings) -> int:
         print(table(["backup", "decision", "why"], rows))
         print(f"policy {result.policy}: {len(result.kept)} kept, {len(result.deleted)} {verb}")
         return 0
-    result = await start_and_follow(
+    fleet_result = await start_and_follow(
         settings,
         PruneAllTenantsWorkflow.run,
         PruneInput(keep=keep, dry_run=args.dry_run, concurrency=settings.fleet_concurrency),
@@ -88,10 +88,10 @@ async def prune(args: argparse.Namespace, settings: Settings) -> int:
         tenant_id=None,
         summary="Retention of every tenant" + (" (dry run)" if args.dry_run else ""),
     )
-    for outcome in await every_outcome(result, settings):
+    for outcome in await every_outcome(fleet_result, settings):
         print(f"{outcome.tenant_id}: {outcome.detail or outcome.error}")
-    print(summary_line(result))
-    return 0 if result.failed == 0 else 1
+    print(summary_line(fleet_result))
+    return 0 if fleet_result.failed == 0 else 1
 
 
 async def pin(args: argparse.Namespace, settings: Settings) -> int:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from starter.output import human_size
 from tenancy.messages.progress import HeartbeatDetails
+
+ReturnType = TypeVar("ReturnType")
 
 
 async def _heartbeat_details(client: Client, handle: WorkflowHandle[Any, Any]) -> HeartbeatDetails:
@@ -47,7 +49,7 @@ def cancel_hint(client: Client, workflow_id: str) -> str:
     return command
 
 
-async def follow(client: Client, handle: WorkflowHandle[Any, Any], out: TextIO = sys.stderr) -> Any:
+async def follow(client: Client, handle: WorkflowHandle[Any, ReturnType], out: TextIO = sys.stderr) -> ReturnType:
     """Wait for the run's result while showing its progress (one updating line on a terminal).
 
     Ctrl-C stops following, not the run: one line says so and how to cancel it, then KeyboardInterrupt (exit 130).

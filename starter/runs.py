@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Literal, TypeVar, overload
+
+from temporalio.types import MethodAsyncSingleParam
 
 from activities.infra.temporal import connect_client, ui_link
 from starter.progress import follow
@@ -11,18 +13,50 @@ from tenancy.naming import workflow_id
 from tenancy.search import tenant_attributes
 from tenancy.settings import Settings
 
+SelfType = TypeVar("SelfType")
+ParamType = TypeVar("ParamType")
+ReturnType = TypeVar("ReturnType")
+
+
+@overload
+async def start_and_follow(
+    settings: Settings,
+    run: MethodAsyncSingleParam[SelfType, ParamType, ReturnType],
+    arg: ParamType,
+    *,
+    operation: str,
+    tenant_id: str | None,
+    summary: str,
+    no_wait: Literal[False] = False,
+    run_id: str | None = None,
+) -> ReturnType: ...
+
+
+@overload
+async def start_and_follow(
+    settings: Settings,
+    run: MethodAsyncSingleParam[SelfType, ParamType, ReturnType],
+    arg: ParamType,
+    *,
+    operation: str,
+    tenant_id: str | None,
+    summary: str,
+    no_wait: bool,
+    run_id: str | None = None,
+) -> ReturnType | None: ...
+
 
 async def start_and_follow(
     settings: Settings,
-    run: Any,
-    arg: Any,
+    run: MethodAsyncSingleParam[SelfType, ParamType, ReturnType],
+    arg: ParamType,
     *,
     operation: str,
     tenant_id: str | None,
     summary: str,
     no_wait: bool = False,
     run_id: str | None = None,
-) -> Any | None:
+) -> ReturnType | None:
     """Start the run; with no_wait print its id and Web UI link and return None, else show progress and return
     its result (a failed run raises WorkflowFailureError, which the command line turns into one line)."""
     client = await connect_client(settings)

@@ -84,7 +84,7 @@ def build_schedule(
         minute=[ScheduleRange(minute)],
         hour=[ScheduleRange(hour)] if hour is not None else [ScheduleRange(0, 23)],
         day_of_week=[ScheduleRange(decl.weekday())] if decl.every == "week" else [ScheduleRange(0, 6)],
-        day_of_month=[ScheduleRange(int(decl.on))] if decl.every == "month" else [ScheduleRange(1, 31)],
+        day_of_month=[ScheduleRange(decl.day_of_month())] if decl.every == "month" else [ScheduleRange(1, 31)],
         comment=decl.when(),
     )
     return Schedule(

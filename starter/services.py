@@ -108,11 +108,14 @@ class EmbeddedPostgres:
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
-    def _as_owner(self) -> dict[str, object]:
-        if os.geteuid() != 0:
-            return {}
-        user = pwd.getpwnam(PG_SYSTEM_USER)
-        return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+    def _run_as_owner(self, args: list[str], *, check: bool) -> subprocess.CompletedProcess[bytes]:
+        """Run one of the server's programs, output captured; as root, as the server's system user."""
+        user = group = None
+        extra_groups: list[int] | None = None
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam(PG_SYSTEM_USER)
+            user, group, extra_groups = owner.pw_uid, owner.pw_gid, []
+        return subprocess.run(args, check=check, capture_output=True, user=user, group=group, extra_groups=extra_groups)
 
     def _prepare_for_root(self) -> None:
         """As root, the server runs as a dedicated system user that must reach its folders and binaries."""
@@ -135,17 +138,16 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if os.geteuid() == 0:
             self._prepare_for_root()
-        run = {"check": True, "capture_output": True, **self._as_owner()}
         if not (self.data_dir / "PG_VERSION").exists():
             args = [str(self.bin / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust"]
             args += ["--encoding=UTF8", "--locale=C"] + ([] if self.durable else ["--no-sync"])
-            subprocess.run(args, **run)  # type: ignore[call-overload]
+            self._run_as_owner(args, check=True)
         if port_open("127.0.0.1", self.port):
             raise RuntimeError(f"port {self.port} is taken: set TENANTS_EMBEDDED_PG_PORT or TENANTS_DATABASE_URL")
         options = f"-h 127.0.0.1 -p {self.port} -c unix_socket_directories=''"
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        subprocess.run(  # type: ignore[call-overload]
+        self._run_as_owner(
             [
                 str(self.bin / "pg_ctl"),
                 "-D",
@@ -159,14 +161,12 @@ class EmbeddedPostgres:
                 options,
                 "start",
             ],
-            **run,
+            check=True,
         )
 
     def stop(self) -> None:
         if not (self.data_dir / "postmaster.pid").exists():
             return
-        subprocess.run(  # type: ignore[call-overload]
-            [str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
-            capture_output=True,
-            **self._as_owner(),
+        self._run_as_owner(
+            [str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"], check=False
         )

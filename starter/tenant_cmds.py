@@ -295,7 +295,7 @@ async def migrate(args: argparse.Namespace, settings: Settings) -> int:
     concurrency = args.concurrency or settings.fleet_concurrency
     if concurrency < 1:
         raise InvalidInput("--concurrency must be at least 1")
-    result = await start_and_follow(
+    fleet_result = await start_and_follow(
         settings,
         MigrateAllTenantsWorkflow.run,
         FleetInput(concurrency=concurrency),
@@ -303,7 +303,7 @@ async def migrate(args: argparse.Namespace, settings: Settings) -> int:
         tenant_id=None,
         summary="Migration of every tenant",
     )
-    return await show_fleet_result(result, settings, as_json=False)
+    return await show_fleet_result(fleet_result, settings, as_json=False)
 
 
 async def show(args: argparse.Namespace, settings: Settings) -> int:

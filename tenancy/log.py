@@ -6,6 +6,7 @@ import logging
 import sys
 
 import structlog
+from structlog.typing import Processor
 
 _configured = False
 
@@ -15,7 +16,7 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     if _configured:
         return
     _configured = True
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

@@ -98,13 +98,13 @@ def is_copy_name(database: str, candidate: str) -> bool:
     """True when `candidate` is a name a restore's scratch or set-aside copy, or provisioning's copy, of
     `database` could have: what deprovisioning may drop besides the database itself."""
     match = _COPY_NAME_RE.fullmatch(candidate)
-    return bool(match) and _with_suffix(database, f"__{match['kind']}_{match['token']}") == candidate
+    return match is not None and _with_suffix(database, f"__{match['kind']}_{match['token']}") == candidate
 
 
 def is_previous_database_name(database: str, candidate: str) -> bool:
     """True when `candidate` is a name previous_database_name could have given `database`."""
     match = re.fullmatch(r"(?P<base>.*)__old_(?P<token>[0-9a-z]{1,10})", candidate)
-    return bool(match) and previous_database_name(database, match["token"]) == candidate
+    return match is not None and previous_database_name(database, match["token"]) == candidate
 
 
 def slugify(name: str) -> str:

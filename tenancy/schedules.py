@@ -63,8 +63,16 @@ class ScheduleDeclaration(BaseModel):
             raise ValueError(f'at = "HH:MM", not {self.at!r}')
         return int(match[1]), int(match[2])
 
-    def weekday(self) -> int | None:
-        return WEEKDAYS.index(str(self.on).lower()) if self.every == "week" else None
+    def weekday(self) -> int:
+        """A weekly schedule's day, as Temporal counts (0 = Sunday)."""
+        if self.every != "week":
+            raise ValueError(f"schedule {self.id} is not weekly")
+        return WEEKDAYS.index(str(self.on).lower())
+
+    def day_of_month(self) -> int:
+        if self.every != "month" or not isinstance(self.on, int):
+            raise ValueError(f"schedule {self.id} is not monthly")
+        return self.on
 
     def when(self) -> str:
         hour, minute = self.hour_minute()

@@ -46,7 +46,7 @@ def write_credentials(folder: Path, tenant_id: str, role: str, password: str, da
         "password": password,
         "database": database,
         "host": server.get("host", "localhost"),
-        "port": int(server.get("port", 5432)),
+        "port": int(server.get("port") or 5432),
     }
     target = credentials_path(folder, tenant_id)
     temp = target.with_name(f".{target.name}.partial")

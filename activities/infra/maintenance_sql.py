@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from activities.infra.pg import one_row
 from tenancy.maintenance import CleanupRule
 
 MISSING_TABLE = "does not exist in this database"
@@ -32,7 +34,7 @@ class Heap:
         return f"{self.schema}.{self.name}"
 
     @property
-    def source(self) -> sql.Composable:
+    def source(self) -> sql.Composed:
         """This heap alone; a child or partition named as the rule's table, so a condition that names the table
         (`activity_log.kind = ...`) reads the same on each heap."""
         only = sql.SQL("ONLY {}").format(sql.Identifier(self.schema, self.name))
@@ -61,8 +63,12 @@ class Table:
         return sql.Identifier(self.schema, self.name)
 
 
-async def _one(conn: psycopg.AsyncConnection, query: sql.Composable) -> tuple:
+async def _one(conn: psycopg.AsyncConnection, query: sql.Composed) -> tuple[Any, ...] | None:
     return await (await conn.execute(query)).fetchone()
+
+
+async def _one_row(conn: psycopg.AsyncConnection, query: sql.Composed) -> tuple[Any, ...]:
+    return await one_row(await conn.execute(query))
 
 
 def old_rows(rule: CleanupRule, cutoff: datetime) -> sql.Composable:
@@ -99,7 +105,7 @@ async def rule_heaps(conn: psycopg.AsyncConnection, rule: CleanupRule, cutoff: d
         return MISSING_TABLE
     if kind not in ("r", "p"):
         return "is not a table (a view, or a foreign or other relation)"
-    (has_column,) = await _one(
+    (has_column,) = await _one_row(
         conn,
         sql.SQL(
             "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {} AND attname = {} "
@@ -128,12 +134,12 @@ async def rule_heaps(conn: psycopg.AsyncConnection, rule: CleanupRule, cutoff: d
 
 
 async def count_old(conn: psycopg.AsyncConnection, heap: Heap, where: sql.Composable) -> int:
-    return (await _one(conn, sql.SQL("SELECT count(*) FROM {} WHERE {}").format(heap.source, where)))[0]
+    return (await _one_row(conn, sql.SQL("SELECT count(*) FROM {} WHERE {}").format(heap.source, where)))[0]
 
 
 async def any_old(conn: psycopg.AsyncConnection, heap: Heap, where: sql.Composable) -> bool:
     query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(heap.source, where)
-    return (await _one(conn, query))[0]
+    return (await _one_row(conn, query))[0]
 
 
 async def heap_blocks(conn: psycopg.AsyncConnection, heap: Heap) -> tuple[int, float]:
@@ -150,14 +156,14 @@ async def heap_blocks(conn: psycopg.AsyncConnection, heap: Heap) -> tuple[int, f
     return pages, (max(1.0, tuples / pages) if pages and tuples > 0 else 100.0)
 
 
-def delete_blocks(heap: Heap, where: sql.Composable, lo: int, hi: int) -> sql.Composable:
+def delete_blocks(heap: Heap, where: sql.Composable, lo: int, hi: int) -> sql.Composed:
     """Old rows in blocks [lo, hi) of this heap alone: a TID range scan, re-checking the cutoff and condition."""
     return sql.SQL("DELETE FROM {} WHERE ctid >= {}::tid AND ctid < {}::tid AND {}").format(
         heap.source, sql.Literal(f"({lo},0)"), sql.Literal(f"({hi},0)"), where
     )
 
 
-def delete_some(heap: Heap, where: sql.Composable, limit: int) -> sql.Composable:
+def delete_some(heap: Heap, where: sql.Composable, limit: int) -> sql.Composed:
     """Up to `limit` old rows of this heap alone, wherever they are; the condition is checked again on the rows
     the DELETE reaches (a ctid names a row in this one file only, and only at the time it was read)."""
     return sql.SQL(
@@ -178,14 +184,14 @@ async def vacuum_tables(conn: psycopg.AsyncConnection) -> list[Table]:
     return sorted((Table(schema=s, name=n, kind=k, system=y) for s, n, k, y in rows), key=lambda t: t.order)
 
 
-def analyze_only(server_version: int, table: Table) -> sql.Composable:
+def analyze_only(server_version: int, table: Table) -> sql.Composed:
     """ANALYZE of one relation; a partitioned table's own statistics only, where the server can (its partitions
     are tables of their own in the list)."""
     only = sql.SQL("ONLY ") if table.kind == "p" and server_version >= 180000 else sql.SQL("")
     return sql.SQL("ANALYZE {}{}").format(only, table.ident)
 
 
-def vacuum_one(server_version: int, table: Table, full: bool) -> sql.Composable:
+def vacuum_one(server_version: int, table: Table, full: bool) -> sql.Composed:
     if table.kind == "p":  # no storage of its own: its partitions are vacuumed one by one
         return analyze_only(server_version, table)
     options = sql.SQL("FULL, ANALYZE" if full else "ANALYZE")
@@ -231,5 +237,5 @@ async def reindex_leftovers(conn: psycopg.AsyncConnection) -> list[Leftover]:
     return [Leftover(oid=o, index=name, table=t) for o, name, t in rows]
 
 
-def drop_leftover(leftover: Leftover) -> sql.Composable:
+def drop_leftover(leftover: Leftover) -> sql.Composed:
     return sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.SQL(leftover.index))

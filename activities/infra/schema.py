@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from activities.infra.marks import database_mark, mark_database
-from activities.infra.pg import connect
+from activities.infra.pg import connect, one_row
 from tenancy.errors import INVALID_INPUT, MIGRATION_CHANGED, SCHEMA_ERROR, TENANT_EXISTS, fail
 from tenancy.marks import Mark
 from tenancy.naming import provisioning_database_name
@@ -55,7 +55,7 @@ def migration_files(folder: Path) -> list[Migration]:
 async def _run_sql_file(conn: psycopg.AsyncConnection, path: Path) -> None:
     """A SQL file that fails (syntax, constraint, missing object) fails the same way every time: not retried."""
     try:
-        await conn.execute(path.read_text())  # type: ignore[arg-type]
+        await conn.execute(path.read_text())
     except (
         psycopg.ProgrammingError,
         psycopg.DataError,
@@ -66,12 +66,12 @@ async def _run_sql_file(conn: psycopg.AsyncConnection, path: Path) -> None:
 
 
 async def _has_ledger(conn: psycopg.AsyncConnection) -> bool:
-    row = await (await conn.execute("SELECT to_regclass('public.tenant_schema_migrations')")).fetchone()
+    row = await one_row(await conn.execute("SELECT to_regclass('public.tenant_schema_migrations')"))
     return row[0] is not None
 
 
 async def applied_migrations(conn: psycopg.AsyncConnection) -> dict[str, str]:
-    exists = await (await conn.execute("SELECT to_regclass('public.tenant_schema_migrations')")).fetchone()
+    exists = await one_row(await conn.execute("SELECT to_regclass('public.tenant_schema_migrations')"))
     if exists[0] is None:
         return {}
     rows = await (await conn.execute("SELECT version, checksum FROM tenant_schema_migrations")).fetchall()
@@ -204,7 +204,7 @@ async def create_from_template(
     async with await connect(admin_url, autocommit=True) as admin:
         if await database_exists(admin, database):
             found = await database_mark(admin, database)
-            if not _made_by(found, tenant_id, workflow_id, run_id, "tenant", "provisioning"):
+            if found is None or not _made_by(found, tenant_id, workflow_id, run_id, "tenant", "provisioning"):
                 raise fail(TENANT_EXISTS, existing_database_message(database))
             if found.kind != "tenant":  # an attempt that stopped between the rename and the re-mark
                 await mark_database(admin, database, mark("tenant"))

@@ -8,17 +8,6 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 
-class FleetBackupInput(BaseModel):
-    keep: int = 7
-    compression: Literal["gzip", "zstd", "none"] = "zstd"
-    compression_level: int = 1  # tenancy.settings.DEFAULT_COMPRESSION_LEVELS
-    concurrency: int = 4
-    lock_wait_seconds: int = 0
-    page_size: int = 200
-    history_limit: int = 10_000
-    cursor: FleetCursor | None = None
-
-
 class TenantOutcome(BaseModel):
     tenant_id: str
     ok: bool
@@ -81,6 +70,13 @@ class FleetOptions(BaseModel):
 
 class FleetInput(FleetOptions):
     pass
+
+
+class FleetBackupInput(FleetOptions):
+    keep: int = 7
+    compression: Literal["gzip", "zstd", "none"] = "zstd"
+    compression_level: int = 1  # tenancy.settings.DEFAULT_COMPRESSION_LEVELS
+    lock_wait_seconds: int = 0
 
 
 class FleetResult(BaseModel):
