@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -56,7 +56,7 @@ class FleetProgress:
 
 
 # One tenant's child: given the tenant and the child's id, start it and say how it went.
-StartChild = Callable[[TenantRef, str], Awaitable[TenantOutcome]]
+StartChild = Callable[[TenantRef, str], Coroutine[Any, Any, TenantOutcome]]
 
 
 @dataclass(frozen=True)
@@ -213,6 +213,6 @@ async def _page_by_page(req: FleetOptions, cursor: FleetCursor, fleet: Fleet, pr
         history_limit=req.history_limit,
         concurrency=req.concurrency,
         one=one,
-        progress=progress,  # type: ignore[arg-type]
+        progress=progress,
     )
     return finish_fleet(req, cursor, done)
