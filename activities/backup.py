@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import subprocess
 import tempfile
 from datetime import UTC, datetime
@@ -11,13 +12,22 @@ import psycopg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.heartbeat import Heartbeater
+from activities.heartbeat import Heartbeater, recorded_details, stop_on_worker_shutdown
 from activities.infra.archive import Progress, hash_stream, list_archive, load_identities, store, unpack
 from activities.infra.backup_facts import describe_backups, retention_entry
 from activities.infra.catalog import Catalog
-from activities.infra.pg import connect, count_rows, find_client_tools, libpq_env, server_major
+from activities.infra.pg import (
+    connect,
+    count_rows,
+    find_client_tools,
+    libpq_env,
+    one_row,
+    pg_dump_writes_zstd,
+    server_major,
+)
 from activities.infra.storage import open_storage
 from activities.infra.subprocesses import kill_group, tail
+from activities.infra.threads import entered_in_thread
 from tenancy.contracts.backup import BackupManifest, DumpResult, RetentionDecision, RetentionResult
 from tenancy.errors import (
     BACKUP_NOT_FOUND,
@@ -29,9 +39,10 @@ from tenancy.errors import (
     fail,
 )
 from tenancy.log import activity_logger
-from tenancy.messages.backup import DumpRequest, PinRequest, RetentionRequest
+from tenancy.messages.backup import BackupNameRequest, DiscardRequest, DumpRequest, PinRequest, RetentionRequest
+from tenancy.messages.progress import HeartbeatDetails
 from tenancy.naming import BACKUP_EXTENSIONS, backup_name
-from tenancy.retention import plan_retention
+from tenancy.retention import RetentionRefused, plan_retention
 from tenancy.settings import Settings
 
 
@@ -56,7 +67,7 @@ class BackupActivities:
             name = req.backup_name
             await asyncio.to_thread(self._clear_for_attempt, req.tenant_id, name)
         else:  # a run recorded before the workflow named its backup
-            self._remove_previous_attempt(req.tenant_id)
+            await asyncio.to_thread(self._remove_previous_attempt, req.tenant_id)
             name = await self._fresh_name(req.tenant_id, req.compression)
         started = datetime.now(UTC)
         try:
@@ -70,24 +81,32 @@ class BackupActivities:
             raise
         progress = Progress()
         recipients = self.settings.age_recipients
-        async with conn, Heartbeater(lambda: {"backup_name": name, "bytes_written": progress.bytes}):
-            tools = find_client_tools(server_major(conn.info.server_version), self.settings.pg_bin_dir)
-            server_version = (await (await conn.execute("SHOW server_version")).fetchone())[0].split()[0]
+        async with conn, Heartbeater(lambda: HeartbeatDetails(backup_name=name, bytes_written=progress.bytes)):
+            tools = await asyncio.to_thread(
+                find_client_tools, server_major(conn.info.server_version), self.settings.pg_bin_dir
+            )
+            server_version = (await one_row(await conn.execute("SHOW server_version")))[0].split()[0]
             await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            snapshot = (await (await conn.execute("SELECT pg_export_snapshot()")).fetchone())[0]
-            gzip_level = req.compression_level if req.compression == "gzip" else 0
-            args = [
-                str(tools.pg_dump),
-                "--format=custom",
-                f"--compress={gzip_level}",
-                f"--snapshot={snapshot}",
-                "--no-password",
-            ]
-            log.info("dump started", database=req.database_name, tool=str(tools.pg_dump), backup=name)
+            snapshot = (await one_row(await conn.execute("SELECT pg_export_snapshot()")))[0]
+            # zstd by pg_dump itself where it can (the archive then restores as stored), else a zstd stream the
+            # copy thread writes around an uncompressed archive.
+            in_pg_dump = req.compression == "gzip" or (
+                req.compression == "zstd" and await asyncio.to_thread(pg_dump_writes_zstd, tools.pg_dump)
+            )
+            stream = "zstd" if req.compression == "zstd" and not in_pg_dump else "none"
+            if in_pg_dump and req.compression == "zstd":
+                compress = f"--compress=zstd:{req.compression_level}"
+            else:
+                compress = f"--compress={req.compression_level if in_pg_dump else 0}"
+            args = [str(tools.pg_dump), "--format=custom", compress, f"--snapshot={snapshot}", "--no-password"]
+            log.info(
+                "dump started", database=req.database_name, tool=str(tools.pg_dump), backup=name, compress=compress
+            )
             loop = asyncio.get_running_loop()
-            with (
-                tempfile.TemporaryFile() as stderr,
-                self.storage.open_for_write(req.tenant_id, name) as sink,
+            # Entered and left in a thread: opening creates an upload, closing fsyncs or uploads the last part.
+            async with (
+                entered_in_thread(tempfile.TemporaryFile()) as stderr,
+                entered_in_thread(self.storage.open_for_write(req.tenant_id, name)) as sink,
             ):
                 proc = subprocess.Popen(
                     args,
@@ -98,14 +117,20 @@ class BackupActivities:
                 )
                 assert proc.stdout is not None
                 pump = loop.run_in_executor(
-                    None, store, proc.stdout, sink, req.compression, req.compression_level, recipients, progress
+                    None, store, proc.stdout, sink, stream, req.compression_level, recipients, progress
                 )
-                try:
+
+                async def finish() -> tuple[dict[str, int], str, int]:
                     row_counts = await count_rows(conn)
                     sha256 = await asyncio.shield(pump)
-                    code = await asyncio.to_thread(proc.wait)
+                    return row_counts, sha256, await asyncio.to_thread(proc.wait)
+
+                try:
+                    # A dump cannot resume: when the worker shuts down it stops at once, cleanly, and starts over
+                    # on another worker.
+                    row_counts, sha256, code = await stop_on_worker_shutdown(finish(), "the dump")
                 except BaseException:
-                    # Cancelled (or failed): kill pg_dump, let the copy thread drain, and the partial file goes.
+                    # Cancelled, stopped or failed: kill pg_dump, let the copy thread drain, the partial file goes.
                     kill_group(proc)
                     await asyncio.wait([pump])
                     log.warning("dump stopped before completion", bytes_written=progress.bytes)
@@ -119,7 +144,7 @@ class BackupActivities:
                         type=DUMP_FAILED,
                     )
             await conn.execute("COMMIT")
-        size = self.storage.size(req.tenant_id, name)
+        size = await asyncio.to_thread(self.storage.size, req.tenant_id, name)
         activity.metric_meter().create_counter("tenants_backup_bytes", "Bytes of backups written", "By").add(size)
         log.info("dump finished", backup=name, size_bytes=size, sha256=sha256)
         return DumpResult(
@@ -128,6 +153,7 @@ class BackupActivities:
             backup_name=name,
             compression=req.compression,
             compression_level=req.compression_level,
+            stream_compression=stream,
             size_bytes=size,
             sha256=sha256,
             server_version=server_version,
@@ -144,16 +170,23 @@ class BackupActivities:
         still start within the same second: the second waits for a name of its own rather than overwrite."""
         while True:
             name = backup_name(tenant_id, datetime.now(UTC), compression)
-            if not self.storage.exists(tenant_id, name) and not self.storage.partial_exists(tenant_id, name):
+            if not await asyncio.to_thread(self._name_taken, tenant_id, name):
                 return name
             await asyncio.sleep(0.2)
 
+    def _name_taken(self, tenant_id: str, name: str) -> bool:
+        return self.storage.exists(tenant_id, name) or self.storage.partial_exists(tenant_id, name)
+
     @activity.defn
-    async def name_backup(self, tenant_id: str, compression: str) -> str:
+    async def name_backup(self, req: BackupNameRequest | str, legacy_compression: str | None = None) -> str:
         """The name of the backup a run is about to take, decided once (the result is in the run's history)."""
-        if compression not in BACKUP_EXTENSIONS:
-            raise fail(INVALID_INPUT, f"unknown compression {compression!r}")
-        return await self._fresh_name(tenant_id, compression)
+        # Attempts scheduled by the previous release carry (tenant_id, compression); see tenancy/messages.
+        naming = BackupNameRequest.model_validate(
+            req if legacy_compression is None else {"tenant_id": req, "compression": legacy_compression}
+        )
+        if naming.compression not in BACKUP_EXTENSIONS:
+            raise fail(INVALID_INPUT, f"unknown compression {naming.compression!r}")
+        return await self._fresh_name(naming.tenant_id, naming.compression)
 
     def _clear_for_attempt(self, tenant_id: str, name: str) -> None:
         """Before an attempt writes `name`: what a dead earlier attempt of this run left goes (its partial file or
@@ -171,8 +204,7 @@ class BackupActivities:
     def _remove_previous_attempt(self, tenant_id: str) -> None:
         """A retried dump starts over; an archive a dead earlier attempt completed but never reported is removed
         (it has no manifest, so it was never a verified backup)."""
-        details = activity.info().heartbeat_details
-        previous = details[0].get("backup_name") if details and isinstance(details[0], dict) else None
+        previous = recorded_details().backup_name
         if (
             previous
             and self.storage.exists(tenant_id, previous)
@@ -185,26 +217,52 @@ class BackupActivities:
         """Re-read the stored archive (size and sha256 must match what was written), let pg_restore read its
         table of contents, then write the manifest that marks the backup verified."""
         log = self._log(dump.tenant_id)
-        if not self.storage.exists(dump.tenant_id, dump.backup_name):
+        if not await asyncio.to_thread(self.storage.exists, dump.tenant_id, dump.backup_name):
             raise fail(BACKUP_VERIFICATION_FAILED, f"backup {dump.backup_name!r} is missing from storage")
         progress = Progress()
-        async with Heartbeater(lambda: {"bytes_read": progress.bytes}):
-            size = self.storage.size(dump.tenant_id, dump.backup_name)
+        async with Heartbeater(lambda: HeartbeatDetails(bytes_read=progress.bytes)):
+            size = await asyncio.to_thread(self.storage.size, dump.tenant_id, dump.backup_name)
+            # A worker that only backs up holds no private key: it checks the bytes, and the archive's table of
+            # contents is read by the restore drills, which do hold it.
+            readable = not (dump.encrypted and self.settings.age_identity_file is None)
+            identities = (
+                load_identities(self.settings.age_identity_file, dump.backup_name)
+                if dump.encrypted and readable
+                else None
+            )
+            major = int(dump.server_version.split(".")[0])
+            tools = await asyncio.to_thread(find_client_tools, major, self.settings.pg_bin_dir) if readable else None
+            digest = hashlib.sha256()
 
-            def read_back() -> str:
-                with self.storage.open_for_read(dump.tenant_id, dump.backup_name) as reader:
-                    return hash_stream(reader, progress)
+            def read_back() -> tuple[int, str, list[str]] | None:
+                """One pass over the stored bytes: every one is hashed, and pg_restore --list reads the table of
+                contents from the start of them (nothing past it is decompressed)."""
+                if tools is None:
+                    with self.storage.open_for_read(dump.tenant_id, dump.backup_name) as reader:
+                        hash_stream(reader, progress, digest)
+                    return None
 
-            sha256 = await asyncio.to_thread(read_back)
+                def feed(stdin) -> None:
+                    with self.storage.open_for_read(dump.tenant_id, dump.backup_name) as reader:
+                        unpack(reader, stdin, dump.stream_compression, identities, progress, digest)
+
+                return list_archive(tools.pg_restore, feed)
+
+            unreadable: ApplicationError | None = None
+            try:
+                listed = await asyncio.to_thread(read_back)
+            except ApplicationError as exc:  # cannot decrypt: said after the checksum, which says more
+                listed, unreadable = None, exc
+            sha256 = digest.hexdigest()
             if size != dump.size_bytes or sha256 != dump.sha256:
                 raise fail(
                     BACKUP_VERIFICATION_FAILED,
                     f"backup {dump.backup_name!r} does not match what was written "
                     f"(size {size} vs {dump.size_bytes}, sha256 {sha256[:12]}… vs {dump.sha256[:12]}…)",
                 )
-            if dump.encrypted and self.settings.age_identity_file is None:
-                # A worker that only backs up holds no private key: the bytes are checked, the archive's table
-                # of contents is read by the restore drills, which do hold it.
+            if unreadable is not None:
+                raise unreadable
+            if listed is None:
                 log.info("encrypted backup verified by checksum only", backup=dump.backup_name)
                 manifest = BackupManifest(
                     **dump.model_dump(),
@@ -213,17 +271,9 @@ class BackupActivities:
                     verified_at=datetime.now(UTC),
                     workflow_id=activity.info().workflow_id,
                 )
-                self.storage.write_manifest(manifest)
+                await asyncio.to_thread(self.storage.write_manifest, manifest)
                 return manifest
-            identities = load_identities(self.settings.age_identity_file, dump.backup_name) if dump.encrypted else None
-            major = int(dump.server_version.split(".")[0])
-            tools = find_client_tools(major, self.settings.pg_bin_dir)
-
-            def feed(stdin) -> None:
-                with self.storage.open_for_read(dump.tenant_id, dump.backup_name) as reader:
-                    unpack(reader, stdin, dump.compression, identities, Progress())
-
-            code, err, lines = await asyncio.to_thread(list_archive, tools.pg_restore, feed)
+            code, err, lines = listed
         if code != 0:
             raise fail(
                 BACKUP_VERIFICATION_FAILED,
@@ -250,16 +300,20 @@ class BackupActivities:
             toc_entries=len(entries),
             workflow_id=activity.info().workflow_id,
         )
-        self.storage.write_manifest(manifest)
+        await asyncio.to_thread(self.storage.write_manifest, manifest)
         log.info("backup verified", backup=dump.backup_name, toc_entries=len(entries))
         return manifest
 
     @activity.defn
-    async def discard_backup(self, tenant_id: str, backup_name: str) -> None:
+    async def discard_backup(self, req: DiscardRequest | str, legacy_backup_name: str | None = None) -> None:
         """Remove a backup that failed verification, so it is never mistaken for a good copy."""
-        await asyncio.to_thread(self.storage.delete_backup, tenant_id, backup_name)
-        await self.catalog.forget_backup(tenant_id, backup_name)
-        self._log(tenant_id).warning("backup discarded", backup=backup_name)
+        # Attempts scheduled by the previous release carry (tenant_id, backup_name); see tenancy/messages.
+        discard = DiscardRequest.model_validate(
+            req if legacy_backup_name is None else {"tenant_id": req, "backup_name": legacy_backup_name}
+        )
+        await asyncio.to_thread(self.storage.delete_backup, discard.tenant_id, discard.backup_name)
+        await self.catalog.forget_backup(discard.tenant_id, discard.backup_name)
+        self._log(discard.tenant_id).warning("backup discarded", backup=discard.backup_name)
 
     @activity.defn
     async def apply_retention(self, req: RetentionRequest) -> RetentionResult:
@@ -275,16 +329,14 @@ class BackupActivities:
                 keep=req.keep,
                 calendar=self.settings.calendar_policy(),
                 now=datetime.now(UTC),
+                must_keep=req.newest_backup,
             )
+        except RetentionRefused as exc:
+            # Never delete around a backup we did not just verify: something is off with names or clocks.
+            raise fail(BACKUP_VERIFICATION_FAILED, str(exc)) from None
         except InvalidInput as exc:
             raise fail(INVALID_INPUT, str(exc)) from None
         kept = [d.entry.name for d in plan.decisions if d.keep]
-        if req.newest_backup is not None and req.newest_backup not in kept:
-            # Never delete around a backup we did not just verify: something is off with names or clocks.
-            raise fail(
-                BACKUP_VERIFICATION_FAILED,
-                f"retention refused: the new backup {req.newest_backup!r} would not be among the kept ones",
-            )
         deleted = [d.entry.name for d in plan.decisions if not d.keep]
         if not req.dry_run:
             for name in deleted:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import TypedDict
 
 from activities.infra.storage import open_storage
 from starter.fleet_output import backup_or_error, show_fleet_result
@@ -13,7 +14,7 @@ from tenancy.contracts.fleet import FleetBackupInput, FleetResult
 from tenancy.errors import InvalidInput
 from tenancy.naming import validate_tenant_id
 from tenancy.retention import validate_keep
-from tenancy.settings import Settings
+from tenancy.settings import DEFAULT_COMPRESSION_LEVELS, Compression, Settings
 from workflows.backup_fleet import BackupAllTenantsWorkflow
 from workflows.backup_tenant import BackupTenantWorkflow
 
@@ -25,8 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     target.add_argument("--all", action="store_true", help="every active tenant, a few at a time")
     target.add_argument("--check", action="store_true", help="check pg_dump/pg_restore, storage, PostgreSQL, Temporal")
     p.add_argument("--keep", type=int, help="keep the N newest verified backups of each tenant (default: setting)")
-    p.add_argument("--compression", choices=["gzip", "zstd", "none"], help="default: TENANTS_COMPRESSION")
-    p.add_argument("--level", type=int, help="compression level (gzip 0-9, zstd 1-22)")
+    p.add_argument("--compression", choices=["zstd", "gzip", "none"], help="default: TENANTS_COMPRESSION, else zstd")
+    p.add_argument("--level", type=int, help="compression level (zstd 1-22, default 1; gzip 0-9, default 6)")
     p.add_argument("--concurrency", type=int, help="with --all: tenants backed up at once (default: setting)")
     p.add_argument("--wait-lock", type=int, metavar="SECONDS", help="wait this long for a busy tenant (default 0)")
     p.add_argument("--no-wait", action="store_true", help="print the workflow id and Web UI link, return at once")
@@ -34,7 +35,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def _inputs(args: argparse.Namespace, settings: Settings) -> dict[str, object]:
+class BackupOptions(TypedDict):
+    """What one tenant's backup and a fleet backup take alike."""
+
+    keep: int
+    compression: Compression
+    compression_level: int
+    lock_wait_seconds: int
+
+
+def _inputs(args: argparse.Namespace, settings: Settings) -> BackupOptions:
     keep = settings.keep if args.keep is None else args.keep
     validate_keep(keep)
     compression = args.compression or settings.compression
@@ -43,7 +53,7 @@ def _inputs(args: argparse.Namespace, settings: Settings) -> dict[str, object]:
         level = (
             settings.effective_compression_level
             if compression == settings.compression
-            else {"gzip": 6, "zstd": 3, "none": 0}[compression]
+            else DEFAULT_COMPRESSION_LEVELS[compression]
         )
     top = 9 if compression == "gzip" else 22
     if not 0 <= level <= top:
@@ -51,7 +61,7 @@ def _inputs(args: argparse.Namespace, settings: Settings) -> dict[str, object]:
     wait = settings.lock_wait_seconds if args.wait_lock is None else args.wait_lock
     if wait < 0:
         raise InvalidInput("--wait-lock must be 0 or more seconds")
-    return {"keep": keep, "compression": compression, "compression_level": level, "lock_wait_seconds": wait}
+    return BackupOptions(keep=keep, compression=compression, compression_level=level, lock_wait_seconds=wait)
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -69,7 +79,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         result = await start_and_follow(
             settings,
             BackupAllTenantsWorkflow.run,
-            FleetBackupInput(concurrency=concurrency, **options),  # type: ignore[arg-type]
+            FleetBackupInput(concurrency=concurrency, **options),
             operation="backup-all",
             tenant_id=None,
             summary=f"Backup of every active tenant, keep {options['keep']}",
@@ -79,7 +89,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         result = await start_and_follow(
             settings,
             BackupTenantWorkflow.run,
-            BackupTenantInput(tenant_id=args.tenant, **options),  # type: ignore[arg-type]
+            BackupTenantInput(tenant_id=args.tenant, **options),
             operation="backup",
             tenant_id=args.tenant,
             summary=f"Backup of tenant {args.tenant}, keep {options['keep']}",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field, field_validator
@@ -14,6 +14,10 @@ from tenancy.errors import InvalidInput
 from tenancy.maintenance import DEFAULT_CLEANUP_RULES, CleanupRule
 
 Compression = Literal["gzip", "zstd", "none"]
+# zstd 1, not zstd's usual 3: level 3 costs twice the CPU of level 1 for an archive no smaller on the sample tenant,
+# and on a busy 2-core worker took a backup to 1.7x the time of reading the tenant, level 1 to 1.3x
+# (docs/benchmarks.md).
+DEFAULT_COMPRESSION_LEVELS = {"gzip": 6, "zstd": 1, "none": 0}
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -61,8 +65,11 @@ class Settings(BaseSettings):
     age_recipients: list[str] = Field(default_factory=list)
     age_identity_file: Path | None = None
 
-    compression: Compression = "gzip"
-    # gzip: 0-9 (6 is the original system's advice); zstd: 1-22 (3 is zstd's own default).
+    # zstd: pg_dump's own (`--compress=zstd`, pg_dump 16+ built with zstd), else a zstd stream the worker writes
+    # around an uncompressed dump, on up to 4 cores; gzip: pg_dump's own, single-threaded, about 4-5x the time of
+    # reading the tenant (docs/benchmarks.md).
+    compression: Compression = "zstd"
+    # gzip: 0-9 (6 is the original system's advice); zstd: 1-22 (1 by default, see DEFAULT_COMPRESSION_LEVELS).
     compression_level: int | None = None
     keep: int = Field(default=7, ge=1)
     # Retention: "keep" keeps the N newest verified backups (--keep); "calendar" keeps all for a few days, then
@@ -187,7 +194,7 @@ class Settings(BaseSettings):
             if self.compression == "gzip":
                 return min(self.compression_level, 9)
             return self.compression_level
-        return {"gzip": 6, "zstd": 3, "none": 0}[self.compression]
+        return DEFAULT_COMPRESSION_LEVELS[self.compression]
 
     @property
     def effective_database_url(self) -> str:
@@ -196,7 +203,7 @@ class Settings(BaseSettings):
         return f"postgresql://postgres@127.0.0.1:{self.embedded_pg_port}/postgres"
 
     def calendar_policy(self):
-        from tenancy.calendar_retention import CalendarPolicy
+        from tenancy.retention import CalendarPolicy
 
         cap = self.calendar_max_total_mb * 2**20 if self.calendar_max_total_mb else None
         return CalendarPolicy(
@@ -238,5 +245,5 @@ def redact_url(url: str) -> str:
     return parsed._replace(netloc=netloc).geturl()
 
 
-def load_settings(**overrides: object) -> Settings:
-    return Settings(**overrides)  # type: ignore[arg-type]
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)  # pydantic checks each override's type

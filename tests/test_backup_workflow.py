@@ -15,7 +15,7 @@ from psycopg import sql
 from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.infra.pg import find_client_tools, libpq_env, server_major
+from activities.infra.pg import find_client_tools, libpq_env, pg_dump_writes_zstd, server_major
 from starter.demo import table_fingerprint
 from tenancy.contracts.backup import BackupTenantInput, BackupTenantResult
 from tenancy.errors import failure_message, failure_type
@@ -33,13 +33,13 @@ async def run_backup(env: WorkflowEnvironment, queue: str, tenant_id: str, **kwa
     )
 
 
-def restore_into_scratch(settings, archive_path, scratch: str, compression: str = "gzip") -> None:
+def restore_into_scratch(settings, archive_path, scratch: str, stream_compression: str = "none") -> None:
     with psycopg.connect(settings.effective_database_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
         major = server_major(conn.info.server_version)
     tools = find_client_tools(major)
     source = archive_path.read_bytes()
-    if compression == "zstd":
+    if stream_compression == "zstd":
         import zstandard
 
         source = zstandard.ZstdDecompressor().decompressobj().decompress(source)
@@ -77,6 +77,10 @@ async def test_backup_writes_verified_restorable_archive_and_manifest(
     assert manifest["database_name"] == tenant.database_name
     assert manifest["verified"] is True and manifest["toc_entries"] > 3
     assert manifest["compression"] == compression and manifest["format"] == "custom"
+    # zstd goes inside the archive where pg_dump can write it (16+ built with zstd), else in a stream around it.
+    tools = find_client_tools(int(manifest["tool_version"].split(".")[0]))
+    in_pg_dump = compression == "gzip" or pg_dump_writes_zstd(tools.pg_dump)
+    assert manifest["stream_compression"] == ("none" if in_pg_dump else "zstd")
     assert manifest["sha256"] == result.sha256 and manifest["size_bytes"] == result.size_bytes
     assert manifest["row_counts"] == {
         "public.activity_log": 200,
@@ -89,7 +93,7 @@ async def test_backup_writes_verified_restorable_archive_and_manifest(
 
     # The archive restores with pg_restore into a scratch database with equal content.
     scratch = f"{settings.database_prefix}scratch_{uuid.uuid4().hex[:6]}"
-    restore_into_scratch(settings, archive, scratch, compression)
+    restore_into_scratch(settings, archive, scratch, manifest["stream_compression"])
     url = settings.effective_database_url
     assert await table_fingerprint(url, scratch) == await table_fingerprint(url, tenant.database_name)
 
@@ -119,7 +123,8 @@ async def test_bad_input_fails_with_typed_non_retryable_errors(temporal_env, tas
         ({"tenant_id": "Bad;Id"}, "InvalidInput", "invalid tenant id"),
         ({"tenant_id": tenant.id, "keep": 0}, "InvalidInput", "--keep"),
         ({"tenant_id": tenant.id, "keep": -3}, "InvalidInput", "--keep"),
-        ({"tenant_id": tenant.id, "compression_level": 12}, "InvalidInput", "level"),
+        ({"tenant_id": tenant.id, "compression": "gzip", "compression_level": 12}, "InvalidInput", "level"),
+        ({"tenant_id": tenant.id, "compression_level": 23}, "InvalidInput", "level"),
     ]
     for kwargs, error_type, text in cases:
         with pytest.raises(WorkflowFailureError) as caught:

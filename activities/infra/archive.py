@@ -4,13 +4,15 @@ them. Shared by backup, restore and drills. Fixed-size chunks: memory stays flat
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import os
 import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO, Protocol
 
 import pyrage
 import zstandard
@@ -20,6 +22,13 @@ from activities.infra.subprocesses import kill_group
 from tenancy.errors import BACKUP_REJECTED, InvalidInput, fail
 
 CHUNK = 1 << 20
+# zstd's worker threads: one per core, at most 4: each holds buffers of its own (about 4 MB more per thread at
+# level 1, 15 MB at level 3), so memory would otherwise grow with the worker's cores times its backups in flight.
+ZSTD_THREADS = min(os.cpu_count() or 1, 4)
+
+
+class Writer(Protocol):
+    def write(self, data: bytes, /) -> int: ...
 
 
 @dataclass
@@ -65,23 +74,40 @@ class _Closeless:
         pass
 
 
-def store(source: BinaryIO, sink, compression: str, level: int, recipients: list[str], progress: Progress) -> str:
-    """pg_dump's output → (zstd) → (age, to the recipients) → storage; returns the sha256 of the stored bytes."""
+def store(source: IO[bytes], sink, compression: str, level: int, recipients: list[str], progress: Progress) -> str:
+    """pg_dump's output → (zstd) → (age, to the recipients) → storage; returns the sha256 of the stored bytes.
+
+    `compression` is what this copy adds: "zstd" wraps the archive in a zstd stream; anything else stores the bytes
+    as pg_dump wrote them (gzip, or zstd by pg_dump itself, happen inside the archive)."""
+    _widen_pipe(source)
     writer = HashingWriter(sink, progress)
-    stream: BinaryIO = source
     if compression == "zstd":
-        stream = zstandard.ZstdCompressor(level=level, write_checksum=True).stream_reader(source, read_size=CHUNK)
+        # Compression on zstd's own threads (its GIL-free C loop): this thread only moves bytes, so pg_dump rarely
+        # waits for it.
+        compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=ZSTD_THREADS)
+        if not recipients:
+            # The stubs ask for IO[bytes]; zstandard only calls write() on the output.
+            compressor.copy_stream(source, writer, read_size=CHUNK, write_size=CHUNK)  # type: ignore[arg-type]
+            return writer.hasher.hexdigest()
+        source = compressor.stream_reader(source, read_size=CHUNK)
     if recipients:
         keys = [pyrage.x25519.Recipient.from_str(r) for r in recipients]
-        pyrage.encrypt_io(stream, writer, keys)
+        pyrage.encrypt_io(source, writer, keys)
     else:
-        while chunk := stream.read(CHUNK):
+        while chunk := source.read(CHUNK):
             writer.write(chunk)
     return writer.hasher.hexdigest()
 
 
-def hash_stream(reader: BinaryIO, progress: Progress) -> str:
-    hasher = hashlib.sha256()
+def _widen_pipe(source) -> None:
+    """A pipe of 1 MiB instead of 64 KiB (Linux): pg_dump writes on while a chunk is compressed or stored."""
+    # Not a pipe, not Linux, or above the per-user limit: the default pipe works, a little slower.
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        fcntl.fcntl(source.fileno(), fcntl.F_SETPIPE_SZ, CHUNK)
+
+
+def hash_stream(reader: BinaryIO, progress: Progress, hasher=None) -> str:
+    hasher = hasher if hasher is not None else hashlib.sha256()
     while chunk := reader.read(CHUNK):
         hasher.update(chunk)
         progress.bytes += len(chunk)
@@ -116,16 +142,47 @@ def check_age_keys(recipients: list[str], identity_file: Path | None) -> None:
         )
 
 
-def unpack(reader: BinaryIO, dest, compression: str, identities: list | None, progress: Progress) -> None:
-    """Stored bytes → (age decrypt) → (zstd decompress) → dest: the archive pg_restore reads."""
-    target = _Closeless(dest)
+def unpack(reader: BinaryIO, dest, compression: str, identities: list | None, progress: Progress, digest=None) -> None:
+    """Stored bytes → (age decrypt) → (zstd decompress) → dest: the archive pg_restore reads.
+
+    `compression` is the stream's (DumpResult.stream_compression), not the archive's. Once dest is closed
+    (`pg_restore --list` has read the table of contents and gone) nothing more is decompressed. With `digest`
+    (a hashlib object), every stored byte is read and hashed, even past a closed dest or an error, which is raised
+    after: a read-back that checks the checksum and lets pg_restore read the archive in one pass.
+    """
+    inner: _Closeless | zstandard.ZstdDecompressionWriter = _Closeless(dest)
     if compression == "zstd":
-        target = zstandard.ZstdDecompressor().stream_writer(_Closeless(dest), write_size=CHUNK, closefd=False)
+        # The stubs ask for IO[bytes]; zstandard only calls write() on what it writes to.
+        inner = zstandard.ZstdDecompressor().stream_writer(
+            _Closeless(dest),  # type: ignore[arg-type]
+            write_size=CHUNK,
+            closefd=False,
+        )
+    failed: list[BaseException] = []
+
+    class Target:
+        def write(self, data: bytes) -> int:
+            if not failed and not getattr(dest, "closed", False):
+                try:
+                    inner.write(data)
+                except zstandard.ZstdError as exc:
+                    if digest is None:
+                        raise
+                    failed.append(exc)
+            return len(data)
+
+        def writable(self) -> bool:
+            return True
+
+        def flush(self) -> None:
+            pass
 
     class Counting:
         def read(self, n: int = -1) -> bytes:
             data = reader.read(n if n and n > 0 else CHUNK)
             progress.bytes += len(data)
+            if digest is not None:
+                digest.update(data)
             return data
 
         def readinto(self, buffer) -> int:
@@ -136,22 +193,23 @@ def unpack(reader: BinaryIO, dest, compression: str, identities: list | None, pr
         def readable(self) -> bool:
             return True
 
-    try:
-        if identities is not None:
-            try:
-                pyrage.decrypt_io(Counting(), target, identities)
-            except pyrage.DecryptError as exc:
-                raise fail(BACKUP_REJECTED, f"cannot decrypt the backup with the configured identity: {exc}") from None
-        else:
-            source = Counting()
-            while chunk := source.read(CHUNK):
-                target.write(chunk)
-    finally:
-        if compression == "zstd":
-            target.flush()
+    source, target = Counting(), Target()
+    if identities is not None:
+        try:
+            pyrage.decrypt_io(source, target, identities)
+        except pyrage.DecryptError as exc:
+            failed.append(fail(BACKUP_REJECTED, f"cannot decrypt the backup with the configured identity: {exc}"))
+            if digest is None:
+                raise failed[0] from None
+    while chunk := source.read(CHUNK):  # all of it without identities; with them, whatever age left unread
+        target.write(chunk)
+    if failed:
+        raise failed[0]
+    if compression == "zstd" and not getattr(dest, "closed", False):
+        inner.flush()
 
 
-def list_archive(pg_restore: Path, feed: Callable[[BinaryIO], None]) -> tuple[int, str, list[str]]:
+def list_archive(pg_restore: Path, feed: Callable[[Writer], None]) -> tuple[int, str, list[str]]:
     """Run `pg_restore --list` on an archive that `feed` writes into its stdin; return code, stderr, lines."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(

@@ -7,17 +7,21 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, TypeVar, overload
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import AsyncRowFactory, TupleRow
 
 from tenancy.errors import CLIENT_TOOLS_MISSING, fail
 
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+RowT = TypeVar("RowT")
 
 
 def conninfo_for(admin_url: str, dbname: str) -> str:
@@ -25,9 +29,37 @@ def conninfo_for(admin_url: str, dbname: str) -> str:
     return make_conninfo(admin_url, dbname=dbname)
 
 
-async def connect(admin_url: str, dbname: str | None = None, **kwargs: object) -> psycopg.AsyncConnection:
+@overload
+async def connect(
+    admin_url: str, dbname: str | None = None, *, autocommit: bool = False
+) -> psycopg.AsyncConnection[TupleRow]: ...
+
+
+@overload
+async def connect(
+    admin_url: str, dbname: str | None = None, *, autocommit: bool = False, row_factory: AsyncRowFactory[RowT]
+) -> psycopg.AsyncConnection[RowT]: ...
+
+
+async def connect(
+    admin_url: str,
+    dbname: str | None = None,
+    *,
+    autocommit: bool = False,
+    row_factory: AsyncRowFactory[Any] | None = None,
+) -> psycopg.AsyncConnection[Any]:
+    """A connection to `dbname` (default: the admin URL's own database); rows are tuples unless `row_factory`
+    says otherwise."""
     info = conninfo_for(admin_url, dbname) if dbname else admin_url
-    return await psycopg.AsyncConnection.connect(info, **kwargs)  # type: ignore[arg-type]
+    return await psycopg.AsyncConnection.connect(info, autocommit=autocommit, row_factory=row_factory)
+
+
+async def one_row(cursor: psycopg.AsyncCursor[RowT]) -> RowT:
+    """The row of a query that always returns one (an aggregate, SHOW, INSERT ... RETURNING)."""
+    row = await cursor.fetchone()
+    if row is None:
+        raise RuntimeError("the query returned no row")
+    return row
 
 
 def libpq_env(admin_url: str, dbname: str) -> dict[str, str]:
@@ -128,6 +160,33 @@ def find_client_tools(major: int, pg_bin_dir: Path | None = None) -> ClientTools
     )
 
 
+@lru_cache(maxsize=16)
+def pg_dump_writes_zstd(pg_dump: Path) -> bool:
+    """Whether this pg_dump compresses a custom archive with zstd itself (`--compress=zstd`: PostgreSQL 16 and
+    later, when built with zstd), so pg_restore reads the archive as stored. Asked, never assumed: its version,
+    then a dry run that an unsupported method fails before pg_dump would connect (to a socket folder that holds
+    no server, so it never reaches one)."""
+    found = tool_version(pg_dump)
+    if found is None or found[0] < 16:
+        return False
+    with tempfile.TemporaryDirectory() as nowhere:
+        env = {"PATH": os.environ.get("PATH", ""), "PGHOST": nowhere, "PGDATABASE": "probe", "PGUSER": "probe"}
+        try:
+            probe = subprocess.run(
+                [str(pg_dump), "--format=custom", "--compress=zstd:1", f"--file={os.devnull}", "--no-password"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return False
+        said = probe.stderr.replace(nowhere, "").lower()
+    # Unsupported: "invalid compression specification: this build does not support compression with ZSTD".
+    # Supported: it got as far as connecting, and failed there.
+    return probe.returncode != 0 and "compress" not in said and "zstd" not in said and "connect" in said
+
+
 TABLES_SQL = """
 SELECT n.nspname AS schema, c.relname AS name
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -144,5 +203,5 @@ async def count_rows(conn: psycopg.AsyncConnection) -> dict[str, int]:
     tables = await (await conn.execute(TABLES_SQL)).fetchall()
     for schema, name in tables:
         query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
-        counts[f"{schema}.{name}"] = (await (await conn.execute(query)).fetchone())[0]
+        counts[f"{schema}.{name}"] = (await one_row(await conn.execute(query)))[0]
     return counts
