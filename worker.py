@@ -13,6 +13,7 @@ from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.adoption import AdoptionActivities
 from activities.backup import BackupActivities
@@ -20,7 +21,7 @@ from activities.catalog import CatalogActivities
 from activities.deprovision import DeprovisionActivities
 from activities.health import HealthActivities
 from activities.infra.archive import check_age_keys
-from activities.infra.catalog import Catalog
+from activities.infra.catalog import Catalog, catalog_pool
 from activities.infra.interceptors import LogContextAndMetrics
 from activities.infra.temporal import connect_client, ensure_search_attributes, metrics_runtime
 from activities.maintenance import MaintenanceActivities
@@ -57,6 +58,10 @@ WORKFLOW_BUGS: list[type[BaseException]] = [
     TypeError,
     ValueError,  # pydantic's ValidationError, InvalidInput
 ]
+# Stateless helpers the workflows import as `from workflows import steps`, a form imports_passed_through() does not
+# cover: without this the sandbox would parse and run the module again for every workflow run (a tenth of the
+# worker's CPU per tenant in a fleet of small tenants, docs/benchmarks.md).
+PASSED_THROUGH = ("workflows.steps",)
 HEARTBEAT_THROTTLE = timedelta(seconds=1)
 MAX_CONCURRENT_ACTIVITIES = 32
 # asyncio.to_thread's pool (the loop's default executor): a dump, a verification or a restore holds up to two of its
@@ -78,6 +83,9 @@ def build_worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=workflows,
+        workflow_runner=SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSED_THROUGH)
+        ),
         activities=activities_of(
             CatalogActivities(settings, client),
             BackupActivities(settings),
@@ -114,7 +122,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     await ensure_search_attributes(client, settings.temporal_namespace)
     worker = build_worker(client, settings)
     log.info("worker started", temporal=settings.temporal_address, namespace=settings.temporal_namespace)
-    async with worker:
+    # The pool closes after the worker has stopped, once its last activities have finished.
+    async with catalog_pool(settings), worker:
         await stop.wait()
     log.info("worker stopped")
 

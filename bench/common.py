@@ -62,12 +62,19 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def stack(
-    database_url: str | None, keep_files: bool = False, extra_env: dict[str, str] | None = None
+    database_url: str | None,
+    keep_files: bool = False,
+    extra_env: dict[str, str] | None = None,
+    pg_bin: Path | None = None,
 ) -> AsyncIterator[Stack]:
+    """Without a database URL, a PostgreSQL server of the bench's own: the embedded one, or the one whose binaries
+    are in `pg_bin` (e.g. the machine's /usr/lib/postgresql/15/bin, alone on its data so its CPU is ours)."""
     work = Path(tempfile.mkdtemp(prefix="tl-bench-"))
     cleanup = []
     if not database_url:
         pg = EmbeddedPostgres(work / "pgdata", free_port())
+        if pg_bin is not None:
+            pg.bin = pg_bin
         pg.start()
         cleanup.append(pg.stop)
         database_url = pg.url

@@ -9,16 +9,16 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from activities.infra.marks import mark_database
-from activities.infra.pg import connect, conninfo_for
+from activities.infra.pg import connect, conninfo_for, one_row
 from tenancy.contracts.fleet import TenantOutcome
 from tenancy.contracts.tenants import Tenant, TenantRef
 from tenancy.marks import Mark
@@ -26,6 +26,9 @@ from tenancy.messages.locks import LockOutcome
 from tenancy.messages.provision import AdoptionPlan, NewTenant
 from tenancy.naming import database_name, validate_tenant_id
 from tenancy.settings import Settings
+
+# Catalog connections return rows as dicts, by column name.
+CatalogConnection = psycopg.AsyncConnection[DictRow]
 
 
 class TenantExists(Exception):
@@ -148,18 +151,18 @@ SHARED_COMPATIBLE = {"backup", "pin"}
 
 
 async def _append_event(
-    conn: psycopg.AsyncConnection, tenant_id: str, event_type: str, data: dict[str, Any], workflow_id: str | None
+    conn: CatalogConnection, tenant_id: str, event_type: str, data: dict[str, Any], workflow_id: str | None
 ) -> int:
-    row = await (
+    row = await one_row(
         await conn.execute(
             "INSERT INTO tenant_events (tenant_id, type, data, workflow_id) VALUES (%s, %s, %s, %s) RETURNING id",
             [tenant_id, event_type, Jsonb(data), workflow_id],
         )
-    ).fetchone()
-    return row["id"] if isinstance(row, dict) else row[0]
+    )
+    return row["id"]
 
 
-async def _adoption_event(conn: psycopg.AsyncConnection, tenant_id: str, workflow_id: str) -> int | None:
+async def _adoption_event(conn: CatalogConnection, tenant_id: str, workflow_id: str) -> int | None:
     row = await (
         await conn.execute(
             "SELECT id FROM tenant_events WHERE tenant_id = %s AND type = 'TenantAdopted' AND workflow_id = %s",
@@ -172,17 +175,19 @@ async def _adoption_event(conn: psycopg.AsyncConnection, tenant_id: str, workflo
 # The worker's catalog connections, by (server URL, catalog database): opening a connection costs PostgreSQL more
 # CPU (a new backend, ~10 ms) than a catalog call's queries, and a fleet run makes several calls per tenant. Only
 # the event loop that opened a pool uses it; elsewhere (the command line, tests) each call opens its own connection.
-_POOLS: dict[tuple[str, str], tuple[asyncio.AbstractEventLoop, AsyncConnectionPool]] = {}
+_POOLS: dict[tuple[str, str], tuple[asyncio.AbstractEventLoop, AsyncConnectionPool[CatalogConnection]]] = {}
 # Catalog calls are short (one transaction, a few statements): a few connections serve dozens of concurrent ones.
 CATALOG_POOL_SIZE = 8
 
 
 @contextlib.asynccontextmanager
-async def catalog_pool(settings: Settings, max_size: int = CATALOG_POOL_SIZE) -> AsyncIterator[AsyncConnectionPool]:
+async def catalog_pool(
+    settings: Settings, max_size: int = CATALOG_POOL_SIZE
+) -> AsyncIterator[AsyncConnectionPool[CatalogConnection]]:
     """While the block runs, catalog calls made in this event loop share up to `max_size` open connections;
     they are closed when it ends. A connection is checked before each use (a restarted server costs no call)."""
     key = (settings.effective_database_url, settings.catalog_database)
-    pool = AsyncConnectionPool(
+    pool: AsyncConnectionPool[CatalogConnection] = AsyncConnectionPool(
         conninfo_for(*key),
         kwargs={"row_factory": dict_row},
         min_size=1,
@@ -207,17 +212,17 @@ class Catalog:
         self.settings = settings
         self.admin_url = settings.effective_database_url
 
-    async def _connect(self) -> psycopg.AsyncConnection:
+    async def _connect(self) -> CatalogConnection:
         return await connect(self.admin_url, self.settings.catalog_database, row_factory=dict_row)
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async def _connection(self) -> AsyncIterator[CatalogConnection]:
         """A catalog connection for one call, from the worker's pool if this loop has one: committed when the block
         ends, rolled back when it raises."""
         pooled = _POOLS.get((self.admin_url, self.settings.catalog_database))
         if pooled is not None and pooled[0] is asyncio.get_running_loop():
             async with pooled[1].connection() as conn:
-                yield cast("psycopg.AsyncConnection[Any]", conn)
+                yield conn
         else:
             async with await self._connect() as conn:
                 yield conn
@@ -313,13 +318,13 @@ class Catalog:
     async def count_owner_tenants(self, owner_email: str, plan: str) -> int:
         """Tenants an owner has on a plan, not counting deprovisioned or failed ones."""
         async with self._connection() as conn:
-            row = await (
+            row = await one_row(
                 await conn.execute(
                     "SELECT count(*) AS n FROM tenants WHERE owner_email = %s AND plan = %s "
                     "AND status NOT IN ('deprovisioned', 'failed')",
                     [owner_email, plan],
                 )
-            ).fetchone()
+            )
         return row["n"]
 
     async def record_provisioning(self, new: NewTenant) -> tuple[Tenant, bool]:
