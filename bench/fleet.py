@@ -1,8 +1,12 @@
 """Fleet benchmark: 200 small tenants backed up by BackupAllTenantsWorkflow, beside serial shell-style loops, on the
 same tenants, in one run.
 
-    .venv/bin/python bench/fleet.py --database-url postgresql://postgres@127.0.0.1:5432/postgres \
-        [--tenants 200] [--entries 2000] [--concurrency 4[,8...]] [--workers 1,2] [--repeat 2]
+    .venv/bin/python bench/fleet.py --pg-bin /usr/lib/postgresql/15/bin \
+        [--tenants 200] [--entries 2000] [--concurrency 4[,8...]] [--workers 1,2] [--repeat 2] [--timeline]
+
+--pg-bin: a PostgreSQL server of the bench's own from those binaries, so the server CPU counted is this run's
+alone (--database-url uses a shared one instead; without either, the embedded server). --variant NAME:VAR=VALUE
+adds a fleet run on a worker started with those environment variables (e.g. a setting changed).
 
 Methods, each run --repeat times, interleaved:
   serial pg_dump | gzip       the original cron job: `pg_dump <db> | gzip -6 > file`, one tenant after another
