@@ -182,8 +182,12 @@ ONLY_POSTGRES_TESTS = "TENANTS_TEST_ONLY_POSTGRES"
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get(ONLY_POSTGRES_TESTS) != "1":
         return
-    keep = [item for item in items if "pg_url" in getattr(item, "fixturenames", ())]
-    dropped = [item for item in items if "pg_url" not in getattr(item, "fixturenames", ())]
+
+    def second_server_changes(item: pytest.Item) -> bool:
+        return "pg_url" in getattr(item, "fixturenames", ()) and item.get_closest_marker("one_server") is None
+
+    keep = [item for item in items if second_server_changes(item)]
+    dropped = [item for item in items if not second_server_changes(item)]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep

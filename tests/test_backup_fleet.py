@@ -8,6 +8,7 @@ import json
 import uuid
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from tenancy.contracts.fleet import FleetBackupInput
@@ -86,6 +87,7 @@ async def test_a_slow_tenant_does_not_hold_back_the_rest_of_the_fleet(
     assert result.failed == 0
 
 
+@pytest.mark.one_server  # the engine's window and continue-as-new; the dumps themselves are tested on both servers
 async def test_fleet_of_100_tenants_respects_the_concurrency_limit_and_continues_as_new(
     temporal_env, task_queue, settings, catalog, backups_of
 ):

@@ -78,6 +78,7 @@ def tasks_started_later(history: WorkflowHistory, by_ms: int = 27) -> WorkflowHi
     return WorkflowHistory(history.workflow_id, events)
 
 
+@pytest.mark.one_server  # replay of the fleet engine's commands: the same on any server
 @pytest.mark.parametrize("fleet", list(FLEETS))
 async def test_a_fleet_run_queried_from_its_first_task_replays_cleanly(
     fleet, temporal_env, settings, make_tenant, backups_of
