@@ -1,6 +1,7 @@
 """Recorded histories (tests/histories/): append-only.
 
-Each file is named `<WorkflowType>-<YYYYMMDD>--<workflow id>.json`: the replay takes the run's workflow id from the
+Each file is named `<WorkflowType>-<YYYYMMDD>--<workflow id>.json` (files recorded before that rule keep their
+names, the workflow id): the replay takes the run's workflow id from the
 name (fleet runs name their children after it). SHA256SUMS lists every file with its checksum: a recorded history
 is never changed or deleted (tests/test_replay.py fails if one is), only new ones added, with
 TENANTS_RECORD_HISTORIES=1 (see docs/operations.md).
@@ -20,7 +21,8 @@ RECORD = os.environ.get("TENANTS_RECORD_HISTORIES") == "1"
 
 
 def workflow_id_of(path: Path) -> str:
-    return path.stem.split("--", 1)[1]
+    """Histories recorded before the naming rule keep their names: the name was the workflow id."""
+    return path.stem.split("--", 1)[1] if "--" in path.stem else path.stem
 
 
 def recorded_sums() -> dict[str, str]:
