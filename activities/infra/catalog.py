@@ -140,6 +140,52 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (fleet_workflow_id, tenant_id)
     );
     """,
+    # 8: who accessed which backup and changed which tenant, when. Append-only: the application never updates or
+    # deletes a row, and the table refuses it (triggers), so a mistake or a compromised caller cannot rewrite it.
+    """
+    CREATE TABLE audit_log (
+        id          bigserial PRIMARY KEY,
+        at          timestamptz NOT NULL DEFAULT now(),
+        actor       text NOT NULL,
+        action      text NOT NULL,
+        tenant_id   text,
+        backup_name text,
+        workflow_id text,
+        detail      jsonb NOT NULL DEFAULT '{}'::jsonb
+    );
+    CREATE INDEX audit_log_by_tenant ON audit_log (tenant_id, at DESC);
+    CREATE INDEX audit_log_by_time ON audit_log (at DESC);
+    CREATE FUNCTION audit_log_is_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION 'audit_log is append-only: % refused', TG_OP USING ERRCODE = 'insufficient_privilege';
+    END
+    $$;
+    CREATE TRIGGER audit_log_no_update_or_delete BEFORE UPDATE OR DELETE ON audit_log
+        FOR EACH ROW EXECUTE FUNCTION audit_log_is_append_only();
+    CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+        FOR EACH STATEMENT EXECUTE FUNCTION audit_log_is_append_only();
+    REVOKE UPDATE, DELETE, TRUNCATE ON audit_log FROM PUBLIC;
+    """,
+    # 9: a lock names the namespace of its holder (two deployments may share a catalog) and has a lease, renewed
+    # by the holder's heartbeats; NULL in rows written before: no lease, the holder must be proven closed.
+    """
+    ALTER TABLE tenant_locks ADD COLUMN namespace text;
+    ALTER TABLE tenant_locks ADD COLUMN lease_until timestamptz;
+    ALTER TABLE tenant_shared_locks ADD COLUMN namespace text;
+    ALTER TABLE tenant_shared_locks ADD COLUMN lease_until timestamptz;
+    """,
+    # 10: per-tenant age keys (TENANTS_TENANT_KEYS=on): the recipient backups are encrypted to, and its identity
+    # wrapped (age-encrypted) to the operator's master recipients. Erasure destroys the wrapped identity.
+    """
+    CREATE TABLE tenant_keys (
+        tenant_id        text PRIMARY KEY,
+        recipient        text NOT NULL,
+        wrapped_identity bytea,
+        created_at       timestamptz NOT NULL DEFAULT now(),
+        destroyed_at     timestamptz,
+        destroyed_by     text
+    );
+    """,
 ]
 
 # Any constant: serialises concurrent schema upgrades of the catalog.
