@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -19,12 +20,16 @@ from activities.adoption import AdoptionActivities
 from activities.backup import BackupActivities
 from activities.catalog import CatalogActivities
 from activities.deprovision import DeprovisionActivities
+from activities.erasure import ErasureActivities
 from activities.health import HealthActivities
 from activities.infra.archive import check_age_keys
 from activities.infra.catalog import Catalog, catalog_pool
 from activities.infra.interceptors import LogContextAndMetrics
+from activities.infra.leases import LockLeaseRenewal, LockLeases
+from activities.infra.manifest_signing import read_keyring
 from activities.infra.temporal import connect_client, ensure_search_attributes, metrics_runtime
-from activities.maintenance import MaintenanceActivities
+from activities.infra.tenant_keys import check_tenant_keys
+from activities.maintenance import MaintenanceActivities, check_cleanup_rules
 from activities.notify import NotifyActivities
 from activities.provisioning import ProvisioningActivities
 from activities.restore import RestoreActivities
@@ -79,6 +84,9 @@ def build_worker(
     client: Client, settings: Settings, task_queue: str | None = None, workflows: Sequence[type] = WORKFLOWS
 ) -> Worker:
     check_age_keys(settings.age_recipients, settings.age_identity_file)
+    check_tenant_keys(settings)
+    if settings.backup_signing_key_file is not None:
+        read_keyring(settings.backup_signing_key_file)  # a missing or malformed key file stops the worker here
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -93,6 +101,7 @@ def build_worker(
             ProvisioningActivities(settings),
             AdoptionActivities(settings),
             DeprovisionActivities(settings),
+            ErasureActivities(settings),
             TenantAdminActivities(settings),
             NotifyActivities(settings),
             MaintenanceActivities(settings),
@@ -103,8 +112,12 @@ def build_worker(
         # go through asyncio.to_thread, sized in run_worker.
         max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
-        # Tenant, workflow, run, activity and attempt on every log line; per-activity metrics.
-        interceptors=[LogContextAndMetrics()],
+        # Tenant, workflow, run, activity and attempt on every log line; per-activity metrics; heartbeats renew
+        # the leases of the tenant locks their runs hold.
+        interceptors=[
+            LogContextAndMetrics(),
+            LockLeaseRenewal(LockLeases(Catalog(settings), client, settings.lock_lease_seconds)),
+        ],
         workflow_failure_exception_types=WORKFLOW_BUGS,
         # Heartbeats reach the server every second, not every 80 % of the heartbeat timeout (16 s): a
         # cancellation reaches a dump within a couple of seconds, and `tenants` shows its bytes moving.
@@ -117,11 +130,22 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     log = get_logger("worker", task_queue=settings.task_queue)
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(IO_THREADS, thread_name_prefix="activity-io"))
     await Catalog(settings).migrate()
+    # A cleanup rule PostgreSQL refuses stops the worker here, before it takes any work.
+    for rule, note in (await check_cleanup_rules(settings)).items():
+        log.warning("cleanup rule checked in each tenant only", rule=rule, note=note)
     runtime = metrics_runtime(settings.metrics_port) if settings.metrics_port else None
     client = await connect_client(settings, runtime)
     await ensure_search_attributes(client, settings.temporal_namespace)
     worker = build_worker(client, settings)
     log.info("worker started", temporal=settings.temporal_address, namespace=settings.temporal_namespace)
+    if settings.backup_signing_key_file is None:
+        log.warning(
+            "backups are not authenticated: anyone who can write to backup storage can forge one that restores; "
+            "set TENANTS_BACKUP_SIGNING_KEY_FILE (tenants keys init)"
+        )
+    else:
+        keyring = await asyncio.to_thread(read_keyring, settings.backup_signing_key_file)
+        log.info("backups are signed", signing_key=keyring.signing.key_id, verifying_keys=len(keyring.keys))
     # The pool closes after the worker has stopped, once its last activities have finished.
     async with catalog_pool(settings), worker:
         await stop.wait()
@@ -129,7 +153,13 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
 
 
 def main() -> None:
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ValidationError as exc:  # one line naming the setting, not pydantic's report
+        first = exc.errors()[0]
+        said = str(first["msg"]).removeprefix("Value error, ")
+        print(f"worker: invalid setting TENANTS_{str(first['loc'][0]).upper()}: {said}", file=sys.stderr)
+        sys.exit(1)
     configure_logging(settings.log_level, settings.log_format)
     stop = asyncio.Event()
 

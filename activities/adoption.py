@@ -10,6 +10,7 @@ import psycopg
 from psycopg import sql
 from temporalio import activity
 
+from activities.audit import calling_actor
 from activities.calling_run import calling_run
 from activities.deprovision import databases_mentioning
 from activities.heartbeat import Heartbeater
@@ -236,7 +237,7 @@ class AdoptionActivities:
             if plan.role_name:
                 await mark_role(conn, plan.role_name, mark("role"))
             try:
-                event_id = await self.catalog.record_adopted(plan, _marker(), info.workflow_id)
+                event_id = await self.catalog.record_adopted(plan, _marker(), info.workflow_id, await calling_actor())
             except LookupError as exc:
                 raise fail(INVALID_INPUT, str(exc)) from None
         activity_logger("activities.adoption", plan.tenant_id).info(
@@ -271,5 +272,5 @@ class AdoptionActivities:
                         sql.Identifier(plan.role_name), sql.Literal(plan.role_comment)
                     )
                 )
-        await self.catalog.fail_adoption(plan.tenant_id, _marker(), reason, info.workflow_id)
+        await self.catalog.fail_adoption(plan.tenant_id, _marker(), reason, info.workflow_id, await calling_actor())
         activity_logger("activities.adoption", plan.tenant_id).warning("adoption undone", reason=reason)

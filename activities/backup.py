@@ -7,17 +7,19 @@ import hashlib
 import subprocess
 import tempfile
 from datetime import UTC, datetime
+from typing import Literal
 
 import psycopg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.audit import audit, calling_actor
 from activities.heartbeat import Heartbeater, recorded_details, stop_on_worker_shutdown
-from activities.infra.archive import Progress, hash_stream, list_archive, load_identities, store, unpack
+from activities.infra.archive import Progress, hash_stream, list_archive, store, unpack
 from activities.infra.backup_facts import describe_backups, retention_entry
 from activities.infra.catalog import Catalog
 from activities.infra.pg import (
-    connect,
+    connect_to_tenant_db,
     count_rows,
     find_client_tools,
     libpq_env,
@@ -27,7 +29,9 @@ from activities.infra.pg import (
 )
 from activities.infra.storage import open_storage
 from activities.infra.subprocesses import kill_group, tail
+from activities.infra.tenant_keys import MASTER_KEY, TENANT_KEY, identities_for, tenant_recipient
 from activities.infra.threads import entered_in_thread
+from tenancy.audit import BACKUP_CREATE, BACKUP_DELETE, BACKUP_LIST, deletion_reason
 from tenancy.contracts.backup import BackupManifest, DumpResult, RetentionDecision, RetentionResult
 from tenancy.errors import (
     BACKUP_NOT_FOUND,
@@ -63,6 +67,8 @@ class BackupActivities:
         checked against them exactly. A dump cannot resume mid-stream: a retried attempt starts over.
         """
         log = self._log(req.tenant_id)
+        # First: an erased tenant (its key destroyed) is refused before anything is read or written.
+        recipients, encryption_key = await self._recipients(req.tenant_id)
         if req.backup_name is not None:
             name = req.backup_name
             await asyncio.to_thread(self._clear_for_attempt, req.tenant_id, name)
@@ -71,7 +77,7 @@ class BackupActivities:
             name = await self._fresh_name(req.tenant_id, req.compression)
         started = datetime.now(UTC)
         try:
-            conn = await connect(self.settings.effective_database_url, req.database_name, autocommit=True)
+            conn = await connect_to_tenant_db(self.settings.effective_database_url, req.database_name, autocommit=True)
         except psycopg.OperationalError as exc:
             if f'database "{req.database_name}" does not exist' in str(exc):
                 raise fail(
@@ -80,7 +86,6 @@ class BackupActivities:
                 ) from None
             raise
         progress = Progress()
-        recipients = self.settings.age_recipients
         async with conn, Heartbeater(lambda: HeartbeatDetails(backup_name=name, bytes_written=progress.bytes)):
             tools = await asyncio.to_thread(
                 find_client_tools, server_major(conn.info.server_version), self.settings.pg_bin_dir
@@ -147,6 +152,7 @@ class BackupActivities:
         size = await asyncio.to_thread(self.storage.size, req.tenant_id, name)
         activity.metric_meter().create_counter("tenants_backup_bytes", "Bytes of backups written", "By").add(size)
         log.info("dump finished", backup=name, size_bytes=size, sha256=sha256)
+        await audit(self.catalog, BACKUP_CREATE, req.tenant_id, name, {"size_bytes": size, "sha256": sha256})
         return DumpResult(
             tenant_id=req.tenant_id,
             database_name=req.database_name,
@@ -163,7 +169,15 @@ class BackupActivities:
             row_counts=row_counts,
             encrypted=bool(recipients),
             recipients=recipients,
+            encryption_key=encryption_key,
         )
+
+    async def _recipients(self, tenant_id: str) -> tuple[list[str], Literal["master", "tenant"]]:
+        """Whom the backup is encrypted to: with tenant keys, the tenant's recipient only (made on its first
+        backup), so destroying that key makes every copy unreadable; else the operator's recipients, if any."""
+        if self.settings.tenant_keys:
+            return [await tenant_recipient(self.catalog, self.settings.age_recipients, tenant_id)], TENANT_KEY
+        return self.settings.age_recipients, MASTER_KEY
 
     async def _fresh_name(self, tenant_id: str, compression: str) -> str:
         """Named after the moment the dump starts. The tenant lock keeps dumps of one tenant apart, but two may
@@ -225,11 +239,7 @@ class BackupActivities:
             # A worker that only backs up holds no private key: it checks the bytes, and the archive's table of
             # contents is read by the restore drills, which do hold it.
             readable = not (dump.encrypted and self.settings.age_identity_file is None)
-            identities = (
-                load_identities(self.settings.age_identity_file, dump.backup_name)
-                if dump.encrypted and readable
-                else None
-            )
+            identities = await identities_for(self.catalog, self.settings.age_identity_file, dump) if readable else None
             major = int(dump.server_version.split(".")[0])
             tools = await asyncio.to_thread(find_client_tools, major, self.settings.pg_bin_dir) if readable else None
             digest = hashlib.sha256()
@@ -271,8 +281,8 @@ class BackupActivities:
                     verified_at=datetime.now(UTC),
                     workflow_id=activity.info().workflow_id,
                 )
-                await asyncio.to_thread(self.storage.write_manifest, manifest)
-                return manifest
+                # Signed here when a signing key is set: the manifest as written is what the run records.
+                return await asyncio.to_thread(self.storage.write_manifest, manifest)
             code, err, lines = listed
         if code != 0:
             raise fail(
@@ -300,8 +310,8 @@ class BackupActivities:
             toc_entries=len(entries),
             workflow_id=activity.info().workflow_id,
         )
-        await asyncio.to_thread(self.storage.write_manifest, manifest)
-        log.info("backup verified", backup=dump.backup_name, toc_entries=len(entries))
+        manifest = await asyncio.to_thread(self.storage.write_manifest, manifest)  # signed when a key is set
+        log.info("backup verified", backup=dump.backup_name, toc_entries=len(entries), key_id=manifest.key_id)
         return manifest
 
     @activity.defn
@@ -311,6 +321,7 @@ class BackupActivities:
         discard = DiscardRequest.model_validate(
             req if legacy_backup_name is None else {"tenant_id": req, "backup_name": legacy_backup_name}
         )
+        await audit(self.catalog, BACKUP_DELETE, discard.tenant_id, discard.backup_name, {"reason": "not verified"})
         await asyncio.to_thread(self.storage.delete_backup, discard.tenant_id, discard.backup_name)
         await self.catalog.forget_backup(discard.tenant_id, discard.backup_name)
         self._log(discard.tenant_id).warning("backup discarded", backup=discard.backup_name)
@@ -338,8 +349,13 @@ class BackupActivities:
             raise fail(INVALID_INPUT, str(exc)) from None
         kept = [d.entry.name for d in plan.decisions if d.keep]
         deleted = [d.entry.name for d in plan.decisions if not d.keep]
-        if not req.dry_run:
+        reason = deletion_reason(activity.info().workflow_type)
+        if req.dry_run:  # the backups listed, with what retention would do to each
+            await audit(self.catalog, BACKUP_LIST, req.tenant_id, detail={"purpose": f"{reason} dry run"})
+        else:
             for name in deleted:
+                detail = {"reason": reason, "policy": self.settings.retention_policy}
+                await audit(self.catalog, BACKUP_DELETE, req.tenant_id, name, detail)
                 await asyncio.to_thread(self.storage.delete_backup, req.tenant_id, name)
                 await self.catalog.forget_backup(req.tenant_id, name)
                 log.info("backup deleted by retention", backup=name, policy=self.settings.retention_policy)
@@ -360,6 +376,8 @@ class BackupActivities:
         manifest = await asyncio.to_thread(self.storage.read_manifest, req.tenant_id, req.backup_name)
         if manifest is None:
             raise fail(BACKUP_NOT_FOUND, f"backup {req.backup_name!r} has no manifest: it was never verified")
-        await self.catalog.set_backup_pinned(req.tenant_id, req.backup_name, req.pinned)
+        await self.catalog.set_backup_pinned(
+            req.tenant_id, req.backup_name, req.pinned, await calling_actor(), activity.info().workflow_id
+        )
         self._log(req.tenant_id).info("backup pinned" if req.pinned else "backup unpinned", backup=req.backup_name)
         return req.pinned

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from temporalio import activity
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -12,6 +16,7 @@ from activities.infra.schema import database_exists, existing_database_message, 
 from tenancy.contracts.provision import ProvisionTenantInput
 from tenancy.contracts.tenants import Tenant, TenantRef
 from tenancy.errors import INVALID_INPUT, TENANT_EXISTS, TENANT_NOT_FOUND, InvalidInput, fail
+from tenancy.locks import HolderState
 from tenancy.log import get_logger
 from tenancy.messages.fleet import FleetOutcomes
 from tenancy.messages.locks import LockOutcome, LockRequest, TenantPage
@@ -27,6 +32,18 @@ from tenancy.naming import (
 )
 from tenancy.settings import Settings
 from tenancy.tenant_settings import validate_settings
+
+# Runs that ended: the lock the run took is no longer held (continued as new: the run the lock names is over).
+_ENDED = {
+    WorkflowExecutionStatus.COMPLETED,
+    WorkflowExecutionStatus.FAILED,
+    WorkflowExecutionStatus.CANCELED,
+    WorkflowExecutionStatus.TERMINATED,
+    WorkflowExecutionStatus.TIMED_OUT,
+    WorkflowExecutionStatus.CONTINUED_AS_NEW,
+}
+# Answers that say the holder cannot be seen from here: no such run, no such namespace, no access to it.
+_OUT_OF_SIGHT = {RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT, RPCStatusCode.PERMISSION_DENIED}
 
 
 class CatalogActivities:
@@ -91,27 +108,49 @@ class CatalogActivities:
         """Tenants' outcomes of a fleet run, into the catalog (what `tenants runs show` reads)."""
         return await self.catalog.record_fleet_outcomes(batch.fleet_workflow_id, batch.fleet_run_id, batch.outcomes)
 
-    async def _holder_is_gone(self, workflow_id: str, run_id: str) -> bool:
+    async def _holder_state(self, namespace: str, workflow_id: str, run_id: str) -> HolderState:
+        """What the holder's own namespace says of its run. A run, or a namespace, this cluster does not know is
+        out of sight ("unknown"), never proof that it ended: another deployment may share the catalog."""
+        request = DescribeWorkflowExecutionRequest(
+            namespace=namespace, execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id)
+        )
         try:
-            description = await self.client.get_workflow_handle(workflow_id, run_id=run_id).describe()
+            response = await self.client.workflow_service.describe_workflow_execution(request)
         except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                return True
-            raise
-        return description.status != WorkflowExecutionStatus.RUNNING
+            if exc.status in _OUT_OF_SIGHT:
+                return "unknown"
+            raise  # the server is unreachable or overloaded: retried, never a guess
+        status = response.workflow_execution_info.status
+        return "closed" if status in _ENDED else "running"
 
     @activity.defn
     async def acquire_tenant_lock(self, req: LockRequest) -> LockOutcome:
         outcome = await self.catalog.acquire_lock(
-            req.tenant_id, req.operation, req.workflow_id, req.run_id, self._holder_is_gone, shared=req.shared
+            req.tenant_id,
+            req.operation,
+            req.workflow_id,
+            req.run_id,
+            self._holder_state,
+            namespace=self._namespace(),
+            lease=timedelta(seconds=self.settings.lock_lease_seconds),
+            shared=req.shared,
         )
         log = get_logger("activities.catalog", tenant_id=req.tenant_id, workflow_id=req.workflow_id, run_id=req.run_id)
         if outcome.acquired and outcome.holder_workflow_id:
             log.warning("took over a lock left by an ended run", previous_holder=outcome.holder_workflow_id)
         elif not outcome.acquired:
-            log.info("tenant busy", holder=outcome.holder_workflow_id, holder_operation=outcome.holder_operation)
+            log.info(
+                "tenant busy",
+                holder=outcome.holder_workflow_id,
+                holder_operation=outcome.holder_operation,
+                holder_namespace=outcome.holder_namespace,
+            )
         return outcome
 
     @activity.defn
     async def release_tenant_lock(self, req: LockRequest) -> bool:
-        return await self.catalog.release_lock(req.tenant_id, req.workflow_id)
+        return await self.catalog.release_lock(req.tenant_id, req.workflow_id, namespace=self._namespace())
+
+    def _namespace(self) -> str:
+        """The namespace of the run taking or releasing a lock: where its lock rows say it runs."""
+        return activity.info().workflow_namespace or self.client.namespace

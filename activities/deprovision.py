@@ -15,11 +15,12 @@ from psycopg import sql
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.audit import calling_actor
 from activities.calling_run import calling_run
 from activities.infra.catalog import Catalog
 from activities.infra.credentials import delete_credentials
 from activities.infra.marks import database_mark, mark_role, marked_databases, role_mark
-from activities.infra.pg import connect
+from activities.infra.pg import connect, connect_to_tenant_db
 from activities.infra.schema import database_exists
 from tenancy.errors import INVALID_INPUT, NOT_MARKED, ROLE_IN_USE, InvalidInput, fail
 from tenancy.lifecycle import check_reinstatement
@@ -115,7 +116,7 @@ async def remove_role(admin_url: str, role: str, also: list[str]) -> list[str]:
         await _disown(admin, role)
         here = admin.info.dbname
     for name in sorted(databases - {here}):
-        async with await connect(admin_url, name, autocommit=True) as conn:
+        async with await connect_to_tenant_db(admin_url, name, autocommit=True) as conn:
             await _disown(conn, role)
     async with await connect(admin_url, autocommit=True) as admin:
         await admin.execute(
@@ -296,6 +297,7 @@ class DeprovisionActivities:
                     "backup": reinstatement.backup_name,
                     "backup_taken_at": reinstatement.backup_taken_at.isoformat(),
                 },
+                actor=await calling_actor(),
             )
         except InvalidInput as exc:
             raise fail(INVALID_INPUT, str(exc)) from None

@@ -1,5 +1,6 @@
 """Heartbeat long activities in the background: keeps them alive, lets cancellation reach them, and records how far
-they got (tenancy.messages.progress.HeartbeatDetails) for `tenants` and for a retried attempt."""
+they got (tenancy.messages.progress.HeartbeatDetails) for `tenants` and for a retried attempt; the beats also renew the
+lease of the tenant lock their run holds (activities/infra/leases.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+from activities.infra.leases import renew_lock_leases
 from tenancy.errors import WORKER_SHUTDOWN
 from tenancy.messages.progress import HeartbeatDetails
 
@@ -67,6 +69,8 @@ class Heartbeater:
             activity.heartbeat()
         else:
             activity.heartbeat(details.to_heartbeat())
+        # A run that holds a tenant's lock keeps its lease while its activities beat (throttled, in the background).
+        renew_lock_leases()
 
     async def _loop(self) -> None:
         while True:

@@ -9,7 +9,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -25,10 +25,12 @@ from activities.infra.maintenance_sql import (
     Table,
     analyze_only,
     any_old,
+    as_owner,
     count_old,
     delete_blocks,
     delete_some,
     drop_leftover,
+    explain_rule,
     heap_blocks,
     old_rows,
     reindex_leftovers,
@@ -36,7 +38,8 @@ from activities.infra.maintenance_sql import (
     vacuum_one,
     vacuum_tables,
 )
-from activities.infra.pg import connect, one_row
+from activities.infra.pg import connect, connect_to_tenant_db, one_row
+from activities.infra.schema import ensure_template, template_session
 from activities.infra.storage import open_storage
 from tenancy.contracts.maintenance import (
     AnalyzeResult,
@@ -85,7 +88,9 @@ class MaintenanceActivities:
 
     @asynccontextmanager
     async def _session(self, dbname: str) -> AsyncIterator[psycopg.AsyncConnection]:
-        conn = await connect(self.admin_url, dbname, autocommit=True)
+        """An admin session in the tenant's database that resolves names in pg_catalog only (what the tenant's
+        role may have put in its database is never run by mistake), under the maintenance timeouts."""
+        conn = await connect_to_tenant_db(self.admin_url, dbname, autocommit=True)
         try:
             await conn.execute(
                 sql.SQL("SET statement_timeout = {}; SET lock_timeout = {}").format(
@@ -202,10 +207,13 @@ class MaintenanceActivities:
         longest = previous.longest_batch_ms or 0.0
         batch = self.settings.cleanup_batch_size
 
-        async def timed(query: sql.Composed) -> int:
+        async def timed(heap: Heap, query: sql.Composed) -> int:
             nonlocal longest, batches
             started = time.perf_counter()
-            cursor = await conn.execute(query)  # no parameters: a `%` in a condition is just a `%`
+            async with conn.transaction():
+                if (owner := as_owner(heap)) is not None:
+                    await conn.execute(owner)
+                cursor = await conn.execute(query)  # no parameters: a `%` in a condition is just a `%`
             longest = max(longest, (time.perf_counter() - started) * 1000)
             batches += 1
             return cursor.rowcount
@@ -233,13 +241,13 @@ class MaintenanceActivities:
                     step = max(1, int(batch / per_block))
                     block = int(done.get(heap.key, 0))
                     while block < pages:
-                        await timed(delete_blocks(heap, where, block, block + step))
+                        await timed(heap, delete_blocks(heap, where, block, block + step))
                         block += step
                         done[heap.key] = block
                     # Rows that were not in those blocks (moved or added while we ran): looked for with a plain
                     # read first, so the usual case takes no lock at all.
                     while await any_old(conn, heap, where):
-                        if not await timed(delete_some(heap, where, batch)):
+                        if not await timed(heap, delete_some(heap, where, batch)):
                             break  # nothing it may delete (a trigger or a policy says no): left, and counted so
             remaining, _ = await self._cleanup_counts(conn, req.cutoff)
         removed = await asyncio.to_thread(
@@ -415,3 +423,32 @@ class MaintenanceActivities:
             req if legacy_summary is None else {"tenant_id": req, "summary": legacy_summary}
         )
         return await self.catalog.record_maintenance(record.tenant_id, record.summary, activity.info().workflow_id)
+
+
+async def check_cleanup_rules(settings: Settings) -> dict[str, str]:
+    """At the worker's start: PostgreSQL plans each cleanup rule against the template database (the tenant schema
+    as provisioned), sent prepared, which takes one statement only. A rule it refuses (a syntax error, a second
+    statement, a column the table lacks, a condition that is not true/false) stops the worker with one line
+    naming the rule. A rule whose table the template lacks (one only some adopted tenants have) passes, with a
+    note (returned, by rule): each tenant's maintenance checks it again and skips it where it does not fit.
+
+    Rules come from these settings only: no workflow input carries SQL."""
+    rules = settings.cleanup_rules
+    if not rules:
+        return {}
+    admin_url, template = settings.effective_database_url, settings.template_database
+    await ensure_template(admin_url, template, settings.migrations_dir)
+    notes = {}
+    cutoff = datetime.now(UTC)
+    async with template_session(admin_url, template) as conn:
+        await conn.execute("SET default_transaction_read_only = on")
+        await conn.execute("SET statement_timeout = '30s'")
+        for key, rule in zip(rule_keys(rules), rules, strict=True):
+            try:
+                await conn.execute(explain_rule(rule, cutoff), prepare=True)
+            except psycopg.errors.UndefinedTable:
+                notes[key] = f"table {rule.table} is not in the template database: checked in each tenant's"
+            except psycopg.Error as exc:
+                said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise fail(INVALID_INPUT, f"cleanup rule {key!r} (TENANTS_CLEANUP_RULES) is refused: {said}") from None
+    return notes

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import smtplib
 import urllib.error
@@ -19,11 +17,7 @@ from tenancy.contracts.provision import WelcomeMail
 from tenancy.contracts.tenants import DeliverEventInput
 from tenancy.log import get_logger
 from tenancy.settings import Settings
-
-
-def sign(secret: str, body: bytes) -> str:
-    """`sha256=<hex>` HMAC of the body, in the style receivers already verify."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+from tenancy.webhooks import signed_headers
 
 
 class NotifyActivities:
@@ -57,7 +51,8 @@ class NotifyActivities:
 
     @activity.defn
     async def deliver_event(self, req: DeliverEventInput) -> int | None:
-        """POST one catalog event to the webhook, signed; at-least-once (receivers de-duplicate by `id`).
+        """POST one catalog event to the webhook, signed with the time of sending (tenancy/webhooks.py: receivers
+        reject deliveries older than five minutes); at-least-once (receivers de-duplicate by `id`).
         Returns the HTTP status, or None when no webhook is configured."""
         if not self.settings.webhook_url:
             return None
@@ -77,7 +72,8 @@ class NotifyActivities:
         ).encode()
         headers = {"Content-Type": "application/json", "X-Tenants-Event-Id": str(event["id"])}
         if self.settings.webhook_secret:
-            headers["X-Tenants-Signature"] = sign(self.settings.webhook_secret, body)
+            # Signed at each attempt, with its own time: a retry hours later is still fresh to the receiver.
+            headers |= signed_headers(self.settings.webhook_secret, body)
         request = urllib.request.Request(self.settings.webhook_url, data=body, headers=headers, method="POST")
 
         def post() -> int:

@@ -9,18 +9,20 @@ from datetime import UTC, datetime
 from psycopg import sql
 from temporalio import activity
 
+from activities.audit import calling_actor
 from activities.calling_run import calling_run
 from activities.heartbeat import Heartbeater
-from activities.infra.catalog import Catalog, TenantExists
+from activities.infra.catalog import Catalog, PlanLimitReached, TenantExists
 from activities.infra.credentials import delete_credentials, new_password, scram_sha256_verifier, write_credentials
 from activities.infra.marks import database_mark, mark_role, role_mark
-from activities.infra.pg import connect
+from activities.infra.pg import connect, connect_to_tenant_db
 from activities.infra.schema import (
     apply_migrations,
     create_from_template,
     database_exists,
     ensure_template,
     existing_role_message,
+    harden_public_schema,
     migration_files,
     provisioning_copy_name,
     seed_once,
@@ -32,7 +34,7 @@ from tenancy.log import activity_logger
 from tenancy.marks import Mark
 from tenancy.messages.provision import NewTenant, ProvisioningUndo, TemplateRefresh, TenantDatabase
 from tenancy.messages.tenants import TenantRequest
-from tenancy.settings import Settings
+from tenancy.settings import PlanLimits, Settings
 
 
 def _ident(name: str) -> sql.Identifier:
@@ -53,26 +55,32 @@ class ProvisioningActivities:
     def _log(self, tenant_id: str):
         return activity_logger("activities.provisioning", tenant_id)
 
+    def _plan_limits(self, plan: str) -> PlanLimits:
+        limits = self.settings.plans.get(plan)
+        if limits is None:
+            raise fail("InvalidInput", f"unknown plan {plan!r}; plans: {', '.join(sorted(self.settings.plans))}")
+        return limits
+
     @activity.defn
     async def check_plan_limit(self, new: NewTenant) -> int:
-        """can_provision(owner, plan): how many more tenants this owner may have on this plan."""
-        limits = self.settings.plans.get(new.plan)
-        if limits is None:
-            raise fail("InvalidInput", f"unknown plan {new.plan!r}; plans: {', '.join(sorted(self.settings.plans))}")
+        """can_provision(owner, plan): how many more tenants this owner may have on this plan. An early answer
+        only: record_provisioning decides, counting and recording in one transaction."""
+        limits = self._plan_limits(new.plan)
         used = await self.catalog.count_owner_tenants(new.owner_email, new.plan)
         if used >= limits.max_tenants:
-            raise fail(
-                PLAN_LIMIT_REACHED,
-                f"{new.owner_email} already has {used} tenant(s) on the {new.plan} plan, its limit",
-            )
+            raise fail(PLAN_LIMIT_REACHED, str(PlanLimitReached(new.owner_email, new.plan, used)))
         return limits.max_tenants - used
 
     @activity.defn
     async def record_provisioning(self, new: NewTenant) -> Tenant:
+        """Record the tenant as provisioning if the owner's plan has room for it, both in one transaction (two
+        sign-ups at once cannot both take the last place)."""
         try:
-            tenant, _ = await self.catalog.record_provisioning(new)
+            tenant, _ = await self.catalog.record_provisioning(new, self._plan_limits(new.plan).max_tenants)
         except TenantExists as exc:
             raise fail(TENANT_EXISTS, str(exc)) from None
+        except PlanLimitReached as exc:
+            raise fail(PLAN_LIMIT_REACHED, str(exc)) from None
         return tenant
 
     @activity.defn
@@ -108,10 +116,13 @@ class ProvisioningActivities:
 
     @activity.defn
     async def migrate_tenant_database(self, db: TenantDatabase) -> MigrationResult:
-        """Apply the migrations a tenant database lacks, in order, each in its own transaction."""
+        """Apply the migrations a tenant database lacks, in order, each in its own transaction; then take CREATE on
+        schema public from every role, if a database made on PostgreSQL 14 or older still grants it."""
         migrations = migration_files(self.settings.migrations_dir)
         async with await connect(self.admin_url, db.database_name, autocommit=True) as conn:
             applied = await apply_migrations(conn, migrations)
+            if await harden_public_schema(conn):
+                self._log(db.tenant_id).info("schema public hardened: no role may create in it")
         if applied:
             self._log(db.tenant_id).info("tenant database migrated", applied=applied)
         return MigrationResult(
@@ -149,7 +160,10 @@ class ProvisioningActivities:
                 await mark_role(admin, db.role_name, mark)
             await admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(database))
             await admin.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(database, role))
-        async with await connect(self.admin_url, db.database_name, autocommit=True) as conn:
+        async with await connect_to_tenant_db(self.admin_url, db.database_name, autocommit=True) as conn:
+            # The role uses the tables and owns nothing: it may not create in public (nor anywhere), where what it
+            # put would run in the admin's sessions. A copy of the template is hardened already; this says so here.
+            await harden_public_schema(conn)
             for statement in (
                 "GRANT USAGE ON SCHEMA public TO {}",
                 "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}",
@@ -179,15 +193,23 @@ class ProvisioningActivities:
     async def activate_tenant(self, req: TenantRequest) -> int | None:
         """Mark the tenant active and record TenantProvisioned; returns the event's id."""
         _, event_id = await self.catalog.change_status(
-            req.tenant_id, "active", None, "TenantProvisioned", activity.info().workflow_id, lambda old, new: None
+            req.tenant_id,
+            "active",
+            None,
+            "TenantProvisioned",
+            activity.info().workflow_id,
+            lambda old, new: None,
+            actor=await calling_actor(),
         )
         return event_id
 
     @activity.defn
     async def undo_provisioning(self, req: ProvisioningUndo | TenantDatabase, legacy_reason: str | None = None) -> None:
-        """Compensation: remove what this run created (the database and its unfinished copy carrying this run's
-        mark, the role carrying this tenant's mark, the credentials), and record the tenant as failed. A
-        database or role of the name that is not marked so is someone else's: left as it is."""
+        """Compensation: remove what this run created (the database, its unfinished copy and the role carrying
+        this run's mark, the credentials), and record the tenant as failed. A database or role of the name that
+        is not marked so is someone else's: left as it is. That includes what another run for the same id made (two
+        sign-ups at once: the one refused never takes the other's role or credentials with it); a role an earlier
+        run left is the sweep's (`tenants sweep`)."""
         # Attempts scheduled by the previous release carry (db, reason); see tenancy/messages.
         undo = ProvisioningUndo.model_validate(req if legacy_reason is None else {"db": req, "reason": legacy_reason})
         db, reason = undo.db, undo.reason
@@ -199,8 +221,7 @@ class ProvisioningActivities:
                     await admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(_ident(name)))
                 elif await database_exists(admin, name):
                     left.append(name)
-            mark = await role_mark(admin, db.role_name)
-            if mark and mark.is_of(db.tenant_id, "role"):
+            if _made_by_this_run(await role_mark(admin, db.role_name), db.tenant_id, "role"):
                 await admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(_ident(db.role_name)))
                 await asyncio.to_thread(delete_credentials, self.settings.effective_secrets_dir, db.tenant_id)
             elif await (await admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [db.role_name])).fetchone():
@@ -218,6 +239,7 @@ class ProvisioningActivities:
                 "TenantProvisioningFailed",
                 activity.info().workflow_id,
                 lambda old, new: None,
+                actor=await calling_actor(),
             )
         self._log(db.tenant_id).warning("provisioning undone", reason=reason)
 

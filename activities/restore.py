@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import re
 import subprocess
@@ -21,15 +22,28 @@ from psycopg import sql
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.audit import audit, calling_actor
 from activities.calling_run import CallingRun, calling_run
 from activities.heartbeat import Heartbeater
-from activities.infra.archive import Progress, hash_stream, list_archive, load_identities, unpack
+from activities.infra.archive import Progress, hash_stream, list_archive, unpack
 from activities.infra.backup_facts import describe_backups, restore_candidate
 from activities.infra.catalog import Catalog
+from activities.infra.manifest_signing import authentic_manifest
 from activities.infra.marks import database_mark, mark_database
-from activities.infra.pg import connect, count_rows, find_client_tools, libpq_env, one_row, server_major
+from activities.infra.pg import connect, connect_to_tenant_db, count_rows, find_client_tools, one_row, server_major
+from activities.infra.restore_login import (
+    RestoreLogin,
+    create_owner_role,
+    create_restore_login,
+    drop_restore_login_of_run,
+    drop_restore_login_quietly,
+    restorer_mark,
+    role_facts,
+)
 from activities.infra.storage import FILE_MODE, open_storage
 from activities.infra.subprocesses import kill_group, tail
+from activities.infra.tenant_keys import identities_for
+from tenancy.audit import backup_read_action
 from tenancy.contracts.backup import BackupManifest, DrillResult
 from tenancy.contracts.restore import KeptDatabase
 from tenancy.contracts.tenants import TenantEvent
@@ -59,11 +73,17 @@ from tenancy.messages.restore import (
 )
 from tenancy.messages.tenants import TenantRequest
 from tenancy.naming import is_previous_database_name, parse_backup_name, partial_name
+from tenancy.restore_roles import choose_restore_owner, restore_login_name
 from tenancy.selection import choose_backup
 from tenancy.settings import Settings
 
 # pg_restore --verbose says this once per table whose data it has loaded (one job, or several).
 _TABLE_DONE = re.compile(r"processing data for table|finished item \d+ TABLE DATA")
+# What the server says when the backup asks for more than the tenant's role may do: no retry will change that.
+_NOT_ALLOWED = re.compile(
+    r"permission denied|must be superuser|must be owner|must have privileges|must be member|must be able to set role",
+    re.IGNORECASE,
+)
 
 
 def _ident(name: str) -> sql.Identifier:
@@ -130,8 +150,9 @@ class RestoreActivities:
 
     @activity.defn
     async def select_backup(self, selection: BackupSelection) -> BackupManifest:
-        """Which backup, and is it good: this tenant's own, verified, its bytes equal to what its manifest
-        recorded, readable by the pg_restore that matches the tenant's server."""
+        """Which backup, and is it good: this tenant's own, verified, signed by a key of the keyring (when
+        TENANTS_BACKUP_SIGNING_KEY_FILE is set), its bytes equal to what its manifest recorded, readable by the
+        pg_restore that matches the tenant's server."""
         tenant_id = selection.tenant_id
         if selection.backup_name is not None:
             try:
@@ -147,7 +168,9 @@ class RestoreActivities:
                 raise fail(BACKUP_NOT_FOUND, f"tenant {tenant_id!r} has {exc}") from None
         if not await asyncio.to_thread(self.storage.exists, tenant_id, name):
             raise fail(BACKUP_NOT_FOUND, f"backup {name!r} of tenant {tenant_id!r} does not exist")
-        manifest = await asyncio.to_thread(self.storage.read_manifest, tenant_id, name)
+        await audit(self.catalog, backup_read_action(activity.info().workflow_type), tenant_id, name)
+        # With a signing key set, a manifest no key of it signed is refused here, before anything else is read.
+        manifest = await asyncio.to_thread(authentic_manifest, self.storage, tenant_id, name)
         if manifest is None or not manifest.verified:
             raise fail(BACKUP_REJECTED, f"backup {name!r} has no verified manifest: it was never verified")
         if manifest.tenant_id != tenant_id or manifest.backup_name != name:
@@ -178,7 +201,7 @@ class RestoreActivities:
                 )
             tools = await asyncio.to_thread(find_client_tools, major, self.settings.pg_bin_dir)
             # An encrypted backup needs the identity: a missing or wrong key fails here, before anything changes.
-            identities = load_identities(self.settings.age_identity_file, name) if manifest.encrypted else None
+            identities = await identities_for(self.catalog, self.settings.age_identity_file, manifest)
 
             def feed(stdin) -> None:
                 with self.storage.open_for_read(tenant_id, name) as reader:
@@ -193,8 +216,10 @@ class RestoreActivities:
     @activity.defn
     async def restore_to_scratch(self, req: ScratchRestoreRequest) -> int:
         """pg_restore the backup into a fresh scratch database, marked as this run's; returns how many tables got
-        their data. A retried attempt removes what an earlier attempt of this run left (its scratch database, its
-        work file) and starts over; a database of the scratch name that is not this run's is never touched."""
+        their data. pg_restore runs as a short-lived login role of the attempt's, member of the tenant's role only,
+        and everything it creates belongs to that role (tenancy/restore_roles.py): never as the admin. A retried
+        attempt removes what an earlier attempt of this run left (its scratch database, login role, work file) and
+        starts over; a database or role of those names that is not this run's is never touched."""
         log = self._log(req.tenant_id)
         progress = Progress()
         done = {"tables": 0}
@@ -215,6 +240,10 @@ class RestoreActivities:
                         RESTORE_FAILED, f"database {req.scratch_name!r} exists and is not this run's: left alone"
                     )
                 await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(_ident(req.scratch_name)))
+            # Who the restored objects belong to, decided (and refused) before anything is created.
+            tenant = await self.catalog.get_tenant(req.tenant_id)
+            recorded = req.role_name if req.role_name is not None else (tenant.role_name if tenant else None)
+            restore_owner = await self._restore_owner(conn, req.tenant_id, req.database_name, recorded, info)
             owner = await (
                 await conn.execute(
                     "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [req.database_name]
@@ -240,39 +269,71 @@ class RestoreActivities:
             else:
                 await _grant_to_tenant_role_only(conn, req.scratch_name, req.role_name, req.grant_connect)
         tools = await asyncio.to_thread(find_client_tools, major, self.settings.pg_bin_dir)
-        manifest, archive = await asyncio.to_thread(
-            lambda: (
-                self.storage.read_manifest(req.tenant_id, req.backup_name),
-                self.storage.local_path(req.tenant_id, req.backup_name),
-            )
-        )
-        encrypted = bool(manifest and manifest.encrypted)
+        manifest = await asyncio.to_thread(authentic_manifest, self.storage, req.tenant_id, req.backup_name)
+        if manifest is None:
+            raise fail(BACKUP_REJECTED, f"backup {req.backup_name!r} has no manifest: it was never verified")
+        encrypted = manifest.encrypted
         # zstd by pg_dump 16+ is inside the archive, which pg_restore reads as stored; a zstd stream is unpacked.
-        stream = manifest.stream_compression if manifest else ("zstd" if req.compression == "zstd" else "none")
+        stream = manifest.stream_compression
+        login: RestoreLogin | None = None
         try:
-            if archive is None or encrypted or stream == "zstd":
-                # pg_restore --jobs needs a seekable, plain archive: fetch, decrypt and unpack it to a local
-                # work file first (0600 in a 0700 folder, removed at the end, or by the next attempt).
-                identities = load_identities(self.settings.age_identity_file, req.backup_name) if encrypted else None
+            # pg_restore --jobs needs a seekable, plain archive, and it must be the very bytes the (signed) manifest
+            # describes: select_backup checked the stored object, but storage may change after that. So every
+            # restore reads the stored bytes once, hashing them, into a local work file (decrypted and unpacked when
+            # need be; 0600 in a 0700 folder, removed at the end, or by the next attempt), and pg_restore reads
+            # only that file, after its hash matched.
+            identities = (
+                await identities_for(self.catalog, self.settings.age_identity_file, manifest) if encrypted else None
+            )
+            stored = hashlib.sha256()
 
-                def materialize() -> None:
-                    fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-                    with (
-                        open(fd, "wb") as handle,
-                        self.storage.open_for_read(req.tenant_id, req.backup_name) as reader,
-                    ):
-                        unpack(reader, handle, stream, identities, progress)
+            def materialize() -> None:
+                fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+                with (
+                    open(fd, "wb") as handle,
+                    self.storage.open_for_read(req.tenant_id, req.backup_name) as reader,
+                ):
+                    unpack(reader, handle, stream, identities, progress, digest=stored)
 
+            def changed() -> ApplicationError | None:
+                if stored.hexdigest() == manifest.sha256:
+                    return None
+                return fail(
+                    BACKUP_REJECTED,
+                    f"backup {req.backup_name!r} changed in storage after it was checked (sha256 "
+                    f"{stored.hexdigest()[:12]}… vs {manifest.sha256[:12]}… in its manifest): not restored",
+                )
+
+            try:
                 await asyncio.to_thread(materialize)
-                archive = work
-            await self._pg_restore(tools.pg_restore, archive, req, done, log)
+            except Exception:
+                # Changed bytes often fail to decrypt or decompress; every stored byte was hashed all the same.
+                if (refused := changed()) is not None:
+                    raise refused from None
+                raise
+            if (refused := changed()) is not None:
+                raise refused
+            archive = work
+            # pg_restore runs as a login role of this attempt's that can do no more than the owner role.
+            login = await create_restore_login(
+                self.admin_url,
+                restore_login_name(req.scratch_name),
+                restore_owner,
+                req.scratch_name,
+                restorer_mark(req.tenant_id, info.workflow_id, info.workflow_run_id),
+            )
+            undo_grants = await self._let_owner_create(req.scratch_name, restore_owner)
+            await self._pg_restore(tools.pg_restore, archive, req, login, done, log)
+            await self._settle_restored(req, login, undo_grants)
         except BaseException:
             with contextlib.suppress(Exception):
                 await self._drop(req.scratch_name)
             raise
         finally:
             await asyncio.to_thread(work.unlink, missing_ok=True)
-        log.info("restored into scratch database", scratch=req.scratch_name, tables=done["tables"])
+            if login is not None:  # after the scratch copy on failure: nothing of the role is left in it
+                await drop_restore_login_quietly(self.admin_url, login.name, req.tenant_id)
+        log.info("restored into scratch database", scratch=req.scratch_name, tables=done["tables"], owner=restore_owner)
         return done["tables"]
 
     def _work_file(self, scratch_name: str) -> Path:
@@ -282,14 +343,110 @@ class RestoreActivities:
         folder.chmod(0o700)
         return folder / partial_name(f"{scratch_name}.dump")
 
-    async def _pg_restore(self, pg_restore: Path, archive: Path, req: ScratchRestoreRequest, done: dict, log) -> None:
+    async def _restore_owner(
+        self,
+        admin: psycopg.AsyncConnection,
+        tenant_id: str,
+        database_name: str,
+        recorded: str | None,
+        info: CallingRun | None,
+    ) -> str:
+        """The role the tenant's restored objects belong to (tenancy/restore_roles.py); a tenant without one gets
+        its NOLOGIN role here, marked as its own (`info`: the run that creates it; None: only look)."""
+        row = await (
+            await admin.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [database_name])
+        ).fetchone()
+        try:
+            choice = choose_restore_owner(
+                tenant_id,
+                recorded,
+                await role_facts(admin, recorded) if recorded else None,
+                await role_facts(admin, row[0]) if row else None,
+                database_name,
+                await role_facts(admin, database_name),
+            )
+        except InvalidInput as exc:
+            raise fail(RESTORE_FAILED, str(exc)) from None
+        if choice.create:
+            if info is None:
+                raise fail(RESTORE_FAILED, f"tenant {tenant_id!r} has no role its restored copy could belong to")
+            mark = Mark(
+                kind="role",
+                tenant_id=tenant_id,
+                workflow_id=info.workflow_id,
+                run_id=info.workflow_run_id,
+                at=datetime.now(UTC),
+            )
+            await create_owner_role(admin, choice.name, mark)
+            self._log(tenant_id).info("role created for the tenant's restored objects", role=choice.name)
+        return choice.name
+
+    async def _let_owner_create(self, scratch_name: str, owner: str) -> list[sql.Composed]:
+        """For the restore only: the owner role may create schemas (CREATE on the database) and objects in `public`
+        (which PostgreSQL 15+ lets only the database's owner create in). Returns the REVOKEs that undo what was
+        granted here."""
+        undo: list[sql.Composed] = []
+        role, database = _ident(owner), _ident(scratch_name)
+        async with await connect_to_tenant_db(self.admin_url, scratch_name, autocommit=True) as conn:
+            on_database, on_public = await one_row(
+                await conn.execute(
+                    "SELECT has_database_privilege(%s, current_database(), 'CREATE'), "
+                    "(SELECT has_schema_privilege(%s, n.oid, 'CREATE') FROM pg_namespace n WHERE n.nspname = 'public')",
+                    [owner, owner],
+                )
+            )
+            if not on_database:
+                await conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(database, role))
+                undo.append(sql.SQL("REVOKE CREATE ON DATABASE {} FROM {}").format(database, role))
+            if on_public is False:
+                await conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(role))
+                undo.append(sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(role))
+        return undo
+
+    async def _settle_restored(
+        self, req: ScratchRestoreRequest, login: RestoreLogin, undo_grants: list[sql.Composed]
+    ) -> None:
+        """After pg_restore: refuse a copy where anything was made as the login role itself (an archive entry that
+        left the owner role: `RESET ROLE`), take back the restore's own grants, and give the owner role what
+        provisioning gives a tenant's role (`--no-acl` restored none): schema usage, and privileges on what the admin
+        creates later (migrations)."""
+        role = _ident(login.owner)
+        async with await connect_to_tenant_db(self.admin_url, req.scratch_name, autocommit=True) as conn:
+            held = await one_row(
+                await conn.execute(
+                    "SELECT count(*) FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid "
+                    "WHERE d.datname = current_database() AND s.refclassid = 'pg_authid'::regclass "
+                    "AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = %s)",
+                    [login.name],
+                )
+            )
+            if held[0]:
+                raise fail(
+                    RESTORE_FAILED,
+                    f"backup {req.backup_name!r} made {held[0]} object(s) or grant(s) as the restore's login role "
+                    f"instead of the tenant's role {login.owner!r} (it switched roles): refused",
+                )
+            for undo in undo_grants:
+                await conn.execute(undo)
+            for grant in (
+                "GRANT USAGE ON SCHEMA public TO {}",
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}",
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {}",
+            ):
+                await conn.execute(sql.SQL(grant).format(role))
+
+    async def _pg_restore(
+        self, pg_restore: Path, archive: Path, req: ScratchRestoreRequest, login: RestoreLogin, done: dict, log
+    ) -> None:
+        # --role: what it creates belongs to the owner; --no-owner: no ALTER ... OWNER TO the roles of the dump;
+        # --no-acl: no GRANTs of the dump (they name the admin; what the owner needs is given after).
         args = [str(pg_restore), "--dbname", req.scratch_name, "--exit-on-error", "--verbose", "--no-password"]
-        args += [f"--jobs={req.jobs}", str(archive)]
+        args += ["--no-owner", "--no-acl", f"--role={login.owner}", f"--jobs={req.jobs}", str(archive)]
         proc = subprocess.Popen(
             args,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            env=libpq_env(self.admin_url, req.scratch_name),
+            env=login.env(self.admin_url, req.scratch_name),
             start_new_session=True,
         )
         last_lines: deque[str] = deque(maxlen=20)
@@ -314,7 +471,12 @@ class RestoreActivities:
             await asyncio.to_thread(reader.join, 10)
         if code != 0:
             errors = [line for line in last_lines if "error" in line.lower()] or list(last_lines)
-            raise ApplicationError(f"pg_restore exited with {code}: {tail(chr(10).join(errors))}", type=RESTORE_FAILED)
+            # The server's own words first: with --jobs, the other jobs' "worker died" lines come after them.
+            reasons = [line for line in errors if "ERROR:" in line] or errors
+            message = f"pg_restore exited with {code}: {tail(chr(10).join(reasons))}"
+            if any(_NOT_ALLOWED.search(line) for line in errors):
+                raise fail(RESTORE_FAILED, f"{message} (restores run as the tenant's role {login.owner!r})")
+            raise ApplicationError(message, type=RESTORE_FAILED)
 
     async def _drop(self, dbname: str) -> None:
         async with await connect(self.admin_url, autocommit=True) as conn:
@@ -322,10 +484,13 @@ class RestoreActivities:
 
     @activity.defn
     async def verify_restored(self, req: RestoredCheckRequest) -> dict[str, int]:
-        """Every table of the manifest is there with the row count recorded at dump time, and every configured
-        check returns true (run read-only)."""
-        async with await connect(self.admin_url, req.scratch_name, autocommit=True) as conn, Heartbeater():
-            counts = await count_rows(conn)
+        """Every table of the manifest is there with the row count recorded at dump time (counted by the admin, whose
+        session resolves names in the system catalog only), and every configured check returns true: each one
+        statement (the extended query protocol refuses two), run as the tenant's role in a READ ONLY transaction
+        with a statement timeout (TENANTS_CHECK_TIMEOUT_SECONDS)."""
+        async with Heartbeater():
+            async with await connect_to_tenant_db(self.admin_url, req.scratch_name, autocommit=True) as conn:
+                counts = await count_rows(conn)
             missing = sorted(set(req.row_counts) - set(counts))
             if missing:
                 raise fail(RESTORE_VERIFICATION_FAILED, f"restored database lacks table(s) {', '.join(missing[:5])}")
@@ -336,17 +501,45 @@ class RestoreActivities:
             ]
             if wrong:
                 raise fail(RESTORE_VERIFICATION_FAILED, f"row counts differ from the backup's: {'; '.join(wrong[:5])}")
-            for check in req.checks:
-                try:
-                    async with conn.transaction():
-                        await conn.execute("SET TRANSACTION READ ONLY")
-                        row = await (await conn.execute(check)).fetchone()
-                except psycopg.Error as exc:
-                    raise fail(RESTORE_VERIFICATION_FAILED, f"check {check!r} failed: {str(exc).strip()}") from None
-                if not row or row[0] is not True:
-                    raise fail(RESTORE_VERIFICATION_FAILED, f"check {check!r} did not return true")
+            if req.checks:
+                await self._run_checks(req)
         self._log(req.tenant_id).info("restored database verified", tables=len(counts), checks=len(req.checks))
         return counts
+
+    async def _run_checks(self, req: RestoredCheckRequest) -> None:
+        info = calling_run()
+        tenant = await self.catalog.get_tenant(req.tenant_id)
+        if tenant is None:
+            raise fail(RESTORE_VERIFICATION_FAILED, f"tenant {req.tenant_id!r} is not in the catalog")
+        async with await connect(self.admin_url, autocommit=True) as admin:
+            owner = await self._restore_owner(admin, tenant.id, tenant.database_name, tenant.role_name, None)
+        login = await create_restore_login(
+            self.admin_url,
+            restore_login_name(req.scratch_name),
+            owner,
+            req.scratch_name,
+            restorer_mark(req.tenant_id, info.workflow_id, info.workflow_run_id),
+        )
+        timeout_ms = self.settings.check_timeout_seconds * 1000
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                login.conninfo(self.admin_url, req.scratch_name), autocommit=True
+            ) as conn:
+                await conn.execute(sql.SQL("SET ROLE {}").format(_ident(owner)))
+                for check in req.checks:
+                    try:
+                        async with conn.transaction():
+                            await conn.execute("SET TRANSACTION READ ONLY")
+                            await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(timeout_ms))
+                            # prepare=True: the extended protocol, which refuses a string of two statements.
+                            row = await (await conn.execute(check, prepare=True)).fetchone()
+                    except psycopg.Error as exc:
+                        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                        raise fail(RESTORE_VERIFICATION_FAILED, f"check {check!r} failed: {message}") from None
+                    if not row or row[0] is not True:
+                        raise fail(RESTORE_VERIFICATION_FAILED, f"check {check!r} did not return true")
+        finally:
+            await drop_restore_login_quietly(self.admin_url, login.name, req.tenant_id)
 
     @activity.defn
     async def swap_in_restored(self, req: SwapRequest) -> SwapResult:
@@ -446,6 +639,10 @@ class RestoreActivities:
                 await conn.execute(
                     sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(_ident(req.database_name))
                 )
+        # The login role of an attempt that died before it could drop it.
+        await drop_restore_login_of_run(
+            self.admin_url, restore_login_name(req.scratch_name), req.tenant_id, info.workflow_id
+        )
         self._log(req.tenant_id).warning("unfinished restore undone", tenant_database=state)
         return state
 
@@ -515,6 +712,9 @@ class RestoreActivities:
             mark = await database_mark(conn, req.scratch_name)
             if mark is not None and mark.is_of(req.tenant_id, "scratch") and mark.made_by(calling_run().workflow_id):
                 await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(_ident(req.scratch_name)))
+        await drop_restore_login_of_run(
+            self.admin_url, restore_login_name(req.scratch_name), req.tenant_id, calling_run().workflow_id
+        )
 
     @activity.defn
     async def record_kept_database(self, kept: KeptDatabase) -> None:
@@ -588,4 +788,6 @@ class RestoreActivities:
     async def record_event(self, event: TenantEvent) -> int:
         info = activity.info()
         self._log(event.tenant_id).info("event recorded", event_type=event.type, **event.data)
-        return await self.catalog.record_event(event.tenant_id, event.type, event.data, info.workflow_id)
+        return await self.catalog.record_event(
+            event.tenant_id, event.type, event.data, info.workflow_id, await calling_actor()
+        )

@@ -20,10 +20,13 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.audit import AuditNotWritten, audit
 from activities.heartbeat import Heartbeater
 from activities.infra.catalog import Catalog
 from activities.infra.pg import connect
+from activities.infra.restore_login import drop_restore_login
 from activities.infra.storage import open_storage
+from tenancy.audit import SWEEP_REMOVE
 from tenancy.contracts.sweep import SweepInput, SweepItem, SweepReport
 from tenancy.log import activity_logger
 from tenancy.marks import Mark, parse_mark
@@ -34,6 +37,7 @@ from tenancy.sweep import (
     RunState,
     Verdict,
     judge_database,
+    judge_restore_login,
     judge_role,
     judge_stale,
     judge_work_file,
@@ -112,6 +116,8 @@ class SweepActivities:
     ) -> Verdict | None:
         _, comment, dependencies, owned = row
         mark = parse_mark(comment)
+        if mark is not None and mark.kind == "restorer":  # what it holds goes with it (drop_restore_login)
+            return judge_restore_login(mark, await self._run_state(mark.workflow_id, mark.run_id, runs), now, stale)
         if mark is None or mark.kind != "role":
             return None
         if mark.tenant_id not in tenants:
@@ -139,6 +145,11 @@ class SweepActivities:
         holder = await self.catalog.lock_holder(tenant_id) if tenant_id else None
         if not holder:
             return None
+        if holder["namespace"] not in (None, self.client.namespace):  # another deployment's run, out of our sight
+            return (
+                f"tenant {tenant_id} is held by {holder['operation']} run {holder['workflow_id']} (namespace "
+                f"{holder['namespace']})"
+            )
         run = await self._run_state(holder["workflow_id"], holder["run_id"], runs)
         if run is not None and run.state in ("running", "unknown"):
             return f"tenant {tenant_id} is held by {holder['operation']} run {holder['workflow_id']}"
@@ -260,8 +271,8 @@ class SweepActivities:
                     continue
                 try:
                     refused = await removers[item.kind](item, datetime.now(UTC), stale)
-                except RPCError:
-                    raise  # Temporal unreachable: retry the activity rather than guess
+                except (RPCError, AuditNotWritten):
+                    raise  # Temporal unreachable, or no audit row: retry the activity rather than guess
                 except Exception as exc:  # this item only; the next sweep tries again
                     log.warning("sweep could not remove", kind=item.kind, name=item.name, error=str(exc))
                     items.append(item.model_copy(update={"error": str(exc).strip() or type(exc).__name__}))
@@ -274,6 +285,11 @@ class SweepActivities:
                 else:
                     items.append(item.model_copy(update=refused._asdict()))
         return report.model_copy(update={"items": items})
+
+    async def _audit_removal(self, item: SweepItem, tenant_id: str | None) -> None:
+        """Right before an item is removed, once it passed its re-check: nothing goes without its audit row."""
+        detail = {"kind": item.kind, "name": item.name, "reason": item.reason}
+        await audit(self.catalog, SWEEP_REMOVE, tenant_id, detail=detail)
 
     @staticmethod
     def _recheck(verdict: Verdict) -> Verdict | None:
@@ -290,6 +306,7 @@ class SweepActivities:
             refused = self._recheck(await self._database_verdict(mark, now, stale, {}))
             if refused:
                 return refused
+            await self._audit_removal(item, mark.tenant_id)
             await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(item.name)))
         if item.kind == "previous":
             await self.catalog.end_kept_database(item.name, "dropped by the sweeper")
@@ -306,8 +323,13 @@ class SweepActivities:
             refused = self._recheck(verdict)
             if refused:
                 return refused
-            # Anything granted or owned since the check makes DROP ROLE fail: reported as this item's error.
-            await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(item.name)))
+            mark = parse_mark(row[1])  # a role with a verdict carries our mark
+            await self._audit_removal(item, mark.tenant_id if mark else None)
+            if mark is None or mark.kind != "restorer":
+                # Anything granted or owned since the check makes DROP ROLE fail: reported as this item's error.
+                await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(item.name)))
+                return None
+        await drop_restore_login(self.admin_url, item.name)
         return None
 
     async def _remove_work_file(self, item: SweepItem, now: datetime, stale: timedelta) -> Verdict | None:
@@ -324,6 +346,7 @@ class SweepActivities:
             refused = self._recheck(await self._work_verdict(conn, scratch, written, now, stale, {}))
         if refused:
             return refused
+        await self._audit_removal(item, None)
         await asyncio.to_thread(path.unlink, missing_ok=True)
         return None
 
@@ -331,6 +354,7 @@ class SweepActivities:
         busy = await self._busy(item.name, {})
         if busy:
             return Verdict(False, f"on re-check: {busy}: left alone")
+        await self._audit_removal(item, _tenant_of_key(item.name))
         if not await asyncio.to_thread(self.storage.remove_partial_file, item.name, stale):
             return Verdict(False, "on re-check: gone or written to again: left alone")
         return None
@@ -339,6 +363,7 @@ class SweepActivities:
         busy = await self._busy(item.name, {})
         if busy:
             return Verdict(False, f"on re-check: {busy}: left alone")
+        await self._audit_removal(item, _tenant_of_key(item.name))
         if not item.upload_id or not await asyncio.to_thread(
             self.storage.abort_unfinished_upload, item.name, item.upload_id, stale
         ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from psycopg import sql
 from temporalio import activity
 
+from activities.audit import calling_actor
 from activities.infra.catalog import Catalog
 from activities.infra.pg import connect, one_row
 from tenancy.contracts.tenants import SettingsChange, SettingsChangeResult, StatusChange, StatusChangeResult
@@ -35,6 +36,7 @@ class TenantAdminActivities:
                 "TenantStatusChanged",
                 activity.info().workflow_id,
                 check_transition,
+                actor=await calling_actor(),
             )
         except InvalidInput as exc:
             raise fail(INVALID_INPUT, str(exc)) from None
@@ -73,7 +75,10 @@ class TenantAdminActivities:
             raise fail(INVALID_INPUT, str(exc)) from None
         try:
             merged, event_id = await self.catalog.update_settings(
-                change.tenant_id, lambda current: merge_settings(current, clean), activity.info().workflow_id
+                change.tenant_id,
+                lambda current: merge_settings(current, clean),
+                activity.info().workflow_id,
+                await calling_actor(),
             )
         except LookupError as exc:
             raise fail(TENANT_NOT_FOUND, str(exc)) from None

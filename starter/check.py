@@ -8,10 +8,11 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
 from activities.infra.catalog import Catalog
+from activities.infra.manifest_signing import read_keyring
 from activities.infra.pg import find_client_tools, one_row, server_major
 from activities.infra.storage import open_storage
 from activities.infra.temporal import connect_client
-from tenancy.errors import failure_message
+from tenancy.errors import InvalidInput, failure_message
 from tenancy.search import TENANT_ID
 from tenancy.settings import Settings
 
@@ -46,8 +47,26 @@ async def _temporal(settings: Settings) -> list[tuple[str, bool, str]]:
     return results
 
 
+def signing_check(settings: Settings) -> tuple[str, bool | None, str]:
+    """Backup signing: the key file's signing key, or a warning (not a failure) that backups are not authenticated."""
+    path = settings.backup_signing_key_file
+    if path is None:
+        return (
+            "signing",
+            None,
+            "backups are not authenticated: anyone who can write to backup storage can forge one that restores "
+            "(set TENANTS_BACKUP_SIGNING_KEY_FILE, see `tenants keys init`)",
+        )
+    try:
+        keyring = read_keyring(path)
+    except InvalidInput as exc:
+        return "signing", False, str(exc)
+    return "signing", True, f"backups signed with key {keyring.signing.key_id} of {path} ({len(keyring.keys)} verify)"
+
+
 async def run_checks(settings: Settings) -> int:
-    results: list[tuple[str, bool, str]] = []
+    # ok: True; FAIL: False; warn: None, said but not a failure.
+    results: list[tuple[str, bool | None, str]] = []
     major: int | None = None
     try:
         line, major = await _postgres(settings)
@@ -72,11 +91,12 @@ async def run_checks(settings: Settings) -> int:
         results.append(("storage", True, f"{storage.location()} is writable"))
     except Exception as exc:
         results.append(("storage", False, f"{settings.storage_url}: {exc}"))
+    results.append(signing_check(settings))
     try:
         results += await _temporal(settings)
     except Exception as exc:
         results.append(("Temporal", False, f"{settings.temporal_address}: {failure_message(exc)}"))
     width = max(len(name) for name, _, _ in results)
     for name, ok, detail in results:
-        print(f"{'ok  ' if ok else 'FAIL'}  {name.ljust(width)}  {detail}")
-    return 0 if all(ok for _, ok, _ in results) else 1
+        print(f"{'warn' if ok is None else 'ok  ' if ok else 'FAIL'}  {name.ljust(width)}  {detail}")
+    return 0 if all(ok is not False for _, ok, _ in results) else 1

@@ -14,8 +14,11 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from starter import (
+    audit_cmd,
     backup_cmd,
+    erase_cmd,
     fleet_output,
+    keys_cmd,
     list_cmd,
     maintenance_cmd,
     offsite_cmds,
@@ -49,11 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     backup_cmd.add_parser(subparsers)
     restore_cmd.add_parser(subparsers)
     tenant_cmds.add_parsers(subparsers)
+    erase_cmd.add_parser(subparsers)
     maintenance_cmd.add_parser(subparsers)
     schedules_cmd.add_parsers(subparsers)
     offsite_cmds.add_parsers(subparsers)
     sweep_cmd.add_parser(subparsers)
     fleet_output.add_parsers(subparsers)
+    audit_cmd.add_parser(subparsers)
+    keys_cmd.add_parsers(subparsers)
     worker = subparsers.add_parser("worker", help="run a worker (same as `python worker.py`)")
     worker.set_defaults(handler=None)
     return parser

@@ -9,8 +9,10 @@ from datetime import UTC, datetime
 from activities.infra.backup_facts import describe_backups, restore_candidate
 from activities.infra.catalog import Catalog
 from activities.infra.storage import open_storage
+from starter.audit_cmd import record_cli_access
 from starter.output import human_duration, human_size, table
 from starter.runs import start_and_follow
+from tenancy.audit import BACKUP_LIST
 from tenancy.contracts.backup import BackupInfo
 from tenancy.contracts.restore import RestoreTenantInput, RestoreTenantResult, UndoRestoreInput, UndoRestoreResult
 from tenancy.durations import parse_duration
@@ -79,6 +81,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         return await undo(args, settings, tenant_id, keep_previous)
     backups = await describe_backups(open_storage(settings), Catalog(settings), tenant_id)
     if args.list:
+        await record_cli_access(settings, BACKUP_LIST, tenant_id, command="restore --list", backups=len(backups))
         if args.json:
             print("[" + ",".join(b.model_dump_json() for b in backups) + "]")
         else:

@@ -9,6 +9,7 @@ from temporalio.types import MethodAsyncSingleParam
 
 from activities.infra.temporal import connect_client, ui_link
 from starter.progress import follow
+from tenancy.audit import REQUESTED_BY, local_actor
 from tenancy.naming import workflow_id
 from tenancy.search import tenant_attributes
 from tenancy.settings import Settings
@@ -67,6 +68,7 @@ async def start_and_follow(
         task_queue=settings.task_queue,
         search_attributes=tenant_attributes(tenant_id) if tenant_id else None,
         static_summary=summary,
+        memo={REQUESTED_BY: local_actor()},  # the audit trail's actor of what the run does
     )
     if no_wait:
         print(f"started {handle.id}")

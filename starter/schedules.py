@@ -24,6 +24,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.infra.catalog import Catalog
+from tenancy.audit import REQUESTED_BY, schedule_actor
 from tenancy.contracts.fleet import DrillFleetInput, FleetBackupInput, FleetMaintenanceInput
 from tenancy.contracts.health import HealthInput
 from tenancy.contracts.sweep import SweepInput
@@ -53,6 +54,8 @@ def _action(decl: ScheduleDeclaration, settings: Settings) -> ScheduleActionStar
         "task_queue": settings.task_queue,
         "execution_timeout": decl.execution_timeout,
         "static_summary": decl.description or decl.id,
+        # The audit trail's actor of what its runs do (Temporal also sets TemporalScheduledById).
+        "memo": {REQUESTED_BY: schedule_actor(decl.id)},
     }
     if decl.workflow == "backup-all":
         arg: Any = FleetBackupInput(

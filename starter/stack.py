@@ -12,10 +12,13 @@ import signal
 from urllib.parse import urlparse
 
 from activities.infra.catalog import Catalog
+from activities.infra.manifest_signing import create_key_file
+from activities.infra.storage import open_storage
 from activities.infra.temporal import connect_client
 from starter.demo import seed_tenant_data
 from starter.schedules import apply_schedules
 from starter.services import EmbeddedPostgres, TemporalDevServer, port_open
+from tenancy.audit import REQUESTED_BY, local_actor
 from tenancy.contracts.provision import ProvisionTenantInput
 from tenancy.log import get_logger
 from tenancy.search import tenant_attributes
@@ -50,16 +53,32 @@ async def _seed_demo(settings: Settings) -> list[str]:
             task_queue=settings.task_queue,
             search_attributes=tenant_attributes(tenant_id),
             static_summary=f"Provisioning of demo tenant {tenant_id}",
+            memo={REQUESTED_BY: local_actor()},
         )
         await seed_tenant_data(settings.effective_database_url, result.database_name, entries)
         created.append(tenant_id)
     return created
 
 
+def _with_signing_key(settings: Settings) -> Settings:
+    """The stack signs its backups: with TENANTS_BACKUP_SIGNING_KEY_FILE when set, else with the key file of its
+    state folder, made at first start. Not made once storage holds backups: the unsigned ones taken before would
+    no longer restore (`tenants keys init` makes it, deliberately)."""
+    if settings.backup_signing_key_file is not None:
+        return settings
+    path = settings.stack_signing_key_file
+    if not path.exists():
+        if open_storage(settings).usage() > 0:
+            return settings  # the worker says at start-up that backups are not authenticated
+        create_key_file(path)
+    return settings.model_copy(update={"backup_signing_key_file": path})
+
+
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     log = get_logger("stack")
     state = settings.state_dir.resolve()
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings = await asyncio.to_thread(_with_signing_key, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -81,9 +100,16 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         if settings.database_url:
             log.info("using PostgreSQL from TENANTS_DATABASE_URL")
         else:
-            postgres = EmbeddedPostgres(state / "pgdata", settings.embedded_pg_port)
+            postgres = EmbeddedPostgres(
+                state / "pgdata", settings.embedded_pg_port, password_file=settings.embedded_password_file
+            )
             await asyncio.to_thread(postgres.start)
-            log.info("embedded PostgreSQL started", url=postgres.url, data=str(postgres.data_dir))
+            log.info(
+                "embedded PostgreSQL started",
+                url=redact_url(postgres.url),
+                data=str(postgres.data_dir),
+                password_file=str(postgres.password_file),
+            )
         await Catalog(settings).migrate()
         worker = asyncio.create_task(run_worker(settings, stop))
         if not args.no_demo:
@@ -92,12 +118,16 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                 log.info("demo tenants created", tenants=created)
         report = await apply_schedules(await connect_client(settings), settings)
         log.info("schedules applied", created=report.created, updated=report.updated, unchanged=report.unchanged)
+        postgres_line = redact_url(settings.effective_database_url)
+        if postgres:
+            postgres_line += f" (password in {postgres.password_file})"
         print(
             f"\ntenant-lifecycle is up.\n"
             f"  Temporal Web UI : {settings.temporal_ui_url}\n"
             f"  Temporal        : {settings.temporal_address} (namespace {settings.temporal_namespace})\n"
-            f"  PostgreSQL      : {redact_url(settings.effective_database_url)}\n"
+            f"  PostgreSQL      : {postgres_line}\n"
             f"  backups         : {settings.storage_url}\n"
+            f"  signing keys    : {settings.backup_signing_key_file or 'none: backups are not authenticated'}\n"
             f"  schedules       : {', '.join(report.created + report.updated + report.unchanged)} "
             f"(tenants schedules list)\n"
             f"  try             : tenants list; tenants backup --tenant acme; tenants backup --all\n"

@@ -13,9 +13,11 @@ from activities.infra.backup_facts import describe_backups, retention_entry
 from activities.infra.catalog import Catalog
 from activities.infra.credentials import read_credentials
 from activities.infra.storage import open_storage
+from starter.audit_cmd import record_cli_access
 from starter.fleet_output import show_fleet_result
 from starter.output import human_size
 from starter.runs import start_and_follow
+from tenancy.audit import BACKUP_LIST
 from tenancy.contracts.fleet import FleetInput
 from tenancy.contracts.provision import (
     AdoptTenantInput,
@@ -320,6 +322,7 @@ async def show(args: argparse.Namespace, settings: Settings) -> int:
             ).fetchone()
             size = row[0] if row else None
     backups = await describe_backups(open_storage(settings), catalog, tenant_id)
+    await record_cli_access(settings, BACKUP_LIST, tenant_id, command="show", backups=len(backups))
     last = next((b for b in reversed(backups) if b.verified), None)
     restorable = next((b for b in reversed(backups) if is_good_copy(retention_entry(b))), None)
     kept = await catalog.kept_databases(tenant_id)

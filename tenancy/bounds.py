@@ -7,6 +7,7 @@ task, which Temporal retries forever, sometimes while the run holds a tenant's l
 
 from __future__ import annotations
 
+from tenancy.checks import validate_checks
 from tenancy.contracts.backup import BackupTenantInput
 from tenancy.contracts.fleet import DrillFleetInput, FleetBackupInput, FleetMaintenanceInput, FleetOptions, PruneInput
 from tenancy.contracts.health import HealthInput
@@ -74,6 +75,7 @@ def validate_restore(req: RestoreTenantInput) -> None:
     whole("--jobs", req.jobs, *JOBS)
     validate_keep_previous(req.keep_previous_seconds)
     validate_lock_wait(req.lock_wait_seconds)
+    validate_checks(req.checks)
 
 
 def validate_undo(req: UndoRestoreInput) -> None:

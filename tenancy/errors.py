@@ -94,6 +94,14 @@ NON_RETRYABLE += [NOT_MARKED]
 ROLE_IN_USE = "RoleInUse"
 NON_RETRYABLE += [ROLE_IN_USE]
 
+# The tenant was erased: its age key is destroyed, so nothing of it can be backed up or restored again.
+TENANT_KEY_DESTROYED = "TenantKeyDestroyed"
+NON_RETRYABLE += [TENANT_KEY_DESTROYED]
+
+# With a signing key configured: a backup whose manifest is unsigned, or not signed by a key of the keyring.
+BACKUP_NOT_AUTHENTIC = "BackupNotAuthentic"
+NON_RETRYABLE += [BACKUP_NOT_AUTHENTIC]
+
 # Retryable: an activity that cannot resume stopped cleanly because its worker is shutting down; another worker
 # runs it again.
 WORKER_SHUTDOWN = "WorkerShutdown"

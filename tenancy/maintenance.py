@@ -6,17 +6,79 @@ import math
 import re
 from collections import Counter
 
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, field_validator, model_validator
 
 from tenancy.errors import InvalidInput
 
 # The order tasks run in when several are asked, whatever order they were given in.
 TASK_ORDER = ["backup", "cleanup", "vacuum", "optimize", "analyze"]
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+# Where a rule's table is when it names no schema: where the tenant schema's migrations put their tables.
+# (Maintenance sessions search pg_catalog only, so a table is always named with its schema.)
+DEFAULT_SCHEMA = "public"
+_DOLLAR_QUOTE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
+
+
+def _name_char(char: str) -> bool:
+    """Whether `char` (one character, or "" before the start) can be part of a name."""
+    return len(char) == 1 and (char.isalnum() or char in "_$")
+
+
+def _after_quoted(text: str, start: int, quote: str, backslash_escapes: bool) -> int:
+    """Index just past the quoted string or name opened at `start` (a doubled quote is one quote); -1 if it never
+    closes."""
+    i = start + 1
+    while i < len(text):
+        escaped = backslash_escapes and text[i] == "\\"
+        if escaped or (text[i] == quote and text[i + 1 : i + 2] == quote):  # \x, or a doubled quote
+            i += 2
+        elif text[i] == quote:
+            return i + 1
+        else:
+            i += 1
+    return -1
+
+
+def condition_problem(condition: str) -> str | None:
+    """Why a cleanup rule's condition is not one SQL expression that can stand in `... AND (<condition>)`; None
+    when it is. Strings, quoted names and dollar-quoted bodies are skipped; outside them there must be no `;` (a
+    second statement), no comment (it would swallow what follows it) and no parenthesis closed that it did not
+    open (`x) OR (true` would widen the DELETE to every row past the cutoff). PostgreSQL parses it afterwards at
+    the worker's start (activities.maintenance.check_cleanup_rules)."""
+    depth, i = 0, 0
+    while i < len(condition):
+        char = condition[i]
+        if char in "'\"":
+            # E'...' strings take backslash escapes; standard strings and quoted names do not.
+            e_string = char == "'" and condition[i - 1 : i] in ("e", "E") and not _name_char(condition[i - 2 : i - 1])
+            i = _after_quoted(condition, i, char, e_string)
+            if i < 0:
+                return "has a string or a quoted name that is never closed"
+            continue
+        dollar = _DOLLAR_QUOTE.match(condition, i) if char == "$" else None
+        if dollar and not _name_char(condition[i - 1 : i]):
+            end = condition.find(dollar.group(0), dollar.end())
+            if end < 0:
+                return "has a dollar-quoted string that is never closed"
+            i = end + len(dollar.group(0))
+            continue
+        if condition.startswith(("--", "/*"), i):
+            return "has a comment (-- or /*); write it without one"
+        if char == ";":
+            return "has a `;`: a condition is one expression, never a second statement"
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                return "closes a parenthesis it did not open"
+        i += 1
+    return "leaves a parenthesis open" if depth else None
 
 
 class CleanupRule(BaseModel):
-    """Delete rows of `table` whose `timestamp_column` is older than the cutoff (and `condition`, if any)."""
+    """Delete rows of `table` whose `timestamp_column` is older than the cutoff (and `condition`, if any).
+    Rules come from the worker's settings only (TENANTS_CLEANUP_RULES), never from a workflow's input."""
 
     table: str
     timestamp_column: str
@@ -29,6 +91,24 @@ class CleanupRule(BaseModel):
         if len(parts) > 2 or not all(_IDENT.fullmatch(p) for p in parts):
             raise ValueError(f"{value!r} is not a plain (schema.)name")
         return value
+
+    @field_validator("condition")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value if value and value.strip() else None
+
+    @model_validator(mode="after")
+    def _one_expression(self) -> CleanupRule:
+        problem = condition_problem(self.condition) if self.condition else None
+        if problem:
+            raise ValueError(f"cleanup rule on {self.table}: its condition {self.condition!r} {problem}")
+        return self
+
+    @property
+    def qualified_table(self) -> tuple[str, str]:
+        """(schema, table), the schema `public` when the rule names none."""
+        schema, _, name = self.table.rpartition(".")
+        return schema or DEFAULT_SCHEMA, name
 
 
 DEFAULT_CLEANUP_RULES = [

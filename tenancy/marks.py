@@ -19,7 +19,8 @@ MarkKind = Literal[
     "scratch",  # where a restore or a drill loads a backup before it is checked
     "previous",  # a tenant database a restore set aside (kept until `keep_until`, for `tenants restore --undo`)
     "provisioning",  # a database being copied from the template, before it takes the tenant's name
-    "role",  # a tenant's login role
+    "role",  # a tenant's login role (or, for a tenant without one, the NOLOGIN role its restored objects belong to)
+    "restorer",  # the short-lived login role one restore attempt connects as (tenancy/restore_roles.py)
 ]
 
 

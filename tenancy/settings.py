@@ -5,9 +5,9 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tenancy.errors import InvalidInput
@@ -19,6 +19,10 @@ Compression = Literal["gzip", "zstd", "none"]
 # (docs/benchmarks.md).
 DEFAULT_COMPRESSION_LEVELS = {"gzip": 6, "zstd": 1, "none": 0}
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The backup signing key file of the embedded stack (`tenants up`), in its state folder.
+STACK_SIGNING_KEY_FILE = "backup-signing.keys"
+# The embedded PostgreSQL's superuser password, generated at its initdb, in this file of the state folder (0600).
+EMBEDDED_PASSWORD_FILE = "postgres-superuser-password"
 
 
 class PlanLimits(BaseModel):
@@ -64,6 +68,14 @@ class Settings(BaseSettings):
     # read the private identity from a file. Workers that only back up never need the identity.
     age_recipients: list[str] = Field(default_factory=list)
     age_identity_file: Path | None = None
+    # Signed manifests (tenancy/signing.py): a key file, one `key_id:base64secret` a line (`tenants keys init`).
+    # Set: every backup's manifest is signed with its first key, and restores and drills refuse a backup not signed
+    # by one of its keys. Unset: backups are not authenticated (`tenants up` makes one in its state folder).
+    backup_signing_key_file: Path | None = None
+    # Per-tenant keys (TENANTS_TENANT_KEYS=on): each tenant's backups are encrypted only to a key of its own, whose
+    # private half is kept in the catalog wrapped to the age recipients above (the master; the identity file
+    # unwraps it). Erasing the tenant destroys the key, so every copy of its backups, wherever it is, is unreadable.
+    tenant_keys: bool = False
 
     # zstd: pg_dump's own (`--compress=zstd`, pg_dump 16+ built with zstd), else a zstd stream the worker writes
     # around an uncompressed dump, on up to 4 cores; gzip: pg_dump's own, single-threaded, about 4-5x the time of
@@ -86,6 +98,9 @@ class Settings(BaseSettings):
     fleet_concurrency: int = Field(default=4, ge=1, le=64)
     # How long a mutating operation waits for another one on the same tenant; 0 fails at once.
     lock_wait_seconds: int = Field(default=0, ge=0, le=86_400)
+    # A tenant lock's lease, renewed by its holder's heartbeats: a holder no worker can see (another deployment
+    # sharing the catalog) loses the lock when it runs out. Why an hour: tenancy/locks.py.
+    lock_lease_seconds: int = Field(default=3600, ge=1, le=7 * 86_400)
     # pg_restore --jobs for restores (parallel restore of custom-format archives).
     restore_jobs: int = Field(default=2, ge=1, le=32)
     # How long a restore keeps the database it replaced (renamed aside), so `tenants restore --undo` can swap it
@@ -93,6 +108,8 @@ class Settings(BaseSettings):
     restore_keep_previous: int = 86_400
     # SQL queries that must each return true in a restored database before it replaces the tenant's.
     restore_checks: list[str] = Field(default_factory=list)
+    # How long one such check (or a drill's) may run, as the tenant's role, before it is cancelled and fails.
+    check_timeout_seconds: int = Field(default=30, ge=1, le=3600)
     # Cache clearing after a restore: with a Redis URL, the tenant's keys (this prefix) are deleted.
     redis_url: str | None = None
     cache_key_prefix: str = "tenant:{tenant_id}:"
@@ -138,6 +155,8 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"
+
+    _embedded_password_read: str | None = PrivateAttr(default=None)
 
     @field_validator("timezone")
     @classmethod
@@ -200,7 +219,23 @@ class Settings(BaseSettings):
     def effective_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"postgresql://postgres@127.0.0.1:{self.embedded_pg_port}/postgres"
+        password = self._embedded_password()
+        credentials = f"postgres:{quote(password, safe='')}" if password else "postgres"
+        return f"postgresql://{credentials}@127.0.0.1:{self.embedded_pg_port}/postgres"
+
+    @property
+    def embedded_password_file(self) -> Path:
+        return (self.state_dir / EMBEDDED_PASSWORD_FILE).resolve()
+
+    def _embedded_password(self) -> str | None:
+        """The embedded server's superuser password, read once it exists (`tenants up` writes it before the
+        server starts, other commands find it there); kept, so async callers read the file at most once."""
+        if self._embedded_password_read is None:
+            try:
+                self._embedded_password_read = self.embedded_password_file.read_text().strip() or None
+            except FileNotFoundError:
+                return None
+        return self._embedded_password_read
 
     def calendar_policy(self):
         from tenancy.retention import CalendarPolicy
@@ -214,6 +249,11 @@ class Settings(BaseSettings):
             yearly_years=self.calendar_yearly_years,
             max_total_bytes=cap,
         )
+
+    @property
+    def stack_signing_key_file(self) -> Path:
+        """The key file `tenants up` signs backups with when TENANTS_BACKUP_SIGNING_KEY_FILE is not set."""
+        return (self.state_dir / STACK_SIGNING_KEY_FILE).resolve()
 
     @property
     def effective_secrets_dir(self) -> Path:

@@ -109,6 +109,13 @@ def judge_role(
     return Verdict(True, f"{whose}; the role owns nothing and holds no privileges")
 
 
+def judge_restore_login(mark: Mark, run: RunState | None, now: datetime, stale: timedelta) -> Verdict:
+    """The short-lived login role of a restore attempt (marked `restorer`): removable once its run is over, whatever
+    it still holds (its privileges and anything it made are dropped with it, never handed on)."""
+    verdict = run_verdict(mark, run, now, stale)
+    return Verdict(verdict.removable, f"a restore's login role; {verdict.reason}")
+
+
 def scratch_of_work_file(name: str) -> str | None:
     """The scratch database a restore's work file belongs to; None for any other file name."""
     if name.startswith(".") and name.endswith(WORK_SUFFIX) and len(name) > len(WORK_SUFFIX) + 1:

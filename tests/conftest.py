@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -44,17 +46,23 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 
 
 @pytest.fixture(scope="session")
-def pg_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    url = os.environ.get("TENANTS_TEST_DATABASE_URL")
-    if url:
-        yield url
-        return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", free_port(), durable=False)
-    server.start()
+def embedded_server() -> Iterator[EmbeddedPostgres]:
+    """An embedded PostgreSQL of the session's own (its password file beside its data folder). Its folder is not
+    under pytest's: another pytest session starting resets that one to 0700, and the server (as root, run by a
+    system user of its own) would lose its data folder mid-run."""
+    folder = Path(tempfile.mkdtemp(prefix="tl-test-pg-"))
+    server = EmbeddedPostgres(folder / "data", free_port(), durable=False)
     try:
-        yield server.url
+        server.start()
+        yield server
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_url(request: pytest.FixtureRequest) -> str:
+    return os.environ.get("TENANTS_TEST_DATABASE_URL") or request.getfixturevalue("embedded_server").url
 
 
 @pytest.fixture(scope="session")

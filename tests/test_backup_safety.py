@@ -85,12 +85,14 @@ async def test_second_backup_of_a_busy_tenant_is_refused_then_serialized(
 
 async def test_lock_left_by_a_run_that_ended_is_taken_over(temporal_env, task_queue, make_tenant, catalog):
     tenant = await make_tenant(entries=10)
-    # As if a run had been terminated while holding the lock: the row stays, its run is gone.
+    # As if a run had been terminated while holding the lock and its history were gone: the row stays, its run
+    # cannot be found (which alone proves nothing: tests/test_lock_namespaces.py), and its lease has run out.
     with psycopg.connect(
         psycopg.conninfo.make_conninfo(catalog.admin_url, dbname=catalog.settings.catalog_database)
     ) as c:
         c.execute(
-            "INSERT INTO tenant_locks (tenant_id, operation, workflow_id, run_id) VALUES (%s, 'backup', %s, %s)",
+            "INSERT INTO tenant_locks (tenant_id, operation, workflow_id, run_id, lease_until) "
+            "VALUES (%s, 'backup', %s, %s, now() - interval '1 minute')",
             [tenant.id, "backup-ghost-run", str(uuid.uuid4())],
         )
     result = await (await start_backup(temporal_env, task_queue, tenant.id)).result()

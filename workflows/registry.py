@@ -8,6 +8,7 @@ from workflows.backup_tenant import BackupTenantWorkflow
 from workflows.deprovision_tenant import DeprovisionTenantWorkflow
 from workflows.drill import BackupDrillWorkflow, DrillAllTenantsWorkflow
 from workflows.drop_later import DropPreviousDatabaseWorkflow
+from workflows.erase_tenant import EraseTenantWorkflow
 from workflows.health_check import HealthCheckWorkflow
 from workflows.maintain_tenant import MaintainAllTenantsWorkflow, MaintainTenantWorkflow
 from workflows.migrate import MigrateAllTenantsWorkflow, MigrateTenantWorkflow
@@ -31,6 +32,7 @@ WORKFLOWS = [
     ChangeTenantStatusWorkflow,
     UpdateTenantSettingsWorkflow,
     DeprovisionTenantWorkflow,
+    EraseTenantWorkflow,
     ReinstateTenantWorkflow,
     MigrateTenantWorkflow,
     MigrateAllTenantsWorkflow,

@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.backup import BackupActivities
     from activities.catalog import CatalogActivities
     from activities.deprovision import DeprovisionActivities
+    from activities.erasure import ErasureActivities
     from activities.health import HealthActivities
     from activities.maintenance import MaintenanceActivities
     from activities.notify import NotifyActivities
@@ -57,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         PinRequest,
         RetentionRequest,
     )
+    from tenancy.messages.erasure import ErasedBackups, ErasureRecord, TenantKeyState
     from tenancy.messages.fleet import FleetOutcomes
     from tenancy.messages.health import AlertBatch, FleetHealth, HealthPage, HealthPageRequest
     from tenancy.messages.locks import LockOutcome, LockRequest, TenantPage
@@ -338,6 +340,21 @@ async def drop_leftover_databases(db: TenantDatabase) -> list[str]:
 
 async def drop_tenant_role(db: TenantDatabase) -> RoleRemoval:
     return await workflow.execute_activity_method(DeprovisionActivities.drop_tenant_role, db, **SLOW_DDL)
+
+
+# Erasure: the tenant's key destroyed, its backups deleted, the erasure recorded.
+
+
+async def destroy_tenant_key(req: TenantRequest) -> TenantKeyState:
+    return await workflow.execute_activity_method(ErasureActivities.destroy_tenant_key, req, **QUICK)
+
+
+async def erase_tenant_backups(req: TenantRequest) -> ErasedBackups:
+    return await workflow.execute_activity_method(ErasureActivities.erase_tenant_backups, req, **STORAGE)
+
+
+async def record_erasure(record: ErasureRecord) -> int:
+    return await workflow.execute_activity_method(ErasureActivities.record_erasure, record, **QUICK)
 
 
 async def check_before_reinstatement(db: TenantDatabase) -> None:

@@ -27,6 +27,10 @@ async def tenant_lock(
 
     A child run of an operation that holds the lock (the final backup of a deprovisioning, the backup before a
     maintenance) checks that its parent holds it and neither takes nor releases it.
+
+    The lock names this run's namespace and carries a lease, renewed by the run's heartbeating activities (and its
+    children's, under its lock) and by every take: another run takes it over only once this one is seen ended in
+    its namespace, or cannot be seen and its lease has run out (tenancy/locks.py).
     """
     info = workflow.info()
     if held_by_parent and info.parent is not None:
@@ -47,9 +51,10 @@ async def tenant_lock(
         if outcome.acquired:
             break
         if waited >= timedelta(seconds=wait_seconds):
+            held_in = f" (namespace {outcome.holder_namespace})" if outcome.holder_namespace else ""
             raise fail(
                 TENANT_BUSY,
-                f"tenant {tenant_id!r} is busy: {outcome.holder_operation} run {outcome.holder_workflow_id} "
+                f"tenant {tenant_id!r} is busy: {outcome.holder_operation} run {outcome.holder_workflow_id}{held_in} "
                 "is in progress; try again when it has finished",
             )
         await workflow.sleep(POLL)

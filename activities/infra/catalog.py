@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -19,8 +19,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from activities.infra.marks import mark_database
 from activities.infra.pg import connect, conninfo_for, one_row
+from tenancy.audit import BACKUP_PIN, BACKUP_UNPIN, event_action, event_backup, local_actor
 from tenancy.contracts.fleet import TenantOutcome
 from tenancy.contracts.tenants import Tenant, TenantRef
+from tenancy.locks import HolderState, holder_namespace, is_same_holder, lease_expired, may_take_over
 from tenancy.marks import Mark
 from tenancy.messages.locks import LockOutcome
 from tenancy.messages.provision import AdoptionPlan, NewTenant
@@ -33,6 +35,13 @@ CatalogConnection = psycopg.AsyncConnection[DictRow]
 
 class TenantExists(Exception):
     """A live tenant already has this id."""
+
+
+class PlanLimitReached(Exception):
+    """The owner already has as many tenants on the plan as the plan allows."""
+
+    def __init__(self, owner_email: str, plan: str, used: int) -> None:
+        super().__init__(f"{owner_email} already has {used} tenant(s) on the {plan} plan, its limit")
 
 
 # Statuses of a tenant whose database is in service.
@@ -167,7 +176,8 @@ MIGRATIONS: list[str] = [
     REVOKE UPDATE, DELETE, TRUNCATE ON audit_log FROM PUBLIC;
     """,
     # 9: a lock names the namespace of its holder (two deployments may share a catalog) and has a lease, renewed
-    # by the holder's heartbeats; NULL in rows written before: no lease, the holder must be proven closed.
+    # by the holder's heartbeats; NULL in rows written before: this deployment's namespace, and a lease counted
+    # from acquired_at (tenancy/locks.py).
     """
     ALTER TABLE tenant_locks ADD COLUMN namespace text;
     ALTER TABLE tenant_locks ADD COLUMN lease_until timestamptz;
@@ -192,17 +202,54 @@ MIGRATIONS: list[str] = [
 _MIGRATION_LOCK_KEY = 7_411_902_315
 # With the tenant id's hash: serialises the takers of one tenant's lock.
 _LOCK_KEY = 7_411_902
+# With the hash of owner and plan: the sign-ups of one owner on one plan count and record one at a time.
+_PLAN_LOCK_KEY = 7_411_903
+# The tenants that count against an owner's plan limit: not deprovisioned or failed ones.
+_OWNER_TENANTS_SQL = (
+    "SELECT count(*) AS n FROM tenants WHERE owner_email = %s AND plan = %s "
+    "AND status NOT IN ('deprovisioned', 'failed')"
+)
 # Operations that may run while a drill holds the tenant in shared mode (and a drill while they run).
 SHARED_COMPATIBLE = {"backup", "pin"}
 
 
 async def _append_event(
-    conn: CatalogConnection, tenant_id: str, event_type: str, data: dict[str, Any], workflow_id: str | None
+    conn: CatalogConnection,
+    tenant_id: str,
+    event_type: str,
+    data: dict[str, Any],
+    workflow_id: str | None,
+    actor: str | None = None,
 ) -> int:
+    """Append an event; one that is a lifecycle change (tenancy.audit.event_action) gets its audit row in the same
+    transaction, so a change is never recorded without it. `actor`: who asked (default: this process's user)."""
     row = await one_row(
         await conn.execute(
             "INSERT INTO tenant_events (tenant_id, type, data, workflow_id) VALUES (%s, %s, %s, %s) RETURNING id",
             [tenant_id, event_type, Jsonb(data), workflow_id],
+        )
+    )
+    action = event_action(event_type, data)
+    if action is not None:
+        detail = {**data, "event_id": row["id"]}
+        await _append_audit(conn, actor or local_actor(), action, tenant_id, event_backup(data), workflow_id, detail)
+    return row["id"]
+
+
+async def _append_audit(
+    conn: CatalogConnection,
+    actor: str,
+    action: str,
+    tenant_id: str | None,
+    backup_name: str | None,
+    workflow_id: str | None,
+    detail: dict[str, Any] | None,
+) -> int:
+    row = await one_row(
+        await conn.execute(
+            "INSERT INTO audit_log (actor, action, tenant_id, backup_name, workflow_id, detail) "
+            "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+            [actor, action, tenant_id, backup_name, workflow_id, Jsonb(detail or {})],
         )
     )
     return row["id"]
@@ -364,19 +411,22 @@ class Catalog:
     async def count_owner_tenants(self, owner_email: str, plan: str) -> int:
         """Tenants an owner has on a plan, not counting deprovisioned or failed ones."""
         async with self._connection() as conn:
-            row = await one_row(
-                await conn.execute(
-                    "SELECT count(*) AS n FROM tenants WHERE owner_email = %s AND plan = %s "
-                    "AND status NOT IN ('deprovisioned', 'failed')",
-                    [owner_email, plan],
-                )
-            )
+            row = await one_row(await conn.execute(_OWNER_TENANTS_SQL, [owner_email, plan]))
         return row["n"]
 
-    async def record_provisioning(self, new: NewTenant) -> tuple[Tenant, bool]:
+    async def record_provisioning(self, new: NewTenant, max_tenants: int | None = None) -> tuple[Tenant, bool]:
         """Record the tenant as `provisioning`. Returns (tenant, created); created is False when the same request
-        was already recorded (a retried activity). Another live tenant with the id raises TenantExists."""
+        was already recorded (a retried activity). Another live tenant with the id raises TenantExists.
+
+        With `max_tenants` (the plan's limit), the owner's tenants on the plan are counted and the new one recorded
+        in one transaction, under a lock of that owner and plan: sign-ups at the same moment take turns, so they
+        never both see room for the last tenant. One over the limit raises PlanLimitReached, recording nothing."""
         async with self._connection() as conn, conn.transaction():
+            if max_tenants is not None:
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                    [_PLAN_LOCK_KEY, f"{new.owner_email}\n{new.plan}"],
+                )
             row = await (
                 await conn.execute("SELECT * FROM tenants WHERE id = %s FOR UPDATE", [new.tenant_id])
             ).fetchone()
@@ -384,6 +434,10 @@ class Catalog:
                 return Tenant.model_validate(row), False
             if row and row["status"] not in ("failed",):
                 raise TenantExists(f"tenant {new.tenant_id!r} already exists ({row['status']})")
+            if max_tenants is not None:
+                used = (await one_row(await conn.execute(_OWNER_TENANTS_SQL, [new.owner_email, new.plan])))["n"]
+                if used >= max_tenants:
+                    raise PlanLimitReached(new.owner_email, new.plan, used)
             values = [new.name, new.plan, new.owner_email, new.database_name, new.role_name, Jsonb(new.settings)]
             if row:  # a failed attempt may be provisioned again
                 row = await (
@@ -413,6 +467,7 @@ class Catalog:
         workflow_id: str | None,
         check: Callable[[str, str], None],
         data: dict[str, Any] | None = None,
+        actor: str | None = None,
     ) -> tuple[str, int | None]:
         """Move the tenant to `new_status` (after `check(old, new)`) and append the event (with `data` besides
         the statuses), in one transaction. Returns (old status, event id); changing to the status it already has
@@ -432,10 +487,10 @@ class Catalog:
                 [new_status, reason, tenant_id],
             )
             event = {**(data or {}), "old_status": old, "new_status": new_status, "reason": reason}
-            return old, await _append_event(conn, tenant_id, event_type, event, workflow_id)
+            return old, await _append_event(conn, tenant_id, event_type, event, workflow_id, actor)
 
     async def update_settings(
-        self, tenant_id: str, merge: Callable[[dict], dict], workflow_id: str | None
+        self, tenant_id: str, merge: Callable[[dict], dict], workflow_id: str | None, actor: str | None = None
     ) -> tuple[dict, int]:
         async with self._connection() as conn, conn.transaction():
             row = await (
@@ -448,7 +503,7 @@ class Catalog:
                 "UPDATE tenants SET settings = %s, updated_at = now() WHERE id = %s", [Jsonb(merged), tenant_id]
             )
             data = {"old": row["settings"], "new": merged}
-            return merged, await _append_event(conn, tenant_id, "TenantSettingsChanged", data, workflow_id)
+            return merged, await _append_event(conn, tenant_id, "TenantSettingsChanged", data, workflow_id, actor)
 
     async def record_maintenance(self, tenant_id: str, summary: dict[str, Any], workflow_id: str | None) -> int:
         async with self._connection() as conn, conn.transaction():
@@ -496,13 +551,19 @@ class Catalog:
         operation: str,
         workflow_id: str,
         run_id: str,
-        holder_is_gone: Callable[[str, str], Awaitable[bool]],
+        holder_state: Callable[[str, str, str], Awaitable[HolderState]],
+        *,
+        namespace: str,
+        lease: timedelta,
         shared: bool = False,
     ) -> LockOutcome:
         """Take the tenant's operation lock, or say who holds it.
 
         The lock belongs to a workflow run, not to a worker: a crashed worker's run goes on elsewhere and still
-        releases it. A lock whose run has ended without releasing it (terminated, timed out) is taken over.
+        releases it. A holder is a workflow id in a Temporal namespace (`namespace` is the taker's, and the holder's
+        of rows that name none). Another holder's lock is taken over only when `holder_state(namespace, workflow_id,
+        run_id)` proves its run ended, or cannot see it and its lease has expired (tenancy/locks.py). Taking the
+        lock, or taking it again, gives it a lease of `lease` from now.
 
         Shared holds (drills) go together with each other and with the operations in SHARED_COMPATIBLE (a backup
         may run during a drill); any other operation waits for them, and they wait for it.
@@ -510,12 +571,30 @@ class Catalog:
         async with self._connection() as conn, conn.transaction():
             # Exclusive and shared takers of one tenant decide one at a time.
             await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [_LOCK_KEY, tenant_id])
+            # The catalog's clock, as leases are written with it; read once the advisory lock is ours.
+            now = (await one_row(await conn.execute("SELECT clock_timestamp() AS now")))["now"]
+            lease_until = now + lease
+
+            def mine(holder: dict[str, Any]) -> bool:
+                return is_same_holder(holder["namespace"], holder["workflow_id"], namespace, workflow_id)
+
+            async def ended(holder: dict[str, Any]) -> bool:
+                state = await holder_state(
+                    holder_namespace(holder["namespace"], namespace), holder["workflow_id"], holder["run_id"]
+                )
+                return may_take_over(state, lease_expired(holder["lease_until"], holder["acquired_at"], lease, now))
+
+            def busy(holder: dict[str, Any]) -> LockOutcome:
+                held_in = holder_namespace(holder["namespace"], namespace)
+                return LockOutcome(
+                    acquired=False,
+                    holder_workflow_id=holder["workflow_id"],
+                    holder_operation=holder["operation"],
+                    holder_namespace=held_in if held_in != namespace else None,
+                )
+
             row = await (await conn.execute("SELECT * FROM tenant_locks WHERE tenant_id = %s", [tenant_id])).fetchone()
-            if (
-                row is not None
-                and row["workflow_id"] != workflow_id
-                and await holder_is_gone(row["workflow_id"], row["run_id"])
-            ):
+            if row is not None and not mine(row) and await ended(row):
                 await conn.execute("DELETE FROM tenant_locks WHERE tenant_id = %s", [tenant_id])
                 taken_over, row = row, None
             else:
@@ -527,54 +606,84 @@ class Catalog:
             )
             if shared:
                 if row is not None and row["operation"] not in SHARED_COMPATIBLE:
-                    return LockOutcome(
-                        acquired=False, holder_workflow_id=row["workflow_id"], holder_operation=row["operation"]
+                    return busy(row)
+                held = await (
+                    await conn.execute(
+                        "INSERT INTO tenant_shared_locks (tenant_id, workflow_id, run_id, operation, namespace, "
+                        "lease_until) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, workflow_id) DO UPDATE "
+                        "SET run_id = excluded.run_id, namespace = excluded.namespace, "
+                        "lease_until = excluded.lease_until "
+                        "WHERE coalesce(tenant_shared_locks.namespace, excluded.namespace) = excluded.namespace "
+                        "RETURNING workflow_id",
+                        [tenant_id, workflow_id, run_id, operation, namespace, lease_until],
                     )
-                await conn.execute(
-                    "INSERT INTO tenant_shared_locks (tenant_id, workflow_id, run_id, operation) "
-                    "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                    [tenant_id, workflow_id, run_id, operation],
-                )
+                ).fetchone()
+                if held is None:  # the same workflow id, another deployment's: its hold, not ours
+                    other = await one_row(
+                        await conn.execute(
+                            "SELECT * FROM tenant_shared_locks WHERE tenant_id = %s AND workflow_id = %s",
+                            [tenant_id, workflow_id],
+                        )
+                    )
+                    return busy(other)
                 return LockOutcome(acquired=True, **previous)
             if row is not None:
-                if row["workflow_id"] == workflow_id:
-                    return LockOutcome(acquired=True)
-                return LockOutcome(
-                    acquired=False, holder_workflow_id=row["workflow_id"], holder_operation=row["operation"]
+                if not mine(row):
+                    return busy(row)
+                # Taken again (a retried take, a child under its parent's lock, a new run of the workflow id).
+                await conn.execute(
+                    "UPDATE tenant_locks SET run_id = %s, namespace = %s, lease_until = %s WHERE tenant_id = %s",
+                    [run_id, namespace, lease_until, tenant_id],
                 )
+                return LockOutcome(acquired=True)
             if operation not in SHARED_COMPATIBLE:
                 holders = await (
                     await conn.execute(
-                        "SELECT * FROM tenant_shared_locks WHERE tenant_id = %s AND workflow_id <> %s "
-                        "ORDER BY acquired_at",
-                        [tenant_id, workflow_id],
+                        "SELECT * FROM tenant_shared_locks WHERE tenant_id = %s ORDER BY acquired_at", [tenant_id]
                     )
                 ).fetchall()
                 for holder in holders:
-                    if await holder_is_gone(holder["workflow_id"], holder["run_id"]):
+                    if mine(holder):
+                        continue
+                    if await ended(holder):
                         await conn.execute(
                             "DELETE FROM tenant_shared_locks WHERE tenant_id = %s AND workflow_id = %s",
                             [tenant_id, holder["workflow_id"]],
                         )
                         continue
-                    return LockOutcome(
-                        acquired=False, holder_workflow_id=holder["workflow_id"], holder_operation=holder["operation"]
-                    )
+                    return busy(holder)
             await conn.execute(
-                "INSERT INTO tenant_locks (tenant_id, operation, workflow_id, run_id) VALUES (%s, %s, %s, %s)",
-                [tenant_id, operation, workflow_id, run_id],
+                "INSERT INTO tenant_locks (tenant_id, operation, workflow_id, run_id, namespace, lease_until) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                [tenant_id, operation, workflow_id, run_id, namespace, lease_until],
             )
             return LockOutcome(acquired=True, **previous)
 
-    async def release_lock(self, tenant_id: str, workflow_id: str) -> bool:
+    async def release_lock(self, tenant_id: str, workflow_id: str, *, namespace: str) -> bool:
+        """The workflow's hold of the tenant, exclusive or shared, ends; a hold of the same workflow id in another
+        namespace is another deployment's and stays."""
         async with self._connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "DELETE FROM tenant_locks WHERE tenant_id = %s AND workflow_id = %s", [tenant_id, workflow_id]
-            )
-            shared = await conn.execute(
-                "DELETE FROM tenant_shared_locks WHERE tenant_id = %s AND workflow_id = %s", [tenant_id, workflow_id]
-            )
+            where = "WHERE tenant_id = %s AND workflow_id = %s AND coalesce(namespace, %s) = %s"
+            params = [tenant_id, workflow_id, namespace, namespace]
+            cur = await conn.execute("DELETE FROM tenant_locks " + where, params)
+            shared = await conn.execute("DELETE FROM tenant_shared_locks " + where, params)
             return cur.rowcount + shared.rowcount > 0
+
+    async def renew_lock_leases(self, namespace: str, run_id: str, lease: timedelta) -> int:
+        """The run's holds (exclusive and shared) get a lease of `lease` from now; how many it has. Rows from before
+        locks named their namespace get this one (they were this deployment's)."""
+        async with self._connection() as conn, conn.transaction():
+            renewed = 0
+            for table in ("tenant_locks", "tenant_shared_locks"):
+                cur = await conn.execute(
+                    sql.SQL(
+                        "UPDATE {} SET lease_until = now() + %s, namespace = coalesce(namespace, %s) "
+                        "WHERE run_id = %s AND coalesce(namespace, %s) = %s"
+                    ).format(sql.Identifier(table)),
+                    [lease, namespace, run_id, namespace, namespace],
+                )
+                renewed += cur.rowcount
+            return renewed
 
     async def backup_facts(self, tenant_id: str) -> dict[str, dict[str, Any]]:
         """What the catalog knows of each of the tenant's backups (pins, drills, restorable), by name."""
@@ -582,14 +691,19 @@ class Catalog:
             rows = await (await conn.execute("SELECT * FROM backups WHERE tenant_id = %s", [tenant_id])).fetchall()
         return {r["name"]: r for r in rows}
 
-    async def set_backup_pinned(self, tenant_id: str, name: str, pinned: bool) -> None:
-        """One statement on one column: a pin never overwrites a drill's outcome, nor the other way round."""
+    async def set_backup_pinned(
+        self, tenant_id: str, name: str, pinned: bool, actor: str | None = None, workflow_id: str | None = None
+    ) -> None:
+        """One statement on one column: a pin never overwrites a drill's outcome, nor the other way round. Audited
+        (backup.pin / backup.unpin) in the same transaction."""
         async with self._connection() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO backups (tenant_id, name, pinned) VALUES (%s, %s, %s) ON CONFLICT (tenant_id, name) "
                 "DO UPDATE SET pinned = excluded.pinned, updated_at = now()",
                 [tenant_id, name, pinned],
             )
+            action = BACKUP_PIN if pinned else BACKUP_UNPIN
+            await _append_audit(conn, actor or local_actor(), action, tenant_id, name, workflow_id, None)
 
     async def record_backup_drill(self, tenant_id: str, name: str, ok: bool) -> None:
         """A passed drill proves the backup restorable; a failed one marks it so it never counts as a good copy."""
@@ -606,6 +720,39 @@ class Catalog:
         """The backup was deleted: its facts go with it."""
         async with self._connection() as conn, conn.transaction():
             await conn.execute("DELETE FROM backups WHERE tenant_id = %s AND name = %s", [tenant_id, name])
+
+    async def forget_all_backups(self, tenant_id: str) -> int:
+        """Every backup of the tenant was deleted (an erasure): their facts go, pins included."""
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute("DELETE FROM backups WHERE tenant_id = %s", [tenant_id])
+            return cur.rowcount
+
+    async def tenant_key(self, tenant_id: str) -> dict[str, Any] | None:
+        """The tenant's key row (recipient, wrapped identity, destroyed_at/by), if it has one."""
+        async with self._connection() as conn:
+            return await (await conn.execute("SELECT * FROM tenant_keys WHERE tenant_id = %s", [tenant_id])).fetchone()
+
+    async def add_tenant_key(self, tenant_id: str, recipient: str, wrapped_identity: bytes) -> dict[str, Any]:
+        """Keep this key unless the tenant already has one (two first backups may race): the row that is kept,
+        this one or the other, is returned, so every caller encrypts to the same recipient."""
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO tenant_keys (tenant_id, recipient, wrapped_identity) VALUES (%s, %s, %s) "
+                "ON CONFLICT (tenant_id) DO NOTHING",
+                [tenant_id, recipient, wrapped_identity],
+            )
+            return await one_row(await conn.execute("SELECT * FROM tenant_keys WHERE tenant_id = %s", [tenant_id]))
+
+    async def destroy_tenant_key(self, tenant_id: str, destroyed_by: str) -> dict[str, Any] | None:
+        """Destroy the tenant's wrapped identity (the recipient stays, as a record of which key it was). Idempotent:
+        a key already destroyed keeps who destroyed it and when. None when the tenant never had a key."""
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE tenant_keys SET wrapped_identity = NULL, destroyed_at = now(), destroyed_by = %s "
+                "WHERE tenant_id = %s AND destroyed_at IS NULL",
+                [destroyed_by, tenant_id],
+            )
+            return await (await conn.execute("SELECT * FROM tenant_keys WHERE tenant_id = %s", [tenant_id])).fetchone()
 
     async def record_fleet_outcomes(
         self, fleet_workflow_id: str, fleet_run_id: str, outcomes: list[TenantOutcome]
@@ -644,11 +791,17 @@ class Catalog:
         return [TenantOutcome.model_validate(r) for r in rows]
 
     async def record_event(
-        self, tenant_id: str, event_type: str, data: dict[str, Any], workflow_id: str | None = None
+        self,
+        tenant_id: str,
+        event_type: str,
+        data: dict[str, Any],
+        workflow_id: str | None = None,
+        actor: str | None = None,
     ) -> int:
-        """Append an event (the table is append-only: events are never updated or deleted)."""
+        """Append an event (the table is append-only: events are never updated or deleted), with its audit row
+        when it is a lifecycle change."""
         async with self._connection() as conn, conn.transaction():
-            return await _append_event(conn, tenant_id, event_type, data, workflow_id)
+            return await _append_event(conn, tenant_id, event_type, data, workflow_id, actor)
 
     async def event(self, event_id: int) -> dict[str, Any] | None:
         async with self._connection() as conn:
@@ -661,6 +814,46 @@ class Catalog:
                     "SELECT * FROM tenant_events WHERE tenant_id = %s ORDER BY id DESC LIMIT %s", [tenant_id, limit]
                 )
             ).fetchall()
+
+    async def audit(
+        self,
+        actor: str,
+        action: str,
+        tenant_id: str | None = None,
+        backup_name: str | None = None,
+        workflow_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> int:
+        """Append a row to the audit trail (append-only: the table refuses updates and deletes). Raises when it
+        cannot be written: the access it records must not go unrecorded."""
+        async with self._connection() as conn, conn.transaction():
+            return await _append_audit(conn, actor, action, tenant_id, backup_name, workflow_id, detail)
+
+    async def audit_entries(
+        self,
+        tenant_id: str | None = None,
+        since: datetime | None = None,
+        action_prefix: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """The newest `limit` audit rows matching, oldest first (as a log reads)."""
+        conditions = [sql.SQL("true")]
+        params: dict[str, Any] = {"limit": limit}
+        if tenant_id is not None:
+            conditions.append(sql.SQL("tenant_id = %(tenant)s"))
+            params["tenant"] = tenant_id
+        if since is not None:
+            conditions.append(sql.SQL("at >= %(since)s"))
+            params["since"] = since
+        if action_prefix:
+            conditions.append(sql.SQL("left(action, length(%(prefix)s)) = %(prefix)s"))
+            params["prefix"] = action_prefix
+        query = sql.SQL("SELECT * FROM audit_log WHERE {} ORDER BY at DESC, id DESC LIMIT %(limit)s").format(
+            sql.SQL(" AND ").join(conditions)
+        )
+        async with self._connection() as conn:
+            rows = await (await conn.execute(query, params)).fetchall()
+        return rows[::-1]
 
     async def record_kept_database(
         self, name: str, tenant_id: str, database_name: str, workflow_id: str, backup_name: str | None, kept_until
@@ -754,7 +947,7 @@ class Catalog:
                     [*values, plan.tenant_id],
                 )
 
-    async def record_adopted(self, plan: AdoptionPlan, marker: str, workflow_id: str) -> int:
+    async def record_adopted(self, plan: AdoptionPlan, marker: str, workflow_id: str, actor: str | None = None) -> int:
         """The adopted tenant is active (a mark-only adoption keeps its status), with one TenantAdopted event per
         run: a retried call returns the event it recorded."""
         async with self._connection() as conn, conn.transaction():
@@ -785,14 +978,16 @@ class Catalog:
                 "plan": plan.plan,
                 "owner_email": plan.owner_email,
             }
-            return await _append_event(conn, plan.tenant_id, "TenantAdopted", data, workflow_id)
+            return await _append_event(conn, plan.tenant_id, "TenantAdopted", data, workflow_id, actor)
 
     async def adoption_event(self, tenant_id: str, workflow_id: str) -> int | None:
         """The TenantAdopted event this run recorded: its adoption finished."""
         async with self._connection() as conn:
             return await _adoption_event(conn, tenant_id, workflow_id)
 
-    async def fail_adoption(self, tenant_id: str, marker: str, reason: str, workflow_id: str) -> bool:
+    async def fail_adoption(
+        self, tenant_id: str, marker: str, reason: str, workflow_id: str, actor: str | None = None
+    ) -> bool:
         """An adoption that did not finish: the row it recorded (and only that one) becomes failed."""
         async with self._connection() as conn, conn.transaction():
             cur = await conn.execute(
@@ -802,5 +997,5 @@ class Catalog:
             )
             if cur.rowcount:
                 data = {"old_status": "provisioning", "new_status": "failed", "reason": reason[:500]}
-                await _append_event(conn, tenant_id, "TenantAdoptionFailed", data, workflow_id)
+                await _append_event(conn, tenant_id, "TenantAdoptionFailed", data, workflow_id, actor)
             return cur.rowcount > 0

@@ -28,6 +28,8 @@ class Heap:
     schema: str
     name: str
     alias: str | None = None  # a child or partition goes by the rule's table name
+    # Who owns this file: its DELETEs run as that role (see `as_owner`), never as the admin.
+    owner: str | None = None
 
     @property
     def key(self) -> str:
@@ -79,13 +81,21 @@ def old_rows(rule: CleanupRule, cutoff: datetime) -> sql.Composable:
     return where
 
 
+def explain_rule(rule: CleanupRule, cutoff: datetime) -> sql.Composed:
+    """PostgreSQL's plan of what a rule reads, reading nothing: the table, column and condition are checked, the
+    condition parsed. (Sent prepared, as one statement: a second one is refused.)"""
+    return sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE {}").format(
+        sql.Identifier(*rule.qualified_table), old_rows(rule, cutoff)
+    )
+
+
 _HEAPS = """
 WITH RECURSIVE tree(oid) AS (
     SELECT {oid}::oid
     UNION
     SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid
 )
-SELECT c.oid, n.nspname, c.relname
+SELECT c.oid, n.nspname, c.relname, pg_get_userbyid(c.relowner)
 FROM tree JOIN pg_class c ON c.oid = tree.oid JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r' AND c.relpersistence <> 't'
 ORDER BY 2, 3
@@ -98,7 +108,7 @@ async def rule_heaps(conn: psycopg.AsyncConnection, rule: CleanupRule, cutoff: d
     oid, kind = await _one(
         conn,
         sql.SQL("SELECT c.oid, c.relkind FROM pg_class c WHERE c.oid = to_regclass({})").format(
-            sql.Literal(rule.table)
+            sql.Literal(".".join(rule.qualified_table))  # plain names (CleanupRule): nothing to quote
         ),
     ) or (None, None)
     if oid is None:
@@ -116,11 +126,7 @@ async def rule_heaps(conn: psycopg.AsyncConnection, rule: CleanupRule, cutoff: d
         return f"has no column {rule.timestamp_column}"
     # The condition may name a column or a function this database does not have: planning tells, reading nothing.
     try:
-        await conn.execute(
-            sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE {}").format(
-                sql.Identifier(*rule.table.split(".")), old_rows(rule, cutoff)
-            )
-        )
+        await conn.execute(explain_rule(rule, cutoff), prepare=True)
     except (
         psycopg.errors.UndefinedColumn,
         psycopg.errors.UndefinedTable,
@@ -130,7 +136,7 @@ async def rule_heaps(conn: psycopg.AsyncConnection, rule: CleanupRule, cutoff: d
         return f"does not fit this database: {str(exc).strip().splitlines()[0]}"
     rows = await (await conn.execute(sql.SQL(_HEAPS).format(oid=sql.Literal(oid)))).fetchall()
     alias = rule.table.split(".")[-1]
-    return [Heap(oid=o, schema=s, name=n, alias=None if o == oid else alias) for o, s, n in rows]
+    return [Heap(oid=o, schema=s, name=n, alias=None if o == oid else alias, owner=w) for o, s, n, w in rows]
 
 
 async def count_old(conn: psycopg.AsyncConnection, heap: Heap, where: sql.Composable) -> int:
@@ -161,6 +167,16 @@ def delete_blocks(heap: Heap, where: sql.Composable, lo: int, hi: int) -> sql.Co
     return sql.SQL("DELETE FROM {} WHERE ctid >= {}::tid AND ctid < {}::tid AND {}").format(
         heap.source, sql.Literal(f"({lo},0)"), sql.Literal(f"({hi},0)"), where
     )
+
+
+def as_owner(heap: Heap) -> sql.Composed | None:
+    """The statement that makes a DELETE run as the table's owner (inside its transaction): a DELETE fires the
+    table's triggers and policies, which are the tenant's code when the tenant's role owns the table (a restored
+    one does); run as the admin they would run with the admin's rights. PostgreSQL does the same for VACUUM and
+    ANALYZE (they run index functions as the table owner)."""
+    if heap.owner is None:
+        return None
+    return sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(heap.owner))
 
 
 def delete_some(heap: Heap, where: sql.Composable, limit: int) -> sql.Composed:

@@ -54,6 +54,30 @@ async def connect(
     return await psycopg.AsyncConnection.connect(info, autocommit=autocommit, row_factory=row_factory)
 
 
+# What an admin session in a tenant's database searches: the system catalog, then its own temporary schema
+# (listed last, so nothing there can shadow a catalog name). Never `public` or any schema a tenant role could
+# have written to: a function or operator planted there (public.pg_relation_size(oid) is a better match for an
+# oid than the catalog's regclass one) would otherwise run with the admin's rights.
+SAFE_SEARCH_PATH = "pg_catalog, pg_temp"
+
+
+def tenant_conninfo(admin_url: str, dbname: str) -> str:
+    """The admin connection string into a tenant's database, its search_path set when the session starts (a
+    startup option outranks any ALTER DATABASE/ROLE ... SET), before any statement runs."""
+    options = conninfo_to_dict(admin_url).get("options")
+    search_path = "-c search_path=" + SAFE_SEARCH_PATH.replace(" ", "")
+    return make_conninfo(admin_url, dbname=dbname, options=f"{options} {search_path}" if options else search_path)
+
+
+async def connect_to_tenant_db(
+    admin_url: str, dbname: str, *, autocommit: bool = False
+) -> psycopg.AsyncConnection[TupleRow]:
+    """An admin connection into a tenant's (or the template's, or a copy's) database for maintenance, checks and
+    clean-up: it resolves names in the system catalog only, so whatever its SQL names that is not schema-qualified
+    is the catalog's. (Migrations and the seed, whose SQL names the tenant's own tables, use `connect`.)"""
+    return await psycopg.AsyncConnection.connect(tenant_conninfo(admin_url, dbname), autocommit=autocommit)
+
+
 async def one_row(cursor: psycopg.AsyncCursor[RowT]) -> RowT:
     """The row of a query that always returns one (an aggregate, SHOW, INSERT ... RETURNING)."""
     row = await cursor.fetchone()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from activities.infra.marks import database_mark, mark_database
-from activities.infra.pg import connect, one_row
+from activities.infra.pg import connect, connect_to_tenant_db, one_row
 from tenancy.errors import INVALID_INPUT, MIGRATION_CHANGED, SCHEMA_ERROR, TENANT_EXISTS, fail
 from tenancy.marks import Mark
 from tenancy.naming import provisioning_database_name
@@ -117,8 +118,39 @@ async def database_exists(conn: psycopg.AsyncConnection, name: str) -> bool:
     return await (await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])).fetchone() is not None
 
 
+_PUBLIC_MAY_CREATE = """
+SELECT n.oid IS NOT NULL AND pg_catalog.has_schema_privilege('public', n.oid, 'CREATE')
+FROM (SELECT pg_catalog.to_regnamespace('public') AS oid) n
+"""
+_PUBLIC_MAY_CONNECT = """
+SELECT pg_catalog.has_database_privilege('public', pg_catalog.current_database(), 'CONNECT')
+    OR pg_catalog.has_database_privilege('public', pg_catalog.current_database(), 'TEMPORARY')
+"""
+
+
+async def harden_public_schema(conn: psycopg.AsyncConnection) -> bool:
+    """Take CREATE on schema public from PUBLIC (every role) in the connection's database, where PostgreSQL 14 and
+    older grant it: a tenant role could otherwise put functions or operators there that an admin session (a
+    migration, a maintenance, a restore) would run. Tenant roles keep USAGE and what they are granted on the
+    tables; they own nothing. True when it had to be taken."""
+    granted = bool((await one_row(await conn.execute(_PUBLIC_MAY_CREATE)))[0])
+    if granted:
+        await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    return granted
+
+
+async def _template_is_hardened(conn: psycopg.AsyncConnection) -> bool:
+    """No role but the admin may connect to the template (what is planted in it would be in every copy), and
+    none may create in its schema public."""
+    may_connect = (await one_row(await conn.execute(_PUBLIC_MAY_CONNECT)))[0]
+    may_create = (await one_row(await conn.execute(_PUBLIC_MAY_CREATE)))[0]
+    return not may_connect and not may_create
+
+
 async def ensure_template(admin_url: str, template: str, folder: Path) -> str | None:
-    """Keep `template` at the newest migration; rebuild it from template0 when the files changed.
+    """Keep `template` at the newest migration; rebuild it from template0 when the files changed, or when it is
+    not hardened (one an earlier release built, which any role could connect to and, on PostgreSQL 14 and older,
+    create in: whatever may have been put in it is not copied into another tenant).
     Returns the schema version (the newest migration) it holds."""
     migrations = migration_files(folder)
     wanted = {m.version: m.checksum for m in migrations}
@@ -127,7 +159,7 @@ async def ensure_template(admin_url: str, template: str, folder: Path) -> str | 
         try:
             if await database_exists(admin, template):
                 async with await connect(admin_url, template, autocommit=True) as conn:
-                    if await applied_migrations(conn) == wanted:
+                    if await applied_migrations(conn) == wanted and await _template_is_hardened(conn):
                         return migrations[-1].version if migrations else None
                     ours = await _has_ledger(conn)
                 if not ours:  # a database of the template's name that this project did not build: left alone
@@ -138,11 +170,26 @@ async def ensure_template(admin_url: str, template: str, folder: Path) -> str | 
                     )
                 await admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(template)))
             await admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(template)))
+            await admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(template)))
             async with await connect(admin_url, template, autocommit=True) as conn:
                 await apply_migrations(conn, migrations)
+                await harden_public_schema(conn)  # after them: what the template holds is always hardened
         finally:
             await admin.execute("SELECT pg_advisory_unlock(%s)", [TEMPLATE_LOCK_KEY])
     return migrations[-1].version if migrations else None
+
+
+@asynccontextmanager
+async def template_session(admin_url: str, template: str) -> AsyncIterator[psycopg.AsyncConnection]:
+    """A session in the template database (names resolved in pg_catalog only), holding the template's lock
+    exclusively: a copy of the template fails while any session is connected to it."""
+    async with await connect(admin_url, autocommit=True) as admin:
+        await admin.execute("SELECT pg_advisory_lock(%s)", [TEMPLATE_LOCK_KEY])
+        try:
+            async with await connect_to_tenant_db(admin_url, template, autocommit=True) as conn:
+                yield conn
+        finally:
+            await admin.execute("SELECT pg_advisory_unlock(%s)", [TEMPLATE_LOCK_KEY])
 
 
 def existing_database_message(name: str) -> str:
@@ -186,6 +233,8 @@ async def _copy_template(admin: psycopg.AsyncConnection, template: str, copy: st
     finally:
         await admin.execute("SELECT pg_advisory_unlock_shared(%s)", [TEMPLATE_LOCK_KEY])
     await mark_database(admin, copy, mark)
+    # A new database lets every role connect: only the tenant's own role will (create_tenant_role grants it).
+    await admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(copy)))
 
 
 async def create_from_template(

@@ -10,6 +10,7 @@ aborted on any error. Nothing holds a whole backup in memory. Local folders are 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import stat
@@ -18,9 +19,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlparse
 
+from activities.infra.manifest_signing import read_keyring
 from tenancy.contracts.backup import BackupInfo, BackupManifest
 from tenancy.errors import InvalidInput
 from tenancy.naming import (
@@ -32,6 +34,7 @@ from tenancy.naming import (
     partial_name,
 )
 from tenancy.settings import Settings
+from tenancy.signing import KEY_ID_FIELD, SIGNATURE_FIELD, sign_document
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -51,6 +54,10 @@ def _fsync_dir(path: Path) -> None:
 
 class Storage(ABC):
     """What backups, restores, retention and health need from a place that keeps backups."""
+
+    # Set (open_storage, from TENANTS_BACKUP_SIGNING_KEY_FILE): every manifest written is signed with its first
+    # key, and activities.infra.manifest_signing.authentic_manifest refuses one no key of it signed.
+    signing_key_file: Path | None = None
 
     @staticmethod
     def key(tenant_id: str, name: str) -> str:
@@ -140,18 +147,37 @@ class Storage(ABC):
             )
         return infos
 
-    def write_manifest(self, manifest: BackupManifest) -> None:
+    def write_manifest(self, manifest: BackupManifest) -> BackupManifest:
+        """Write a backup's manifest, signed when a signing key file is set (any earlier signature is dropped:
+        every manifest written, wherever, is signed anew or not at all); returns it as written."""
+        document = manifest.model_dump(mode="json", exclude={KEY_ID_FIELD, SIGNATURE_FIELD})
+        if self.signing_key_file is not None:
+            document = sign_document(document, read_keyring(self.signing_key_file))
         self._put(
             self.key(manifest.tenant_id, manifest_name(manifest.backup_name)),
-            manifest.model_dump_json(indent=2).encode(),
+            json.dumps(document, indent=2).encode(),
         )
+        return BackupManifest.model_validate(document)
 
-    def read_manifest(self, tenant_id: str, name: str) -> BackupManifest | None:
+    def read_manifest_document(self, tenant_id: str, name: str) -> dict[str, Any] | None:
+        """The manifest as stored, a JSON object (what a signature covers); None when absent or not an object."""
         data = self._get(self.key(tenant_id, manifest_name(name)))
         if data is None:
             return None
         try:
-            return BackupManifest.model_validate_json(data)
+            document = json.loads(data)
+        except ValueError:
+            return None
+        return document if isinstance(document, dict) else None
+
+    def read_manifest(self, tenant_id: str, name: str) -> BackupManifest | None:
+        """The manifest, not authenticated: for listing and housekeeping. Whatever restores a backup reads it
+        through activities.infra.manifest_signing.authentic_manifest."""
+        document = self.read_manifest_document(tenant_id, name)
+        if document is None:
+            return None
+        try:
+            return BackupManifest.model_validate(document)
         except ValueError:
             return None  # an unreadable manifest is no evidence the backup is good
 
@@ -196,6 +222,22 @@ class Storage(ABC):
         with self._writer("tenants/.write-check") as sink:
             sink.write(b"ok")
         self._delete("tenants/.write-check")
+
+    def erase_tenant(self, tenant_id: str) -> list[str]:
+        """An erasure: every backup of the tenant with its manifest (pinned or not, verified or not, a manifest
+        whose archive is gone), and whatever interrupted writes of it left. Files of other names in its folder are
+        not ours and stay. Returns the backups' names; safe to repeat (what is gone is skipped)."""
+        prefix = f"tenants/{tenant_id}/"
+        stems = {n.removesuffix(manifest_name("")) for n in self._names(prefix)}
+        names = sorted(n for n in stems if is_backup_name(tenant_id, n))
+        for name in names:
+            self.delete_backup(tenant_id, name)
+            self.remove_partial(tenant_id, name)
+        self.remove_stale_partials(tenant_id, timedelta(0))
+        for key, upload_id, _ in self.unfinished_uploads():
+            if key.startswith(prefix):
+                self.abort_unfinished_upload(key, upload_id, timedelta(0))
+        return names
 
 
 class LocalStorage(Storage):
@@ -485,5 +527,8 @@ def open_storage(settings: Settings) -> Storage:
             region_name=settings.s3_region,
             config=Config(retries={"max_attempts": 5, "mode": "standard"}),
         )
-        return S3Storage(parsed.netloc, parsed.path, client, settings.s3_part_size_mb * 2**20)
-    return LocalStorage(settings.storage_root)
+        storage: Storage = S3Storage(parsed.netloc, parsed.path, client, settings.s3_part_size_mb * 2**20)
+    else:
+        storage = LocalStorage(settings.storage_root)
+    storage.signing_key_file = settings.backup_signing_key_file
+    return storage

@@ -26,6 +26,9 @@ class DumpResult(BaseModel):
     # age encryption of the stored bytes: to these public recipients (never a private key)
     encrypted: bool = False
     recipients: list[str] = Field(default_factory=list)
+    # Whose key the recipient is, so restores know where the identity comes from: "master", the operator's
+    # (TENANTS_AGE_IDENTITY_FILE); "tenant", the tenant's own (TENANTS_TENANT_KEYS), unwrapped from the catalog.
+    encryption_key: Literal["master", "tenant"] = "master"
     database_name: str
     backup_name: str
     format: Literal["custom"] = "custom"
@@ -66,6 +69,10 @@ class BackupManifest(DumpResult):
     pinned: bool = False
     drilled_at: datetime | None = None
     drill_ok: bool | None = None
+    # HMAC-SHA256 of the stored document, by the key `key_id` (tenancy/signing.py); None: not signed. `key_id` is
+    # covered by the signature, `signature` is not.
+    key_id: str | None = None
+    signature: str | None = None
 
     @model_validator(mode="before")
     @classmethod

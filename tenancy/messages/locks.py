@@ -17,6 +17,7 @@ class LockOutcome(BaseModel):
     acquired: bool
     holder_workflow_id: str | None = None
     holder_operation: str | None = None
+    holder_namespace: str | None = None  # when the holder is another deployment's (another Temporal namespace)
 
 
 class TenantPage(BaseModel):
