@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, urlparse
 
-from pydantic import BaseModel, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tenancy.errors import InvalidInput
@@ -70,7 +70,8 @@ class Settings(BaseSettings):
     age_identity_file: Path | None = None
     # Signed manifests (tenancy/signing.py): a key file, one `key_id:base64secret` a line (`tenants keys init`).
     # Set: every backup's manifest is signed with its first key, and restores and drills refuse a backup not signed
-    # by one of its keys. Unset: backups are not authenticated (`tenants up` makes one in its state folder).
+    # by one of its keys. Unset: `<state_dir>/backup-signing.keys` when it exists (`tenants up` makes it), else
+    # backups are not authenticated.
     backup_signing_key_file: Path | None = None
     # Per-tenant keys (TENANTS_TENANT_KEYS=on): each tenant's backups are encrypted only to a key of its own, whose
     # private half is kept in the catalog wrapped to the age recipients above (the master; the identity file
@@ -199,6 +200,14 @@ class Settings(BaseSettings):
         if not value or len(value.encode()) > 63 or value in SYSTEM_DATABASES:
             raise ValueError(f"{value!r} cannot be the catalog database: give a name of its own (1-63 bytes)")
         return value
+
+    @model_validator(mode="after")
+    def _the_stacks_signing_key_by_default(self) -> Settings:
+        # Every process of one deployment must sign and verify alike: a second worker or a CLI next to `tenants up`
+        # finds the key file the stack made in the state folder, as it finds the embedded server's password there.
+        if self.backup_signing_key_file is None and self.stack_signing_key_file.is_file():
+            self.backup_signing_key_file = self.stack_signing_key_file
+        return self
 
     @field_validator("compression_level")
     @classmethod

@@ -135,3 +135,17 @@ def test_new_keys_avoid_ids_taken():
     taken = {new_key(NOW).key_id for _ in range(50)}
     assert new_key(NOW, taken).key_id not in taken
     assert isinstance(new_key(NOW), SigningKey) and len(new_key(NOW).secret) == 32
+
+
+def test_every_process_of_the_stack_finds_its_signing_key(tmp_path, monkeypatch):
+    """A second worker or a CLI beside `tenants up` must sign and verify as the stack's worker does: without
+    TENANTS_BACKUP_SIGNING_KEY_FILE they take the key file of the state folder, when there is one."""
+    from activities.infra.manifest_signing import create_key_file
+    from tenancy.settings import STACK_SIGNING_KEY_FILE, Settings
+
+    monkeypatch.delenv("TENANTS_BACKUP_SIGNING_KEY_FILE", raising=False)
+    assert Settings(state_dir=tmp_path).backup_signing_key_file is None
+    create_key_file(tmp_path / STACK_SIGNING_KEY_FILE)
+    assert Settings(state_dir=tmp_path).backup_signing_key_file == (tmp_path / STACK_SIGNING_KEY_FILE).resolve()
+    elsewhere = tmp_path / "other.keys"
+    assert Settings(state_dir=tmp_path, backup_signing_key_file=elsewhere).backup_signing_key_file == elsewhere
