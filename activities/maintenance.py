@@ -86,18 +86,26 @@ class MaintenanceActivities:
     def _log(self, tenant_id: str):
         return activity_logger("activities.maintenance", tenant_id)
 
+    def _timeouts(self) -> sql.Composed:
+        return sql.SQL("SET statement_timeout = {}; SET lock_timeout = {}").format(
+            sql.Literal(f"{self.settings.maintenance_statement_timeout_s}s"),
+            sql.Literal(f"{self.settings.maintenance_lock_timeout_ms}ms"),
+        )
+
+    async def _back_to_the_admins_settings(self, conn: psycopg.AsyncConnection) -> None:
+        """After the tenant's code ran in this session (a trigger fired by a DELETE run as the table's owner):
+        whatever it set for the session (`set_config(..., false)` outlives SET LOCAL ROLE: a search_path, a role)
+        is dropped, back to the connection's own settings (search_path = pg_catalog, pg_temp) and our timeouts."""
+        await conn.execute("DISCARD ALL")
+        await conn.execute(self._timeouts())
+
     @asynccontextmanager
     async def _session(self, dbname: str) -> AsyncIterator[psycopg.AsyncConnection]:
         """An admin session in the tenant's database that resolves names in pg_catalog only (what the tenant's
         role may have put in its database is never run by mistake), under the maintenance timeouts."""
         conn = await connect_to_tenant_db(self.admin_url, dbname, autocommit=True)
         try:
-            await conn.execute(
-                sql.SQL("SET statement_timeout = {}; SET lock_timeout = {}").format(
-                    sql.Literal(f"{self.settings.maintenance_statement_timeout_s}s"),
-                    sql.Literal(f"{self.settings.maintenance_lock_timeout_ms}ms"),
-                )
-            )
+            await conn.execute(self._timeouts())
             yield conn
         except psycopg.errors.LockNotAvailable as exc:
             # Retryable: the activity's retry policy comes back later instead of queueing behind the lock.
@@ -210,10 +218,15 @@ class MaintenanceActivities:
         async def timed(heap: Heap, query: sql.Composed) -> int:
             nonlocal longest, batches
             started = time.perf_counter()
-            async with conn.transaction():
-                if (owner := as_owner(heap)) is not None:
-                    await conn.execute(owner)
-                cursor = await conn.execute(query)  # no parameters: a `%` in a condition is just a `%`
+            owner = as_owner(heap)
+            try:
+                async with conn.transaction():
+                    if owner is not None:
+                        await conn.execute(owner)
+                    cursor = await conn.execute(query)  # no parameters: a `%` in a condition is just a `%`
+            finally:
+                if owner is not None:
+                    await self._back_to_the_admins_settings(conn)
             longest = max(longest, (time.perf_counter() - started) * 1000)
             batches += 1
             return cursor.rowcount
@@ -448,6 +461,8 @@ async def check_cleanup_rules(settings: Settings) -> dict[str, str]:
                 await conn.execute(explain_rule(rule, cutoff), prepare=True)
             except psycopg.errors.UndefinedTable:
                 notes[key] = f"table {rule.table} is not in the template database: checked in each tenant's"
+            except (psycopg.OperationalError, psycopg.errors.QueryCanceled):
+                raise  # the server is busy or gone (the template locked by a migration): not the rule's fault
             except psycopg.Error as exc:
                 said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise fail(INVALID_INPUT, f"cleanup rule {key!r} (TENANTS_CLEANUP_RULES) is refused: {said}") from None

@@ -191,7 +191,7 @@ async def test_maintenance_never_runs_a_function_planted_in_public(temporal_env,
     assert path.replace(" ", "") == "pg_catalog,pg_temp" and "public" not in schemas
 
 
-async def test_cleanup_deletes_run_as_the_table_owner_so_its_triggers_never_run_as_the_admin(
+async def test_cleanup_deletes_run_as_the_table_owner_and_leave_the_admins_session_as_it_was(
     temporal_env, task_queue, settings, make_tenant
 ):
     # A restored tenant's tables belong to the tenant's role; their triggers are the tenant's code. A DELETE fires
@@ -204,9 +204,20 @@ async def test_cleanup_deletes_run_as_the_table_owner_so_its_triggers_never_run_
         with admin(settings, tenant.database_name) as conn:
             conn.execute("UPDATE activity_log SET happened_at = now() - interval '400 days' WHERE id <= 10")
             conn.execute("CREATE TABLE public.deleted_by (who text NOT NULL)")
+            # The trigger also leaves the session resolving names in public first (set_config(..., false) outlives
+            # the DELETE's SET LOCAL ROLE), where an operator the admin's next query would use is planted.
             conn.execute(
                 "CREATE FUNCTION public.note_deleter() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN INSERT INTO public.deleted_by VALUES (current_user); RETURN OLD; END $$"
+                "$$ BEGIN INSERT INTO public.deleted_by VALUES (current_user); "
+                "PERFORM set_config('search_path', 'public, pg_catalog', false); RETURN OLD; END $$"
+            )
+            conn.execute(
+                "CREATE FUNCTION public.planted_lt(timestamptz, timestamptz) RETURNS boolean LANGUAGE plpgsql AS "
+                "$$ BEGIN INSERT INTO public.deleted_by VALUES ('planted operator ran as ' || current_user); "
+                "RETURN $1 OPERATOR(pg_catalog.<) $2; END $$"
+            )
+            conn.execute(
+                "CREATE OPERATOR public.< (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = public.planted_lt)"
             )
             conn.execute(
                 "CREATE TRIGGER note_deleter BEFORE DELETE ON public.activity_log "
