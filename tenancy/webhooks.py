@@ -45,7 +45,9 @@ def verify_webhook(
     by_name = {name.lower(): value for name, value in headers.items()}
     stamp = by_name.get(TIMESTAMP_HEADER.lower(), "")
     claimed = by_name.get(SIGNATURE_HEADER.lower(), "")
-    if not stamp.isascii() or not stamp.isdigit():
+    # Unix seconds have 10 digits until the year 2286: a longer value is refused before int() (which raises on
+    # thousands of digits, and turns a huge one into an overflow when compared with a float clock).
+    if not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
         return False
     timestamp = int(stamp)
     if abs((time.time() if now is None else now) - timestamp) > tolerance:
