@@ -19,6 +19,7 @@ BACKUP_RESTORE = "backup.restore"  # its bytes read to restore them (a restore, 
 BACKUP_DRILL = "backup.drill"
 BACKUP_PIN = "backup.pin"
 BACKUP_UNPIN = "backup.unpin"
+BACKUP_SIGN = "backup.sign"  # an unsigned backup's manifest signed by `tenants keys sign-existing`
 BACKUP_DELETE = "backup.delete"  # detail.reason: retention, prune or verification failed
 SWEEP_REMOVE = "sweep.remove"
 # Lifecycle changes of a tenant.

@@ -208,3 +208,38 @@ async def test_check_says_whether_backups_are_authenticated_and_a_bad_key_file_s
     )
     with pytest.raises(InvalidInput, match="line 1"):
         build_worker(temporal_env.client, settings.model_copy(update={"backup_signing_key_file": broken}), "unused")
+
+
+async def test_backups_taken_before_signing_are_signed_once_when_their_bytes_still_match(
+    temporal_env, worker_with, settings, make_tenant, cli_env, tmp_path
+):
+    tenant = await make_tenant(entries=200)
+    key_file = tmp_path / "signing.keys"
+    async with worker_with() as unsigned_queue:  # before signing was turned on
+        kept = await backup(temporal_env, unsigned_queue, tenant.id, compression="zstd")
+        tampered = await backup(temporal_env, unsigned_queue, tenant.id, compression="zstd", keep=10)
+    archive = settings.storage_root / "tenants" / tenant.id / tampered.backup_name
+    stored = bytearray(archive.read_bytes())
+    stored[len(stored) // 2] ^= 0xFF
+    archive.write_bytes(bytes(stored))
+    create_key_file(key_file)
+    env = {**cli_env, "TENANTS_BACKUP_SIGNING_KEY_FILE": str(key_file)}
+
+    async with worker_with(backup_signing_key_file=key_file) as queue:
+        await refused(temporal_env, queue, tenant.id, kept.backup_name)  # unsigned: refused once a key is set
+        looked = await tenants(env, "keys", "sign-existing", "--tenant", tenant.id, "--dry-run")
+        assert looked.returncode == 0, looked.stderr
+        assert f"would sign  {tenant.id}  {kept.backup_name}" in looked.stdout
+        assert "bytes no longer match" in looked.stdout
+        await refused(temporal_env, queue, tenant.id, kept.backup_name)  # a dry run signs nothing
+
+        signed = await tenants(env, "keys", "sign-existing", "--tenant", tenant.id)
+        assert signed.returncode == 0, signed.stderr
+        assert f"signed      {tenant.id}  {kept.backup_name}" in signed.stdout
+        assert f"left        {tenant.id}  {tampered.backup_name}: its bytes no longer match" in signed.stdout
+        restored = await restore(temporal_env, queue, tenant.id, backup_name=kept.backup_name)
+        assert restored.backup_name == kept.backup_name
+        await refused(temporal_env, queue, tenant.id, tampered.backup_name)  # never vouched for
+
+    unknown = await tenants(env, "keys", "sign-existing", "--tenant", "no-such-tenant")
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
