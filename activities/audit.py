@@ -65,7 +65,9 @@ async def calling_actor() -> str:
         get_logger("activities.audit").warning(
             "audit actor not resolved", workflow_id=info.workflow_id, error=str(exc) or type(exc).__name__
         )
-        return workflow_actor(info.workflow_id)
+        # Remembered for this run, so a loop of audited actions (retention, erasure, sweep) does not wait on a
+        # slow Temporal once per row.
+        return _remember(info.workflow_run_id or info.workflow_id, workflow_actor(info.workflow_id))
 
 
 async def audit(

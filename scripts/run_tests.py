@@ -12,6 +12,7 @@ goes, the second's output follows when it is done. TENANTS_TEST_PASSES=serial ru
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -42,10 +43,17 @@ def pytest_command(url: str | None, extra: list[str], only_postgres: bool, baset
 
 
 def main() -> int:
-    extra = sys.argv[1:]
+    work = tempfile.mkdtemp(prefix="tl-tests-")
+    try:
+        return run_passes(sys.argv[1:], work)
+    finally:
+        # Backups, age identities, signing keys and passwords of the test servers: not left in /tmp.
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_passes(extra: list[str], work: str) -> int:
     serial = os.environ.get("TENANTS_TEST_PASSES") == "serial"
     url = machine_postgres()
-    work = tempfile.mkdtemp(prefix="tl-tests-")
     started = time.monotonic()
     embedded_label = "an embedded PostgreSQL"
     embedded_cmd, embedded_env = pytest_command(None, extra, bool(url), f"{work}/embedded")

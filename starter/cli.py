@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         code = 130
     except Exception as exc:  # the last resort: still one line, never a traceback
-        error(f"unexpected {type(exc).__name__}: {failure_message(exc)}")
+        said = failure_message(exc).strip()
+        error(f"unexpected {type(exc).__name__}: {said.splitlines()[0] if said else '(no message)'}")
         code = EXIT_FAILED
     _exit(code)
 

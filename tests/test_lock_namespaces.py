@@ -153,7 +153,7 @@ async def test_a_holder_out_of_sight_keeps_its_lock_until_its_lease_runs_out(
 
 async def test_a_live_holders_heartbeats_keep_its_lease_ahead(temporal_env, worker_with, make_tenant, catalog):
     tenant = await make_tenant("ns", entries=50)
-    lease = timedelta(seconds=2)  # renewed every half second by the dump's heartbeats
+    lease = timedelta(seconds=3)  # renewed every quarter lease by the dump's heartbeats
     async with worker_with(lock_lease_seconds=int(lease.total_seconds())) as queue:
         with table_locked(catalog.admin_url, tenant.database_name):  # the dump waits, heartbeating, holding the lock
             handle = await start_backup(temporal_env, queue, tenant.id)
@@ -164,7 +164,8 @@ async def test_a_live_holders_heartbeats_keep_its_lease_ahead(temporal_env, work
             await asyncio.sleep(2 * lease.total_seconds())
             row = await held_lock(catalog, tenant.id)
             assert row["workflow_id"] == handle.id
-            assert row["lease_until"] > first and row["lease_until"] > datetime.now(UTC)
+            # Renewed, by more than a lease (not compared with the clock: a loaded machine may renew late).
+            assert row["lease_until"] - first > lease
         assert (await handle.result()).backup_name
     assert await catalog.lock_holder(tenant.id) is None
 

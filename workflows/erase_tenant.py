@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.messages.erasure import ErasureRecord
     from tenancy.messages.provision import TenantDatabase
     from tenancy.messages.tenants import TenantRequest
+    from tenancy.naming import validate_tenant_id
     from workflows import steps
     from workflows.notify import announce
     from workflows.phase import ShowsPhase
@@ -41,6 +42,7 @@ class EraseTenantWorkflow(ShowsPhase):
     @workflow.run
     async def run(self, req: EraseTenantInput) -> EraseTenantResult:
         try:
+            validate_tenant_id(req.tenant_id)
             validate_lock_wait(req.lock_wait_seconds)
         except InvalidInput as exc:
             raise fail(INVALID_INPUT, str(exc)) from None
