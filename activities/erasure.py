@@ -12,12 +12,14 @@ from temporalio import activity
 
 from activities.audit import audit, calling_actor
 from activities.calling_run import calling_run
+from activities.heartbeat import Heartbeater, recorded_details
 from activities.infra.catalog import Catalog
 from activities.infra.storage import open_storage
 from activities.infra.tenant_keys import shredded_with_key
 from tenancy.audit import BACKUP_DELETE
 from tenancy.log import activity_logger
 from tenancy.messages.erasure import ErasedBackups, ErasureRecord, TenantKeyState
+from tenancy.messages.progress import HeartbeatDetails
 from tenancy.messages.tenants import TenantRequest
 from tenancy.settings import Settings
 
@@ -59,10 +61,19 @@ class ErasureActivities:
             return names, readable
 
         names, readable = await asyncio.to_thread(look)
-        for name in names:  # audited before it is done, as every deletion of a backup
-            await audit(self.catalog, BACKUP_DELETE, tenant_id, name, {"reason": "erasure"})
-        deleted = await asyncio.to_thread(self.storage.erase_tenant, tenant_id)
-        forgotten = await self.catalog.forget_all_backups(tenant_id)
+        # What an earlier attempt deleted is gone from storage now, but still part of the report (and of the
+        # warning that copies elsewhere stay readable): it travels in the heartbeat details.
+        earlier = recorded_details()
+        erased = sorted(set(earlier.erased or []) | set(names))
+        readable = sorted(set(earlier.readable_elsewhere or []) | set(readable))
+        progress = HeartbeatDetails(erased=erased, readable_elsewhere=readable)
+        activity.heartbeat(progress.to_heartbeat())
+        async with Heartbeater(lambda: progress):
+            for name in names:  # audited before it is done, as every deletion of a backup
+                await audit(self.catalog, BACKUP_DELETE, tenant_id, name, {"reason": "erasure"})
+            deleted = await asyncio.to_thread(self.storage.erase_tenant, tenant_id)
+            forgotten = await self.catalog.forget_all_backups(tenant_id)
+        deleted = sorted(set(deleted) | set(erased))
         self._log(tenant_id).warning(
             "tenant backups erased", deleted=len(deleted), readable_elsewhere=len(readable), facts_forgotten=forgotten
         )

@@ -253,3 +253,23 @@ async def test_record_erase_history(temporal_env, worker_with, make_tenant, tmp_
         )
         await handle.result()
         save_history(await handle.fetch_history(), "EraseTenantWorkflow")
+
+
+@pytest.mark.one_server  # heartbeat details and storage listing: nothing of the PostgreSQL version
+async def test_a_retried_erasure_still_reports_what_an_earlier_attempt_deleted(settings):
+    import dataclasses
+
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.erasure import ErasureActivities
+    from tenancy.messages.progress import HeartbeatDetails
+    from tenancy.messages.tenants import TenantRequest
+
+    tenant_id = f"er-{uuid.uuid4().hex[:8]}"
+    gone = f"tenant_{tenant_id}_2026-01-01_00-00-00.dump.gz"
+    env = ActivityEnvironment()
+    # The first attempt deleted `gone` (not encrypted to the tenant's key) and then timed out.
+    earlier = HeartbeatDetails(erased=[gone], readable_elsewhere=[gone]).to_heartbeat()
+    env.info = dataclasses.replace(env.info, heartbeat_details=[earlier], attempt=2)
+    result = await env.run(ErasureActivities(settings).erase_tenant_backups, TenantRequest(tenant_id=tenant_id))
+    assert result.deleted == [gone] and result.readable_elsewhere == [gone]

@@ -31,6 +31,8 @@ class HeartbeatDetails(BaseModel):
     tables: int | None = None  # table by table: tables done
     timed_out: dict[str, str] | None = None  # table by table: table → why it was left
     dead_before: int | None = None  # vacuum: dead tuples before the first attempt began
+    erased: list[str] | None = None  # erasure: the backups it deletes (a retry reports those of earlier attempts)
+    readable_elsewhere: list[str] | None = None  # erasure: those not encrypted to the tenant's key
 
     @field_validator("next_block", mode="before")
     @classmethod
