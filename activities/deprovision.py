@@ -35,6 +35,7 @@ from tenancy.messages.provision import (
     TenantDatabase,
 )
 from tenancy.naming import is_copy_name
+from tenancy.restore_roles import owner_role_names
 from tenancy.settings import Settings
 
 FINAL_BACKUP_EVENT = "TenantFinalBackup"
@@ -232,7 +233,24 @@ class DeprovisionActivities:
         cleaned = await remove_role(self.admin_url, db.role_name, [db.database_name]) if exists else []
         await asyncio.to_thread(delete_credentials, self.settings.effective_secrets_dir, db.tenant_id)
         log.info("tenant role dropped", role=db.role_name, existed=exists, cleaned_in=cleaned)
+        await self._drop_owner_roles(db)
         return RoleRemoval(role_name=db.role_name, dropped=exists, cleaned_in=cleaned)
+
+    async def _drop_owner_roles(self, db: TenantDatabase) -> None:
+        """The NOLOGIN roles restores made to own the tenant's objects (tenancy/restore_roles.py): each one of the
+        names they have that is marked as this tenant's; one without the mark is left."""
+        for name in owner_role_names(db.database_name):
+            if name == db.role_name:
+                continue
+            async with await connect(self.admin_url, autocommit=True) as admin:
+                if not await _role_exists(admin, name):
+                    continue
+                mark = await role_mark(admin, name)
+            if mark is None or not mark.is_of(db.tenant_id, "role"):
+                self._log(db.tenant_id).warning("role not marked as the tenant's: left in place", role=name)
+                continue
+            await remove_role(self.admin_url, name, [db.database_name])
+            self._log(db.tenant_id).info("tenant owner role dropped", role=name)
 
     @activity.defn
     async def check_before_reinstatement(self, db: TenantDatabase) -> None:

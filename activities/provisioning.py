@@ -22,6 +22,7 @@ from activities.infra.schema import (
     database_exists,
     ensure_template,
     existing_role_message,
+    grant_tenant_access,
     harden_public_schema,
     migration_files,
     provisioning_copy_name,
@@ -164,14 +165,7 @@ class ProvisioningActivities:
             # The role uses the tables and owns nothing: it may not create in public (nor anywhere), where what it
             # put would run in the admin's sessions. A copy of the template is hardened already; this says so here.
             await harden_public_schema(conn)
-            for statement in (
-                "GRANT USAGE ON SCHEMA public TO {}",
-                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}",
-                "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {}",
-                "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}",
-                "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {}",
-            ):
-                await conn.execute(sql.SQL(statement).format(role))
+            await grant_tenant_access(conn, db.role_name)
         path = await asyncio.to_thread(
             write_credentials,
             self.settings.effective_secrets_dir,

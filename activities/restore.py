@@ -40,6 +40,7 @@ from activities.infra.restore_login import (
     restorer_mark,
     role_facts,
 )
+from activities.infra.schema import grant_tenant_access, harden_public_schema
 from activities.infra.storage import FILE_MODE, open_storage
 from activities.infra.subprocesses import kill_group, tail
 from activities.infra.tenant_keys import identities_for
@@ -73,7 +74,7 @@ from tenancy.messages.restore import (
 )
 from tenancy.messages.tenants import TenantRequest
 from tenancy.naming import is_previous_database_name, parse_backup_name, partial_name
-from tenancy.restore_roles import choose_restore_owner, restore_login_name
+from tenancy.restore_roles import RestoreOwner, choose_restore_owner, owner_role_names, restore_login_name
 from tenancy.selection import choose_backup
 from tenancy.settings import Settings
 
@@ -109,8 +110,11 @@ async def _terminate(conn: psycopg.AsyncConnection, dbname: str) -> int:
 async def _copy_database_acl(conn: psycopg.AsyncConnection, source: str, target: str) -> None:
     """Database-level grants are not in a pg_dump archive: carry the tenant database's over to the copy."""
     row = await (await conn.execute("SELECT datacl IS NULL FROM pg_database WHERE datname = %s", [source])).fetchone()
-    if row is None or row[0]:
-        return  # no such database, or default privileges
+    if row is None:
+        return
+    if row[0]:  # default privileges, which the copy lost when it was closed during its restore
+        await conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO PUBLIC").format(_ident(target)))
+        return
     grants = await (
         await conn.execute(
             "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, a.privilege_type "
@@ -216,8 +220,9 @@ class RestoreActivities:
     @activity.defn
     async def restore_to_scratch(self, req: ScratchRestoreRequest) -> int:
         """pg_restore the backup into a fresh scratch database, marked as this run's; returns how many tables got
-        their data. pg_restore runs as a short-lived login role of the attempt's, member of the tenant's role only,
-        and everything it creates belongs to that role (tenancy/restore_roles.py): never as the admin. A retried
+        their data. pg_restore runs as a short-lived login role of the attempt's, member of the tenant's NOLOGIN
+        owner role only, and everything it creates belongs to that role (tenancy/restore_roles.py): never as the
+        admin, nor as the tenant's login role, which gets privileges on the tables and owns nothing. A retried
         attempt removes what an earlier attempt of this run left (its scratch database, login role, work file) and
         starts over; a database or role of those names that is not this run's is never touched."""
         log = self._log(req.tenant_id)
@@ -249,10 +254,9 @@ class RestoreActivities:
                     "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [req.database_name]
                 )
             ).fetchone()
-            create = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(_ident(req.scratch_name))
-            if owner:
-                create += sql.SQL(" OWNER {}").format(_ident(owner[0]))
-            await conn.execute(create)
+            live_owner = owner[0] if owner else None
+            # The admin's until it is restored (the live database's owner could grant itself CONNECT on it).
+            await conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(_ident(req.scratch_name)))
             await mark_database(
                 conn,
                 req.scratch_name,
@@ -264,14 +268,22 @@ class RestoreActivities:
                     at=datetime.now(UTC),
                 ),
             )
-            if owner:
-                await _copy_database_acl(conn, req.database_name, req.scratch_name)
-            else:
-                await _grant_to_tenant_role_only(conn, req.scratch_name, req.role_name, req.grant_connect)
+            # While pg_restore runs, only its login role may connect (granted it by create_restore_login): the
+            # tenant's grants are given once the copy is settled (_open_to_tenant).
+            await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(_ident(req.scratch_name)))
         tools = await asyncio.to_thread(find_client_tools, major, self.settings.pg_bin_dir)
         manifest = await asyncio.to_thread(authentic_manifest, self.storage, req.tenant_id, req.backup_name)
         if manifest is None:
             raise fail(BACKUP_REJECTED, f"backup {req.backup_name!r} has no manifest: it was never verified")
+        if (manifest.tenant_id, manifest.backup_name) != (req.tenant_id, req.backup_name) or (
+            req.sha256 is not None and manifest.sha256 != req.sha256
+        ):
+            # Another (even genuinely signed) backup put in its place after select_backup checked it.
+            raise fail(
+                BACKUP_REJECTED,
+                f"backup {req.backup_name!r} changed in storage after it was checked: its manifest now describes "
+                f"{manifest.backup_name!r} of tenant {manifest.tenant_id!r}, sha256 {manifest.sha256[:12]}…",
+            )
         encrypted = manifest.encrypted
         # zstd by pg_dump 16+ is inside the archive, which pg_restore reads as stored; a zstd stream is unpacked.
         stream = manifest.stream_compression
@@ -318,13 +330,14 @@ class RestoreActivities:
             login = await create_restore_login(
                 self.admin_url,
                 restore_login_name(req.scratch_name),
-                restore_owner,
+                restore_owner.name,
                 req.scratch_name,
                 restorer_mark(req.tenant_id, info.workflow_id, info.workflow_run_id),
             )
-            undo_grants = await self._let_owner_create(req.scratch_name, restore_owner)
+            undo_grants = await self._let_owner_create(req.scratch_name, restore_owner.name)
             await self._pg_restore(tools.pg_restore, archive, req, login, done, log)
-            await self._settle_restored(req, login, undo_grants)
+            await self._settle_restored(req, login, undo_grants, restore_owner.login_role)
+            await self._open_to_tenant(req, live_owner)
         except BaseException:
             with contextlib.suppress(Exception):
                 await self._drop(req.scratch_name)
@@ -333,7 +346,13 @@ class RestoreActivities:
             await asyncio.to_thread(work.unlink, missing_ok=True)
             if login is not None:  # after the scratch copy on failure: nothing of the role is left in it
                 await drop_restore_login_quietly(self.admin_url, login.name, req.tenant_id)
-        log.info("restored into scratch database", scratch=req.scratch_name, tables=done["tables"], owner=restore_owner)
+        log.info(
+            "restored into scratch database",
+            scratch=req.scratch_name,
+            tables=done["tables"],
+            owner=restore_owner.name,
+            login_role=restore_owner.login_role,
+        )
         return done["tables"]
 
     def _work_file(self, scratch_name: str) -> Path:
@@ -350,9 +369,10 @@ class RestoreActivities:
         database_name: str,
         recorded: str | None,
         info: CallingRun | None,
-    ) -> str:
-        """The role the tenant's restored objects belong to (tenancy/restore_roles.py); a tenant without one gets
-        its NOLOGIN role here, marked as its own (`info`: the run that creates it; None: only look)."""
+    ) -> RestoreOwner:
+        """The NOLOGIN role the tenant's restored objects belong to, and its login role (tenancy/restore_roles.py);
+        the owner role is created here when missing, marked as the tenant's (`info`: the run that creates it; None:
+        only look)."""
         row = await (
             await admin.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [database_name])
         ).fetchone()
@@ -363,7 +383,7 @@ class RestoreActivities:
                 await role_facts(admin, recorded) if recorded else None,
                 await role_facts(admin, row[0]) if row else None,
                 database_name,
-                await role_facts(admin, database_name),
+                {name: await role_facts(admin, name) for name in owner_role_names(database_name)},
             )
         except InvalidInput as exc:
             raise fail(RESTORE_FAILED, str(exc)) from None
@@ -379,7 +399,7 @@ class RestoreActivities:
             )
             await create_owner_role(admin, choice.name, mark)
             self._log(tenant_id).info("role created for the tenant's restored objects", role=choice.name)
-        return choice.name
+        return choice
 
     async def _let_owner_create(self, scratch_name: str, owner: str) -> list[sql.Composed]:
         """For the restore only: the owner role may create schemas (CREATE on the database) and objects in `public`
@@ -388,6 +408,7 @@ class RestoreActivities:
         undo: list[sql.Composed] = []
         role, database = _ident(owner), _ident(scratch_name)
         async with await connect_to_tenant_db(self.admin_url, scratch_name, autocommit=True) as conn:
+            await harden_public_schema(conn)  # no other role may create in public (PostgreSQL 14 and older let any)
             on_database, on_public = await one_row(
                 await conn.execute(
                     "SELECT has_database_privilege(%s, current_database(), 'CREATE'), "
@@ -404,12 +425,16 @@ class RestoreActivities:
         return undo
 
     async def _settle_restored(
-        self, req: ScratchRestoreRequest, login: RestoreLogin, undo_grants: list[sql.Composed]
+        self,
+        req: ScratchRestoreRequest,
+        login: RestoreLogin,
+        undo_grants: list[sql.Composed],
+        tenant_login_role: str | None,
     ) -> None:
         """After pg_restore: refuse a copy where anything was made as the login role itself (an archive entry that
-        left the owner role: `RESET ROLE`), take back the restore's own grants, and give the owner role what
-        provisioning gives a tenant's role (`--no-acl` restored none): schema usage, and privileges on what the admin
-        creates later (migrations)."""
+        left the owner role: `RESET ROLE`), take back the restore's own grants, give the owner role schema usage and
+        privileges on what the admin creates later (migrations), and the tenant's login role, when there is one,
+        what provisioning gives it (`--no-acl` restored no grant) in every restored schema: it owns nothing."""
         role = _ident(login.owner)
         async with await connect_to_tenant_db(self.admin_url, req.scratch_name, autocommit=True) as conn:
             held = await one_row(
@@ -434,6 +459,26 @@ class RestoreActivities:
                 "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {}",
             ):
                 await conn.execute(sql.SQL(grant).format(role))
+            if tenant_login_role is not None:
+                schemas = await (
+                    await conn.execute(
+                        "SELECT nspname FROM pg_namespace WHERE nspname <> 'information_schema' "
+                        "AND NOT starts_with(nspname, 'pg_') ORDER BY 1"
+                    )
+                ).fetchall()
+                await grant_tenant_access(conn, tenant_login_role, [name for (name,) in schemas])
+
+    async def _open_to_tenant(self, req: ScratchRestoreRequest, live_owner: str | None) -> None:
+        """Once the copy is settled: the live database's owner and database-level grants (not in a pg_dump archive),
+        or, without a live database, a CONNECT grant to the tenant's role only."""
+        async with await connect(self.admin_url, autocommit=True) as conn:
+            if live_owner is not None:
+                await conn.execute(
+                    sql.SQL("ALTER DATABASE {} OWNER TO {}").format(_ident(req.scratch_name), _ident(live_owner))
+                )
+                await _copy_database_acl(conn, req.database_name, req.scratch_name)
+            else:
+                await _grant_to_tenant_role_only(conn, req.scratch_name, req.role_name, req.grant_connect)
 
     async def _pg_restore(
         self, pg_restore: Path, archive: Path, req: ScratchRestoreRequest, login: RestoreLogin, done: dict, log
@@ -511,8 +556,12 @@ class RestoreActivities:
         tenant = await self.catalog.get_tenant(req.tenant_id)
         if tenant is None:
             raise fail(RESTORE_VERIFICATION_FAILED, f"tenant {req.tenant_id!r} is not in the catalog")
+        # The role restore_to_scratch was given: a reinstatement (of a deprovisioned tenant) restores with the role
+        # it creates, named like the database when none is recorded (workflows/reinstate_tenant.py).
+        recorded = tenant.role_name or (tenant.database_name if tenant.status == "deprovisioned" else None)
         async with await connect(self.admin_url, autocommit=True) as admin:
-            owner = await self._restore_owner(admin, tenant.id, tenant.database_name, tenant.role_name, None)
+            # Checks run as the owner role of the restored objects (SET ROLE below), never as the admin.
+            owner = (await self._restore_owner(admin, tenant.id, tenant.database_name, recorded, None)).name
         login = await create_restore_login(
             self.admin_url,
             restore_login_name(req.scratch_name),

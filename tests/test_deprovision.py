@@ -109,6 +109,8 @@ async def test_deprovision_with_a_kept_previous_database_completes(
     scratch = f"{dbname}__rs_crashed001"
     marked_copy(settings, scratch, "scratch", tenant_id, grantee=role)
     assert databases_like(settings, dbname) == sorted([dbname, restored.previous_database, scratch])
+    owner = f"{dbname}_owner"  # the NOLOGIN role the restored objects belong to (the login role is named `dbname`)
+    assert role_exists(settings, owner)
     assert [k["name"] for k in await catalog.kept_databases(tenant_id)] == [restored.previous_database]
 
     result = await run(
@@ -119,6 +121,7 @@ async def test_deprovision_with_a_kept_previous_database_completes(
     assert databases_like(settings, dbname) == []
     assert sorted(result.leftover_databases) == sorted([restored.previous_database, scratch])
     assert not role_exists(settings, role) and result.role_left is None
+    assert not role_exists(settings, owner)
     assert result.database_dropped and result.final_backup in [p.name for p in backups_of(tenant_id)]
     assert not (settings.effective_secrets_dir / f"{tenant_id}.json").exists()
     assert await catalog.kept_databases(tenant_id) == []  # the kept database's entry is ended

@@ -28,7 +28,7 @@ from tenancy.contracts.sweep import SweepInput
 from tenancy.contracts.tenants import Tenant
 from tenancy.errors import InvalidInput, failure_message, failure_type
 from tenancy.marks import Mark, parse_mark
-from tenancy.restore_roles import RestoreOwner, RoleFacts, choose_restore_owner
+from tenancy.restore_roles import RestoreOwner, RoleFacts, choose_restore_owner, owner_role_name, owner_role_names
 from tests.test_restore_workflow import backup, databases_like, restore
 from workflows.drill import BackupDrillWorkflow
 
@@ -141,10 +141,15 @@ async def test_a_backup_that_runs_code_while_restored_fails_and_leaves_the_tenan
     assert await catalog.lock_holder(tenant.id) is None
 
 
-async def test_restored_objects_belong_to_the_tenant_role_which_reads_and_writes_them(
+async def test_restored_objects_belong_to_a_nologin_owner_and_the_tenant_role_reads_and_writes_them(
     temporal_env, task_queue, settings, make_tenant, catalog
 ):
+    """The tenant's login role owns nothing of the restored copy (an owner could put a trigger on the migration
+    ledger, which the admin's next migration would run): a NOLOGIN role of the tenant's does, and the login role
+    gets what provisioning gives it."""
     tenant = await tenant_with_role(make_tenant, catalog, settings)
+    owner = owner_role_name(tenant.database_name, tenant.role_name)
+    assert owner == f"{tenant.database_name}_owner"
     url = settings.effective_database_url
     with in_database(settings, tenant.database_name) as conn:
         conn.execute("SELECT setval('projects_id_seq', 5000)")
@@ -157,7 +162,7 @@ async def test_restored_objects_belong_to_the_tenant_role_which_reads_and_writes
         tenant.id,
         keep_previous_seconds=0,
         checks=[
-            f"SELECT current_user = '{tenant.role_name}'",
+            f"SELECT current_user = '{owner}'",
             "SELECT NOT rolsuper FROM pg_roles WHERE rolname = session_user",
             "SELECT count(*) > 0 FROM projects",
         ],
@@ -170,12 +175,32 @@ async def test_restored_objects_belong_to_the_tenant_role_which_reads_and_writes
             "SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class c "
             "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'S', 'i')"
         ).fetchall()
-    assert owners == [(tenant.role_name,)]
-    # The app logs in as its role and reads and writes; sequences go on from where they were.
+        login, members, comment = conn.execute(
+            "SELECT r.rolcanlogin, ARRAY(SELECT m.rolname FROM pg_roles m WHERE m.oid <> r.oid AND NOT m.rolsuper "
+            "AND pg_has_role(m.oid, r.oid, 'MEMBER')), shobj_description(r.oid, 'pg_authid') "
+            "FROM pg_roles r WHERE r.rolname = %s",
+            [owner],
+        ).fetchone()
+        owned_by_tenant_role = conn.execute(
+            "SELECT count(*) FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid "
+            "WHERE d.datname = current_database() AND s.deptype = 'o' "
+            "AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = %s)",
+            [tenant.role_name],
+        ).fetchone()[0]
+    assert owners == [(owner,)]
+    assert not login and members == [] and parse_mark(comment).is_of(tenant.id, "role")
+    assert owned_by_tenant_role == 0
+    # The app logs in as its role with its stored password and reads and writes; sequences go on from where they
+    # were. It may not put a trigger on a restored table (the migration ledger included).
     with in_database(settings, tenant.database_name, user=tenant.role_name, password=PASSWORD) as conn:
         new_id = conn.execute("INSERT INTO projects (name) VALUES ('after the restore') RETURNING id").fetchone()[0]
         assert new_id == 5001
         conn.execute("UPDATE time_entries SET minutes = minutes + 1 WHERE id = 1")
+        assert conn.execute("SELECT count(*) FROM projects").fetchone()[0] > 0
+        conn.execute("CREATE FUNCTION pg_temp.f() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN RETURN NULL; END $f$")
+        for table in ("projects", "tenant_schema_migrations"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"CREATE TRIGGER t BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION pg_temp.f()")
     assert restore_leftovers(settings, tenant) == ([], [])
 
 
@@ -225,7 +250,7 @@ async def test_drill_checks_are_single_statements_by_protocol_and_time_limited(
 
         escaped = await drill("COMMIT; SELECT true")
         slow = await drill("SELECT pg_sleep(5) IS NOT NULL")
-        passed = await drill(f"SELECT current_user = '{tenant.role_name}'")
+        passed = await drill(f"SELECT current_user = '{owner_role_name(tenant.database_name, tenant.role_name)}'")
 
     assert not escaped.ok and "cannot insert multiple commands" in (escaped.error or "")
     assert not slow.ok and "statement timeout" in (slow.error or "")
@@ -342,23 +367,51 @@ def test_plainly_not_one_statement_is_refused_early(check):
 def test_who_owns_restored_objects():
     ordinary = RoleFacts(name="app")
     marked = RoleFacts(name="db_t1", mark=Mark(kind="role", tenant_id="t1"))
+    marked_suffixed = RoleFacts(name="db_t1_owner", mark=Mark(kind="role", tenant_id="t1"))
     superuser = RoleFacts(name="postgres", attributes=("SUPERUSER",), is_admin=True)
     grouped = RoleFacts(name="grouped", powerful_memberships=("pg_read_server_files",))
+    none: dict[str, RoleFacts | None] = {}
 
-    assert choose_restore_owner("t1", "app", ordinary, superuser, "db_t1", None).name == "app"
-    assert choose_restore_owner("t1", None, None, ordinary, "db_t1", None).name == "app"  # an adopted app's database
-    assert choose_restore_owner("t1", None, None, superuser, "db_t1", None) == RestoreOwner("db_t1", create=True)
-    assert choose_restore_owner("t1", None, None, superuser, "db_t1", marked) == RestoreOwner("db_t1")
-    assert choose_restore_owner("t1", None, None, grouped, "db_t1", marked) == RestoreOwner("db_t1")
+    # The owner is a NOLOGIN role named like the database, `_owner` added when the login role has that name.
+    assert choose_restore_owner("t1", "app", ordinary, superuser, "db_t1", none) == RestoreOwner(
+        "db_t1", create=True, login_role="app"
+    )
+    assert choose_restore_owner("t1", "db_t1", marked, superuser, "db_t1", {"db_t1": marked}) == RestoreOwner(
+        "db_t1_owner", create=True, login_role="db_t1"
+    )
+    found = {"db_t1": marked, "db_t1_owner": marked_suffixed}
+    assert choose_restore_owner("t1", "db_t1", marked, superuser, "db_t1", found) == RestoreOwner(
+        "db_t1_owner", login_role="db_t1"
+    )
+    # An adopted app's database: its owner is the login role.
+    assert choose_restore_owner("t1", None, None, ordinary, "db_t1", none) == RestoreOwner(
+        "db_t1", create=True, login_role="app"
+    )
+    assert choose_restore_owner("t1", None, None, superuser, "db_t1", none) == RestoreOwner("db_t1", create=True)
+    assert choose_restore_owner("t1", None, None, superuser, "db_t1", {"db_t1": marked}) == RestoreOwner("db_t1")
+    assert choose_restore_owner("t1", None, None, grouped, "db_t1", {"db_t1": marked}) == RestoreOwner("db_t1")
     for recorded, facts, said in [
         ("gone", None, "does not exist"),
         ("postgres", superuser, "is the admin role"),
         ("grouped", grouped, "is a member of pg_read_server_files"),
     ]:
         with pytest.raises(InvalidInput, match=said):
-            choose_restore_owner("t1", recorded, facts, ordinary, "db_t1", marked)
-    with pytest.raises(InvalidInput, match="exists without its mark"):
-        choose_restore_owner("t1", None, None, superuser, "db_t1", RoleFacts(name="db_t1"))
-    with pytest.raises(InvalidInput, match="exists without its mark"):
-        other = RoleFacts(name="db_t1", mark=Mark(kind="role", tenant_id="t2"))
-        choose_restore_owner("t1", None, None, None, "db_t1", other)
+            choose_restore_owner("t1", recorded, facts, ordinary, "db_t1", {"db_t1": marked})
+    refused = [
+        (RoleFacts(name="db_t1"), "exists without its mark"),
+        (RoleFacts(name="db_t1", mark=Mark(kind="role", tenant_id="t2")), "exists without its mark"),
+        (RoleFacts(name="db_t1", mark=Mark(kind="role", tenant_id="t1"), can_login=True), "can log in"),
+        (RoleFacts(name="db_t1", mark=Mark(kind="role", tenant_id="t1"), attributes=("CREATEDB",)), "has CREATEDB"),
+        (RoleFacts(name="db_t1", mark=Mark(kind="role", tenant_id="t1"), members=("app",)), "is a member of"),
+    ]
+    for facts, said in refused:
+        with pytest.raises(InvalidInput, match=said):
+            choose_restore_owner("t1", "app", ordinary, superuser, "db_t1", {"db_t1": facts})
+
+
+def test_owner_role_names_fit_in_63_bytes():
+    long = "é" * 31 + "x"  # 63 bytes
+    named_like_database, suffixed = owner_role_names(long)
+    assert named_like_database == long
+    assert len(suffixed.encode()) <= 63 and suffixed.endswith("_owner") and suffixed != long
+    assert owner_role_name(long, long) == suffixed and owner_role_name(long, "app") == long

@@ -48,6 +48,7 @@ async def restore_check_swap(
             scratch_name=names.scratch_name,
             backup_name=manifest.backup_name,
             compression=manifest.compression,
+            sha256=manifest.sha256,
             jobs=jobs,
             role_name=role_name,
             grant_connect=grant_connect,

@@ -37,7 +37,10 @@ SELECT r.rolname,
                     OR (pg_catalog.starts_with(p.rolname, 'pg_') AND p.rolname <> 'pg_database_owner'))
              ORDER BY 1),
        r.rolname = current_user,
-       pg_catalog.shobj_description(r.oid, 'pg_authid')
+       pg_catalog.shobj_description(r.oid, 'pg_authid'),
+       r.rolcanlogin,
+       ARRAY(SELECT m.rolname FROM pg_catalog.pg_roles m
+             WHERE m.oid <> r.oid AND NOT m.rolsuper AND pg_catalog.pg_has_role(m.oid, r.oid, 'MEMBER') ORDER BY 1)
 FROM pg_catalog.pg_roles r WHERE r.rolname = %s
 """
 # Whatever a role owns or holds in a database (pg_shdepend; dbid 0: shared objects, such as databases themselves).
@@ -59,12 +62,14 @@ async def role_facts(conn: psycopg.AsyncConnection, name: str) -> RoleFacts | No
         powerful_memberships=tuple(row[2]),
         is_admin=bool(row[3]),
         mark=parse_mark(row[4]),
+        can_login=bool(row[5]),
+        members=tuple(row[6]),
     )
 
 
 async def create_owner_role(conn: psycopg.AsyncConnection, name: str, mark: Mark) -> None:
-    """The NOLOGIN role a tenant without one gets for its restored objects, marked as the tenant's, in one
-    transaction (a concurrent drill that made it first: this one takes it up on its retry)."""
+    """The NOLOGIN role a tenant's restored objects belong to, marked as the tenant's, in one transaction (a
+    concurrent drill that made it first: this one takes it up on its retry)."""
     async with conn.transaction():
         await conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(name)))
         await mark_role(conn, name, mark)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -137,6 +137,25 @@ async def harden_public_schema(conn: psycopg.AsyncConnection) -> bool:
     if granted:
         await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
     return granted
+
+
+# What a tenant's login role holds in its database (provisioning, and a restore's copy): it uses the tables and
+# owns nothing. Functions keep PostgreSQL's default, EXECUTE for every role.
+_TENANT_ACCESS = (
+    "GRANT USAGE ON SCHEMA {schema} TO {role}",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}",
+    "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}",
+    "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role}",
+    "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {role}",
+)
+
+
+async def grant_tenant_access(conn: psycopg.AsyncConnection, role: str, schemas: Iterable[str] = ("public",)) -> None:
+    """Give a tenant's login role its privileges in the connection's database, in each of `schemas` (default
+    privileges: on what the admin, the connection's user, creates there later, such as migrations)."""
+    for schema in schemas:
+        for statement in _TENANT_ACCESS:
+            await conn.execute(sql.SQL(statement).format(schema=sql.Identifier(schema), role=sql.Identifier(role)))
 
 
 async def _template_is_hardened(conn: psycopg.AsyncConnection) -> bool:

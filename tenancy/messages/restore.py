@@ -18,6 +18,8 @@ class ScratchRestoreRequest(BaseModel):
     # restored database then lets in this role only (CONNECT, TEMPORARY when grant_connect), never PUBLIC.
     role_name: str | None = None
     grant_connect: bool = True
+    # The sha256 of the backup select_backup checked: the restore reads only those bytes (None: older callers).
+    sha256: str | None = None
 
 
 class RestoredCheckRequest(BaseModel):
