@@ -64,7 +64,7 @@ class BackupDrillWorkflow:
                     scratch_name=scratch.scratch_name,
                     backup_name=manifest.backup_name,
                     compression=manifest.compression,
-            sha256=manifest.sha256,
+                    sha256=manifest.sha256,
                     jobs=DRILL_RESTORE_JOBS,
                 )
             )
