@@ -25,7 +25,6 @@ from activities.infra.maintenance_sql import (
     Table,
     analyze_only,
     any_old,
-    as_owner,
     count_old,
     delete_blocks,
     delete_some,
@@ -91,13 +90,6 @@ class MaintenanceActivities:
             sql.Literal(f"{self.settings.maintenance_statement_timeout_s}s"),
             sql.Literal(f"{self.settings.maintenance_lock_timeout_ms}ms"),
         )
-
-    async def _back_to_the_admins_settings(self, conn: psycopg.AsyncConnection) -> None:
-        """After the tenant's code ran in this session (a trigger fired by a DELETE run as the table's owner):
-        whatever it set for the session (`set_config(..., false)` outlives SET LOCAL ROLE: a search_path, a role)
-        is dropped, back to the connection's own settings (search_path = pg_catalog, pg_temp) and our timeouts."""
-        await conn.execute("DISCARD ALL")
-        await conn.execute(self._timeouts())
 
     @asynccontextmanager
     async def _session(self, dbname: str) -> AsyncIterator[psycopg.AsyncConnection]:
@@ -215,18 +207,10 @@ class MaintenanceActivities:
         longest = previous.longest_batch_ms or 0.0
         batch = self.settings.cleanup_batch_size
 
-        async def timed(heap: Heap, query: sql.Composed) -> int:
+        async def timed(query: sql.Composed) -> int:
             nonlocal longest, batches
             started = time.perf_counter()
-            owner = as_owner(heap)
-            try:
-                async with conn.transaction():
-                    if owner is not None:
-                        await conn.execute(owner)
-                    cursor = await conn.execute(query)  # no parameters: a `%` in a condition is just a `%`
-            finally:
-                if owner is not None:
-                    await self._back_to_the_admins_settings(conn)
+            cursor = await conn.execute(query)  # no parameters: a `%` in a condition is just a `%`
             longest = max(longest, (time.perf_counter() - started) * 1000)
             batches += 1
             return cursor.rowcount
@@ -254,13 +238,13 @@ class MaintenanceActivities:
                     step = max(1, int(batch / per_block))
                     block = int(done.get(heap.key, 0))
                     while block < pages:
-                        await timed(heap, delete_blocks(heap, where, block, block + step))
+                        await timed(delete_blocks(heap, where, block, block + step))
                         block += step
                         done[heap.key] = block
                     # Rows that were not in those blocks (moved or added while we ran): looked for with a plain
                     # read first, so the usual case takes no lock at all.
                     while await any_old(conn, heap, where):
-                        if not await timed(heap, delete_some(heap, where, batch)):
+                        if not await timed(delete_some(heap, where, batch)):
                             break  # nothing it may delete (a trigger or a policy says no): left, and counted so
             remaining, _ = await self._cleanup_counts(conn, req.cutoff)
         removed = await asyncio.to_thread(

@@ -191,54 +191,6 @@ async def test_maintenance_never_runs_a_function_planted_in_public(temporal_env,
     assert path.replace(" ", "") == "pg_catalog,pg_temp" and "public" not in schemas
 
 
-async def test_cleanup_deletes_run_as_the_table_owner_and_leave_the_admins_session_as_it_was(
-    temporal_env, task_queue, settings, make_tenant
-):
-    # A restored tenant's tables belong to the tenant's role; their triggers are the tenant's code. A DELETE fires
-    # them with the rights of whoever runs it, so cleanup runs each DELETE as the table's owner.
-    tenant = await make_tenant(entries=300)
-    owner = f"tl_owner_{uuid.uuid4().hex[:8]}"
-    with admin(settings) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(owner)))
-    try:
-        with admin(settings, tenant.database_name) as conn:
-            conn.execute("UPDATE activity_log SET happened_at = now() - interval '400 days' WHERE id <= 10")
-            conn.execute("CREATE TABLE public.deleted_by (who text NOT NULL)")
-            # The trigger also leaves the session resolving names in public first (set_config(..., false) outlives
-            # the DELETE's SET LOCAL ROLE), where an operator the admin's next query would use is planted.
-            conn.execute(
-                "CREATE FUNCTION public.note_deleter() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN INSERT INTO public.deleted_by VALUES (current_user); "
-                "PERFORM set_config('search_path', 'public, pg_catalog', false); RETURN OLD; END $$"
-            )
-            conn.execute(
-                "CREATE FUNCTION public.planted_lt(timestamptz, timestamptz) RETURNS boolean LANGUAGE plpgsql AS "
-                "$$ BEGIN INSERT INTO public.deleted_by VALUES ('planted operator ran as ' || current_user); "
-                "RETURN $1 OPERATOR(pg_catalog.<) $2; END $$"
-            )
-            conn.execute(
-                "CREATE OPERATOR public.< (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = public.planted_lt)"
-            )
-            conn.execute(
-                "CREATE TRIGGER note_deleter BEFORE DELETE ON public.activity_log "
-                "FOR EACH ROW EXECUTE FUNCTION public.note_deleter()"
-            )
-            conn.execute(sql.SQL("ALTER TABLE public.activity_log OWNER TO {}").format(sql.Identifier(owner)))
-            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(owner)))
-            conn.execute(sql.SQL("GRANT INSERT ON public.deleted_by TO {}").format(sql.Identifier(owner)))
-
-        result = await maintain(temporal_env, task_queue, tenant.id, tasks=["cleanup"], days=180)
-        assert result.ok and result.tasks[0].detail["rows_deleted"]["activity_log"] == 10
-        with admin(settings, tenant.database_name) as conn:
-            who = [r[0] for r in conn.execute("SELECT who FROM public.deleted_by")]
-        assert who == [owner] * 10
-    finally:
-        with admin(settings, tenant.database_name) as conn:
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(owner)))
-        with admin(settings) as conn:
-            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(owner)))
-
-
 # Cleanup rules are checked by PostgreSQL when the worker starts.
 
 

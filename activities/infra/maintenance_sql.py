@@ -28,8 +28,6 @@ class Heap:
     schema: str
     name: str
     alias: str | None = None  # a child or partition goes by the rule's table name
-    # Who owns this file: its DELETEs run as that role (see `as_owner`), never as the admin.
-    owner: str | None = None
 
     @property
     def key(self) -> str:
@@ -95,7 +93,7 @@ WITH RECURSIVE tree(oid) AS (
     UNION
     SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid
 )
-SELECT c.oid, n.nspname, c.relname, pg_get_userbyid(c.relowner)
+SELECT c.oid, n.nspname, c.relname
 FROM tree JOIN pg_class c ON c.oid = tree.oid JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r' AND c.relpersistence <> 't'
 ORDER BY 2, 3
@@ -136,7 +134,7 @@ async def rule_heaps(conn: psycopg.AsyncConnection, rule: CleanupRule, cutoff: d
         return f"does not fit this database: {str(exc).strip().splitlines()[0]}"
     rows = await (await conn.execute(sql.SQL(_HEAPS).format(oid=sql.Literal(oid)))).fetchall()
     alias = rule.table.split(".")[-1]
-    return [Heap(oid=o, schema=s, name=n, alias=None if o == oid else alias, owner=w) for o, s, n, w in rows]
+    return [Heap(oid=o, schema=s, name=n, alias=None if o == oid else alias) for o, s, n in rows]
 
 
 async def count_old(conn: psycopg.AsyncConnection, heap: Heap, where: sql.Composable) -> int:
@@ -167,16 +165,6 @@ def delete_blocks(heap: Heap, where: sql.Composable, lo: int, hi: int) -> sql.Co
     return sql.SQL("DELETE FROM {} WHERE ctid >= {}::tid AND ctid < {}::tid AND {}").format(
         heap.source, sql.Literal(f"({lo},0)"), sql.Literal(f"({hi},0)"), where
     )
-
-
-def as_owner(heap: Heap) -> sql.Composed | None:
-    """The statement that makes a DELETE run as the table's owner (inside its transaction): a DELETE fires the
-    table's triggers and policies, which are the tenant's code when the tenant's role owns the table (a restored
-    one does); run as the admin they would run with the admin's rights. PostgreSQL does the same for VACUUM and
-    ANALYZE (they run index functions as the table owner)."""
-    if heap.owner is None:
-        return None
-    return sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(heap.owner))
 
 
 def delete_some(heap: Heap, where: sql.Composable, limit: int) -> sql.Composed:
