@@ -2,9 +2,10 @@
 
 Each file is named `<WorkflowType>-<YYYYMMDD>--<workflow id>.json` (files recorded before that rule keep their
 names, the workflow id): the replay takes the run's workflow id from the
-name (fleet runs name their children after it). SHA256SUMS lists every file with its checksum: a recorded history
-is never changed or deleted (tests/test_replay.py fails if one is), only new ones added, with
-TENANTS_RECORD_HISTORIES=1 (see docs/operations.md).
+name (fleet runs name their children after it). Every file's checksum is recorded: SHA256SUMS (frozen, the
+histories before per-file sums) and, for each later history, a `<name>.sha256` beside it, so recording one adds
+files and changes none. A recorded history is never changed or deleted (tests/test_replay.py fails if one is),
+only new ones added, with TENANTS_RECORD_HISTORIES=1 (see docs/operations.md).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ def workflow_id_of(path: Path) -> str:
 
 def recorded_sums() -> dict[str, str]:
     sums = {}
-    for line in SUMS.read_text().splitlines():
-        digest, name = line.split(maxsplit=1)
-        sums[name] = digest
+    for source in [SUMS, *sorted(HISTORIES.glob("*.sha256"))]:
+        for line in source.read_text().splitlines():
+            digest, name = line.split(maxsplit=1)
+            sums[name] = digest
     return sums
 
 
@@ -44,6 +46,5 @@ def save_history(history: WorkflowHistory, workflow_type: str) -> Path:
     if path.exists():
         raise FileExistsError(f"{path.name} is already recorded: histories are never re-recorded")
     path.write_text(history.to_json())
-    with SUMS.open("a") as sums:
-        sums.write(f"{sha256_of(path)}  {path.name}\n")
+    path.with_suffix(".sha256").write_text(f"{sha256_of(path)}  {path.name}\n")
     return path
