@@ -105,3 +105,7 @@ NON_RETRYABLE += [BACKUP_NOT_AUTHENTIC]
 # Retryable: an activity that cannot resume stopped cleanly because its worker is shutting down; another worker
 # runs it again.
 WORKER_SHUTDOWN = "WorkerShutdown"
+
+# A server name this process has no admin URL for (activities/infra/servers.py): configure it, then retry.
+SERVER_NOT_CONFIGURED = "ServerNotConfigured"
+NON_RETRYABLE += [SERVER_NOT_CONFIGURED]

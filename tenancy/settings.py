@@ -42,7 +42,13 @@ class Settings(BaseSettings):
 
     # PostgreSQL server that holds the tenant databases (an admin connection). Empty: the embedded server.
     database_url: str | None = None
-    # Database of the control-plane catalog, on the same server.
+    # More servers for tenant databases, by name (tenancy/servers.py): a JSON object {"pg-b": "postgresql://..."}
+    # here, and the servers file (`tenants servers add` writes it; 0600, default <secrets folder>/servers.json).
+    # The server of database_url is named `default`. Only workers and the command line read these URLs: a workflow
+    # names a server, never its URL.
+    servers: dict[str, str] = Field(default_factory=dict)
+    servers_file: Path | None = None
+    # Database of the control-plane catalog, on the default server.
     catalog_database: str = "tenants_catalog"
     # Tenant databases are named <prefix><tenant id>.
     database_prefix: str = "tenant_"
@@ -267,6 +273,10 @@ class Settings(BaseSettings):
     @property
     def effective_secrets_dir(self) -> Path:
         return (self.secrets_dir or self.state_dir / "secrets").resolve()
+
+    @property
+    def effective_servers_file(self) -> Path:
+        return (self.servers_file or self.effective_secrets_dir / "servers.json").resolve()
 
     @property
     def template_database(self) -> str:

@@ -89,6 +89,55 @@ async def settings(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
+def _drop_prefixed(url: str, prefix: str) -> None:
+    """Drop every database and role whose name starts with this session's prefix on one server."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [prefix + "%"])]
+        for name in names:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        roles = [r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", [prefix + "%"])]
+        for role in roles:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture(scope="session")
+def second_pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A second PostgreSQL server for multi-server tests: the embedded 18 beside the machine's server, or a second
+    embedded one when the session already runs on an embedded server."""
+    if os.environ.get("TENANTS_TEST_DATABASE_URL"):
+        yield request.getfixturevalue("embedded_server").url
+        return
+    folder = Path(tempfile.mkdtemp(prefix="tl-test-pg-"))
+    server = EmbeddedPostgres(folder / "data", free_port(), durable=False)
+    try:
+        server.start()
+        yield server.url
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+SECOND_SERVER = "pg-b"
+
+
+@pytest.fixture(scope="session")
+async def multi_settings(settings: Settings, second_pg_url: str) -> AsyncIterator[Settings]:
+    """Settings of a catalog of its own that knows two servers: `default` (the session's) and `pg-b` (the second
+    one). Tenants the tests make here are placed, moved and exported between the two."""
+    from activities.infra.servers import server_major_version
+
+    unique = settings.database_prefix.rstrip("_")
+    multi = settings.model_copy(
+        update={"catalog_database": f"{unique}_mcatalog", "servers": {SECOND_SERVER: second_pg_url}}
+    )
+    catalog = Catalog(multi)
+    await catalog.migrate()
+    await catalog.update_server("default", major_version=await server_major_version(settings.effective_database_url))
+    await catalog.add_server(SECOND_SERVER, major_version=await server_major_version(second_pg_url))
+    yield multi
+    _drop_prefixed(second_pg_url, settings.database_prefix)
+
+
 @pytest.fixture
 async def task_queue(temporal_env: WorkflowEnvironment, settings: Settings) -> AsyncIterator[str]:
     """A worker with every workflow and activity, on a task queue of this test's own."""

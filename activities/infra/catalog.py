@@ -27,6 +27,7 @@ from tenancy.marks import Mark
 from tenancy.messages.locks import LockOutcome
 from tenancy.messages.provision import AdoptionPlan, NewTenant
 from tenancy.naming import database_name, validate_tenant_id
+from tenancy.servers import DEFAULT_SERVER
 from tenancy.settings import Settings
 
 # Catalog connections return rows as dicts, by column name.
@@ -195,6 +196,24 @@ MIGRATIONS: list[str] = [
         destroyed_at     timestamptz,
         destroyed_by     text
     );
+    """,
+    # 11: several PostgreSQL servers (tenancy/servers.py). A server's admin URL is not here: workers resolve a name
+    # from their own configuration. Every tenant names its server; rows written before live on `default`.
+    """
+    CREATE TABLE database_servers (
+        name           text PRIMARY KEY CHECK (name ~ '^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$'),
+        status         text NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'draining', 'closed')),
+        max_tenants    int CHECK (max_tenants > 0),
+        max_size_mb    bigint CHECK (max_size_mb > 0),
+        major_version  int,
+        address        text,
+        added_at       timestamptz NOT NULL DEFAULT now(),
+        updated_at     timestamptz NOT NULL DEFAULT now()
+    );
+    INSERT INTO database_servers (name) VALUES ('default');
+    ALTER TABLE tenants ADD COLUMN server text NOT NULL DEFAULT 'default' REFERENCES database_servers(name);
+    CREATE INDEX tenants_by_server ON tenants (server, status);
+    ALTER TABLE kept_databases ADD COLUMN server text;
     """,
 ]
 
@@ -414,7 +433,9 @@ class Catalog:
             row = await one_row(await conn.execute(_OWNER_TENANTS_SQL, [owner_email, plan]))
         return row["n"]
 
-    async def record_provisioning(self, new: NewTenant, max_tenants: int | None = None) -> tuple[Tenant, bool]:
+    async def record_provisioning(
+        self, new: NewTenant, max_tenants: int | None = None, server: str | None = None
+    ) -> tuple[Tenant, bool]:
         """Record the tenant as `provisioning`. Returns (tenant, created); created is False when the same request
         was already recorded (a retried activity). Another live tenant with the id raises TenantExists.
 
@@ -438,12 +459,20 @@ class Catalog:
                 used = (await one_row(await conn.execute(_OWNER_TENANTS_SQL, [new.owner_email, new.plan])))["n"]
                 if used >= max_tenants:
                     raise PlanLimitReached(new.owner_email, new.plan, used)
-            values = [new.name, new.plan, new.owner_email, new.database_name, new.role_name, Jsonb(new.settings)]
+            values = [
+                new.name,
+                new.plan,
+                new.owner_email,
+                new.database_name,
+                new.role_name,
+                Jsonb(new.settings),
+                server or new.server or DEFAULT_SERVER,
+            ]
             if row:  # a failed attempt may be provisioned again
                 row = await (
                     await conn.execute(
                         "UPDATE tenants SET name = %s, plan = %s, owner_email = %s, database_name = %s, "
-                        "role_name = %s, settings = %s, status = 'provisioning', status_reason = NULL, "
+                        "role_name = %s, settings = %s, server = %s, status = 'provisioning', status_reason = NULL, "
                         "updated_at = now() WHERE id = %s RETURNING *",
                         [*values, new.tenant_id],
                     )
@@ -451,8 +480,8 @@ class Catalog:
             else:
                 row = await (
                     await conn.execute(
-                        "INSERT INTO tenants (name, plan, owner_email, database_name, role_name, settings, id, status) "
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s, 'provisioning') RETURNING *",
+                        "INSERT INTO tenants (name, plan, owner_email, database_name, role_name, settings, server, "
+                        "id, status) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'provisioning') RETURNING *",
                         [*values, new.tenant_id],
                     )
                 ).fetchone()
@@ -884,6 +913,96 @@ class Catalog:
                     [tenant_id],
                 )
             ).fetchall()
+
+    # Servers (tenancy/servers.py). The catalog knows their names, states and limits; URLs live with the workers.
+
+    async def servers(self) -> list[dict[str, Any]]:
+        """Every server with its count of live tenants, by name."""
+        async with self._connection() as conn:
+            return await (
+                await conn.execute(
+                    "SELECT s.*, (SELECT count(*) FROM tenants t WHERE t.server = s.name "
+                    "AND t.status NOT IN ('deprovisioned', 'failed')) AS tenants "
+                    "FROM database_servers s ORDER BY s.name"
+                )
+            ).fetchall()
+
+    async def server(self, name: str) -> dict[str, Any] | None:
+        async with self._connection() as conn:
+            return await (await conn.execute("SELECT * FROM database_servers WHERE name = %s", [name])).fetchone()
+
+    async def add_server(
+        self,
+        name: str,
+        *,
+        max_tenants: int | None = None,
+        max_size_mb: int | None = None,
+        major_version: int | None = None,
+        address: str | None = None,
+    ) -> bool:
+        """Record a server (open); False when one of that name is already recorded (left as it is)."""
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "INSERT INTO database_servers (name, max_tenants, max_size_mb, major_version, address) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
+                [name, max_tenants, max_size_mb, major_version, address],
+            )
+            return cur.rowcount > 0
+
+    async def update_server(self, name: str, **fields: Any) -> bool:
+        """Set some of status, max_tenants, max_size_mb, major_version, address; False when no such server."""
+        allowed = {"status", "max_tenants", "max_size_mb", "major_version", "address"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"not a server field: {', '.join(sorted(unknown))}")
+        if not fields:
+            return await self.server(name) is not None
+        assignments = sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(key), sql.Placeholder()) for key in fields
+        )
+        query = sql.SQL("UPDATE database_servers SET {}, updated_at = now() WHERE name = %s").format(assignments)
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute(query, [*fields.values(), name])
+            return cur.rowcount > 0
+
+    async def remove_server(self, name: str) -> int:
+        """Forget a server that holds no tenant of any status but deprovisioned; returns the tenants that stop it
+        (0: removed)."""
+        async with self._connection() as conn, conn.transaction():
+            held = (
+                await one_row(
+                    await conn.execute(
+                        "SELECT count(*) AS n FROM tenants WHERE server = %s AND status <> 'deprovisioned'", [name]
+                    )
+                )
+            )["n"]
+            if held:
+                return held
+            await conn.execute("UPDATE tenants SET server = 'default' WHERE server = %s", [name])
+            await conn.execute("DELETE FROM database_servers WHERE name = %s AND name <> 'default'", [name])
+            return 0
+
+    async def tenant_server(self, tenant_id: str) -> str | None:
+        """The server of a tenant's database (None: no such tenant)."""
+        async with self._connection() as conn:
+            row = await (await conn.execute("SELECT server FROM tenants WHERE id = %s", [tenant_id])).fetchone()
+        return row["server"] if row else None
+
+    async def switch_tenant_server(self, tenant_id: str, source: str, target: str) -> bool:
+        """Point the tenant at `target` if it is on `source`; True when it is on `target` afterwards (a retried
+        switch finds it done). False: it is on neither, and nothing changed."""
+        async with self._connection() as conn, conn.transaction():
+            row = await (
+                await conn.execute("SELECT server FROM tenants WHERE id = %s FOR UPDATE", [tenant_id])
+            ).fetchone()
+            if row is None:
+                return False
+            if row["server"] == target:
+                return True
+            if row["server"] != source:
+                return False
+            await conn.execute("UPDATE tenants SET server = %s, updated_at = now() WHERE id = %s", [target, tenant_id])
+            return True
 
     async def lock_holder(self, tenant_id: str) -> dict[str, Any] | None:
         async with self._connection() as conn:

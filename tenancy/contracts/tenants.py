@@ -21,6 +21,7 @@ class Tenant(BaseModel):
     status_reason: str | None = None
     role_name: str | None = None
     last_maintenance: dict[str, Any] | None = None
+    server: str = "default"  # the PostgreSQL server holding its database (tenancy/servers.py)
     created_at: datetime
     updated_at: datetime
 

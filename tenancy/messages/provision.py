@@ -18,6 +18,8 @@ class NewTenant(BaseModel):
     database_name: str
     role_name: str
     settings: dict[str, Any] = Field(default_factory=dict)
+    # The server asked for (`--server`); None: placement chooses (tenancy.servers.choose_server) when recording.
+    server: str | None = None
 
 
 class TenantDatabase(BaseModel):
