@@ -26,6 +26,7 @@ class TenantDatabase(BaseModel):
     tenant_id: str
     database_name: str
     role_name: str
+    server: str | None = None  # where the database is (or goes); None: the tenant's server in the catalog
 
 
 class TemplateRefresh(BaseModel):

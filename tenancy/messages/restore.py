@@ -20,6 +20,8 @@ class ScratchRestoreRequest(BaseModel):
     grant_connect: bool = True
     # The sha256 of the backup select_backup checked: the restore reads only those bytes (None: older callers).
     sha256: str | None = None
+    # The server to restore onto (a move's or an import's target); None: the tenant's server in the catalog.
+    server: str | None = None
 
 
 class RestoredCheckRequest(BaseModel):
@@ -27,6 +29,7 @@ class RestoredCheckRequest(BaseModel):
     scratch_name: str
     row_counts: dict[str, int]
     checks: list[str]
+    server: str | None = None  # where the scratch copy is; None: the tenant's server in the catalog
 
 
 class ScratchDatabase(BaseModel):
@@ -35,6 +38,7 @@ class ScratchDatabase(BaseModel):
     tenant_id: str
     database_name: str
     scratch_name: str
+    server: str | None = None  # where it is; None: the tenant's server in the catalog
 
 
 class PreviousDatabase(BaseModel):
@@ -43,6 +47,7 @@ class PreviousDatabase(BaseModel):
     tenant_id: str
     database_name: str
     previous_name: str
+    server: str | None = None  # where it is; None: the tenant's server in the catalog
 
 
 class SwapRequest(PreviousDatabase, ScratchDatabase):
