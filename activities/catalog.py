@@ -101,7 +101,7 @@ class CatalogActivities:
     @activity.defn
     async def list_tenant_page(self, page: TenantPage) -> list[TenantRef]:
         """The next page of tenants (by id) with one of the given statuses."""
-        return await self.catalog.tenant_page(page.after, page.limit, page.statuses)
+        return await self.catalog.tenant_page(page.after, page.limit, page.statuses, server=page.server)
 
     @activity.defn
     async def record_fleet_outcomes(self, batch: FleetOutcomes) -> int:

@@ -64,6 +64,7 @@ class Fleet:
     kind: str  # names the children: backup, maintenance, migrate, prune, drill
     statuses: list[str]  # which tenants of the catalog the run goes over
     start_child: StartChild
+    server: str | None = None  # only the tenants on this server; None: every server
 
 
 def child_id(kind: str, tenant_id: str) -> str:
@@ -147,7 +148,7 @@ class _SlidingWindow:
 
     async def _page(self, after: str | None) -> list[TenantRef]:
         return await steps.list_tenant_page(
-            TenantPage(after=after, limit=self.req.page_size, statuses=self.fleet.statuses)
+            TenantPage(after=after, limit=self.req.page_size, statuses=self.fleet.statuses, server=self.fleet.server)
         )
 
     def _history_is_long(self) -> bool:

@@ -404,13 +404,15 @@ class Catalog:
             await conn.commit()
         return Tenant.model_validate(row)
 
-    async def tenant_page(self, after: str | None, limit: int, statuses: list[str]) -> list[TenantRef]:
+    async def tenant_page(
+        self, after: str | None, limit: int, statuses: list[str], server: str | None = None
+    ) -> list[TenantRef]:
         async with self._connection() as conn:
             rows = await (
                 await conn.execute(
                     "SELECT id, status FROM tenants WHERE status = ANY(%s) AND (%s::text IS NULL OR id > %s) "
-                    "ORDER BY id LIMIT %s",
-                    [statuses, after, after, limit],
+                    "AND (%s::text IS NULL OR server = %s) ORDER BY id LIMIT %s",
+                    [statuses, after, after, server, server, limit],
                 )
             ).fetchall()
         return [TenantRef(id=r["id"], status=r["status"]) for r in rows]

@@ -24,3 +24,4 @@ class TenantPage(BaseModel):
     after: str | None = None
     limit: int = 200
     statuses: list[str]
+    server: str | None = None  # only the tenants on this server (a move of a whole server); None: every server
