@@ -30,11 +30,13 @@ from activities.infra.manifest_signing import read_keyring
 from activities.infra.temporal import connect_client, ensure_search_attributes, metrics_runtime
 from activities.infra.tenant_keys import check_tenant_keys
 from activities.maintenance import MaintenanceActivities, check_cleanup_rules
+from activities.move import MoveActivities
 from activities.notify import NotifyActivities
 from activities.provisioning import ProvisioningActivities
 from activities.restore import RestoreActivities
 from activities.sweep import SweepActivities
 from activities.tenant_admin import TenantAdminActivities
+from activities.transfer import TransferActivities
 from tenancy.log import configure_logging, get_logger
 from tenancy.settings import Settings, load_settings
 from workflows.registry import WORKFLOWS
@@ -107,6 +109,8 @@ def build_worker(
             MaintenanceActivities(settings),
             HealthActivities(settings, client),
             SweepActivities(settings, client),
+            MoveActivities(settings),
+            TransferActivities(settings),
         ),
         # Every activity is `async def`: no activity_executor (it runs only sync activities). Their blocking calls
         # go through asyncio.to_thread, sized in run_worker.

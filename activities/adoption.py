@@ -17,6 +17,7 @@ from activities.heartbeat import Heartbeater
 from activities.infra.catalog import Catalog, TenantExists
 from activities.infra.marks import mark_database, mark_role
 from activities.infra.pg import connect
+from activities.infra.servers import ServerUrls
 from tenancy.contracts.provision import AdoptTenantInput
 from tenancy.contracts.tenants import Tenant
 from tenancy.errors import INVALID_INPUT, TENANT_EXISTS, InvalidInput, fail
@@ -30,6 +31,7 @@ from tenancy.naming import (
     validate_email,
     validate_tenant_id,
 )
+from tenancy.servers import DEFAULT_SERVER, validate_server_name
 from tenancy.settings import Settings
 
 # Statuses of a tenant whose database is in service: adopting it again only writes the marks.
@@ -94,7 +96,30 @@ class AdoptionActivities:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.catalog = Catalog(settings)
-        self.admin_url = settings.effective_database_url
+
+    def _admin_url(self, server: str | None) -> str:
+        """The admin URL of the server holding the adopted database (None: `default`)."""
+        return ServerUrls(self.settings).url(server)
+
+    async def _server(self, req: AdoptTenantInput, known: Tenant | None, mark_only: bool) -> str:
+        """Where the database is: `--server` (a server of the catalog), else where a recorded tenant's is (only
+        marked), else `default`. Marking a recorded tenant's database on another server than its own is refused."""
+        if req.server is None:
+            return known.server if mark_only and known else DEFAULT_SERVER
+        try:
+            validate_server_name(req.server)
+        except InvalidInput as exc:
+            raise fail(INVALID_INPUT, str(exc)) from None
+        if await self.catalog.server(req.server) is None:
+            raise fail(
+                INVALID_INPUT, f"no server named {req.server!r}; add it with `tenants servers add {req.server} URL`"
+            )
+        if mark_only and known and known.server != req.server:
+            raise fail(
+                INVALID_INPUT,
+                f"tenant {known.id!r} is recorded on server {known.server!r}, not {req.server!r}; nothing was changed",
+            )
+        return req.server
 
     def _validate(self, req: AdoptTenantInput) -> tuple[str, str, str, str, str, str | None]:
         try:
@@ -172,8 +197,9 @@ class AdoptionActivities:
                 TENANT_EXISTS,
                 f"tenant {tenant_id!r} already exists ({known.status}) with database {known.database_name}",
             )
-        role = await self._role_to_mark(tenant_id, role, known if mark_only else None)
-        async with await connect(self.admin_url, autocommit=True) as conn:
+        server = await self._server(req, known, mark_only)
+        role = await self._role_to_mark(tenant_id, role, known if mark_only else None, server)
+        async with await connect(self._admin_url(server), autocommit=True) as conn:
             database_comment = await self._check_database(conn, tenant_id, database)
             role_comment = await self._check_role(conn, tenant_id, role, database) if role else None
         return AdoptionPlan(
@@ -186,9 +212,10 @@ class AdoptionActivities:
             mark_only=mark_only,
             database_comment=database_comment,
             role_comment=role_comment,
+            server=server,
         )
 
-    async def _role_to_mark(self, tenant_id: str, named: str | None, known: Tenant | None) -> str | None:
+    async def _role_to_mark(self, tenant_id: str, named: str | None, known: Tenant | None, server: str) -> str | None:
         """The role named, or (marking a tenant from before marks) the role it is recorded with, if it exists."""
         recorded = known.role_name if known else None
         if named and recorded and named != recorded:
@@ -201,7 +228,7 @@ class AdoptionActivities:
                 )
             return named
         if recorded:
-            async with await connect(self.admin_url) as conn:
+            async with await connect(self._admin_url(server)) as conn:
                 if await _role_facts(conn, recorded) is not None:
                     return recorded
         return None
@@ -213,6 +240,11 @@ class AdoptionActivities:
             await self.catalog.record_adoption(plan, _marker())
         except TenantExists as exc:
             raise fail(TENANT_EXISTS, str(exc)) from None
+        if plan.server is not None and not plan.mark_only:
+            # The row records the server the database is on (a tenant coming back may have been elsewhere).
+            current = await self.catalog.tenant_server(plan.tenant_id)
+            if current is not None and current != plan.server:
+                await self.catalog.switch_tenant_server(plan.tenant_id, current, plan.server)
 
     @activity.defn
     async def adopt_database(self, plan: AdoptionPlan) -> int:
@@ -229,7 +261,7 @@ class AdoptionActivities:
                 at=datetime.now(UTC),
             )
 
-        async with Heartbeater(), await connect(self.admin_url, autocommit=True) as conn:
+        async with Heartbeater(), await connect(self._admin_url(plan.server), autocommit=True) as conn:
             await self._check_database(conn, plan.tenant_id, plan.database_name)
             if plan.role_name:
                 await self._check_role(conn, plan.tenant_id, plan.role_name, plan.database_name)
@@ -255,7 +287,7 @@ class AdoptionActivities:
         info = calling_run()
         if await self.catalog.adoption_event(plan.tenant_id, info.workflow_id) is not None:
             return
-        async with await connect(self.admin_url, autocommit=True) as conn:
+        async with await connect(self._admin_url(plan.server), autocommit=True) as conn:
             facts = await _database_facts(conn, plan.database_name)
             mark = parse_mark(facts[2]) if facts else None
             if mark and mark.made_by(info.workflow_id, info.workflow_run_id):

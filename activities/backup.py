@@ -27,6 +27,7 @@ from activities.infra.pg import (
     pg_dump_writes_zstd,
     server_major,
 )
+from activities.infra.servers import tenant_admin_url
 from activities.infra.storage import open_storage
 from activities.infra.subprocesses import kill_group, tail
 from activities.infra.tenant_keys import MASTER_KEY, TENANT_KEY, identities_for, tenant_recipient
@@ -76,8 +77,10 @@ class BackupActivities:
             await asyncio.to_thread(self._remove_previous_attempt, req.tenant_id)
             name = await self._fresh_name(req.tenant_id, req.compression)
         started = datetime.now(UTC)
+        # The tenant's own server; its major picks the pg_dump (the manifest records it, and restores match it).
+        admin_url = await tenant_admin_url(self.settings, req.tenant_id, req.server)
         try:
-            conn = await connect_to_tenant_db(self.settings.effective_database_url, req.database_name, autocommit=True)
+            conn = await connect_to_tenant_db(admin_url, req.database_name, autocommit=True)
         except psycopg.OperationalError as exc:
             if f'database "{req.database_name}" does not exist' in str(exc):
                 raise fail(
@@ -117,7 +120,7 @@ class BackupActivities:
                     args,
                     stdout=subprocess.PIPE,
                     stderr=stderr,
-                    env=libpq_env(self.settings.effective_database_url, req.database_name),
+                    env=libpq_env(admin_url, req.database_name),
                     start_new_session=True,
                 )
                 assert proc.stdout is not None

@@ -22,6 +22,7 @@ from activities.infra.credentials import delete_credentials
 from activities.infra.marks import database_mark, mark_role, marked_databases, role_mark
 from activities.infra.pg import connect, connect_to_tenant_db
 from activities.infra.schema import database_exists
+from activities.infra.servers import tenant_admin_url
 from tenancy.errors import INVALID_INPUT, NOT_MARKED, ROLE_IN_USE, InvalidInput, fail
 from tenancy.lifecycle import check_reinstatement
 from tenancy.log import activity_logger
@@ -137,17 +138,21 @@ class DeprovisionActivities:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.catalog = Catalog(settings)
-        self.admin_url = settings.effective_database_url
 
     def _log(self, tenant_id: str):
         return activity_logger("activities.deprovision", tenant_id)
+
+    async def _admin_url(self, db: TenantDatabase) -> str:
+        """The admin URL of the server holding the tenant's database (and its roles): the one the message names,
+        else the catalog's."""
+        return await tenant_admin_url(self.settings, db.tenant_id, db.server)
 
     @activity.defn
     async def check_before_deprovisioning(self, db: TenantDatabase) -> DeprovisionCheck:
         """Refuse a tenant database that is not marked as this tenant's before anything is dropped or backed up.
         When the database is already gone (an earlier attempt dropped it), the final backup that attempt
         recorded, if any."""
-        async with await connect(self.admin_url, autocommit=True) as admin:
+        async with await connect(await self._admin_url(db), autocommit=True) as admin:
             exists = await database_exists(admin, db.database_name)
             if exists and not _is_tenant_database(await database_mark(admin, db.database_name), db.tenant_id):
                 raise fail(NOT_MARKED, unmarked_database_message(db) + "; nothing was dropped")
@@ -191,7 +196,7 @@ class DeprovisionActivities:
         """Drop the copies of the tenant's database that carry its mark: restores' scratch copies, databases
         kept by `--keep-previous` (their catalog entry is ended), unfinished provisioning copies."""
         dropped = []
-        async with await connect(self.admin_url, autocommit=True) as admin:
+        async with await connect(await self._admin_url(db), autocommit=True) as admin:
             for name, mark in sorted((await marked_databases(admin)).items()):
                 if not is_leftover(db, name, mark):
                     continue
@@ -210,7 +215,8 @@ class DeprovisionActivities:
         delete the credentials file. A role without that mark (made before marks existed, or someone else's)
         is left in place and reported."""
         log = self._log(db.tenant_id)
-        async with await connect(self.admin_url, autocommit=True) as admin:
+        admin_url = await self._admin_url(db)
+        async with await connect(admin_url, autocommit=True) as admin:
             exists = await _role_exists(admin, db.role_name)
             mark = await role_mark(admin, db.role_name) if exists else None
             # A database another tenant's (or the catalog) where the role holds something: the role is shared,
@@ -230,33 +236,33 @@ class DeprovisionActivities:
             await asyncio.to_thread(delete_credentials, self.settings.effective_secrets_dir, db.tenant_id)
             log.warning("tenant role left", role=db.role_name, reason=reason)
             return RoleRemoval(role_name=db.role_name, dropped=False, left_reason=reason)
-        cleaned = await remove_role(self.admin_url, db.role_name, [db.database_name]) if exists else []
+        cleaned = await remove_role(admin_url, db.role_name, [db.database_name]) if exists else []
         await asyncio.to_thread(delete_credentials, self.settings.effective_secrets_dir, db.tenant_id)
         log.info("tenant role dropped", role=db.role_name, existed=exists, cleaned_in=cleaned)
-        await self._drop_owner_roles(db)
+        await self._drop_owner_roles(db, admin_url)
         return RoleRemoval(role_name=db.role_name, dropped=exists, cleaned_in=cleaned)
 
-    async def _drop_owner_roles(self, db: TenantDatabase) -> None:
+    async def _drop_owner_roles(self, db: TenantDatabase, admin_url: str) -> None:
         """The NOLOGIN roles restores made to own the tenant's objects (tenancy/restore_roles.py): each one of the
         names they have that is marked as this tenant's; one without the mark is left."""
         for name in owner_role_names(db.database_name):
             if name == db.role_name:
                 continue
-            async with await connect(self.admin_url, autocommit=True) as admin:
+            async with await connect(admin_url, autocommit=True) as admin:
                 if not await _role_exists(admin, name):
                     continue
                 mark = await role_mark(admin, name)
             if mark is None or not mark.is_of(db.tenant_id, "role"):
                 self._log(db.tenant_id).warning("role not marked as the tenant's: left in place", role=name)
                 continue
-            await remove_role(self.admin_url, name, [db.database_name])
+            await remove_role(admin_url, name, [db.database_name])
             self._log(db.tenant_id).info("tenant owner role dropped", role=name)
 
     @activity.defn
     async def check_before_reinstatement(self, db: TenantDatabase) -> None:
         """Nothing of the tenant's names may be in the way, checked before the backup is read: a database of
         its name (reinstating would replace it), or a role of its name not marked as this tenant's."""
-        async with await connect(self.admin_url, autocommit=True) as admin:
+        async with await connect(await self._admin_url(db), autocommit=True) as admin:
             if await database_exists(admin, db.database_name):
                 if _is_tenant_database(await database_mark(admin, db.database_name), db.tenant_id):
                     raise fail(
@@ -284,7 +290,7 @@ class DeprovisionActivities:
             run_id=info.workflow_run_id,
             at=datetime.now(UTC),
         )
-        async with await connect(self.admin_url, autocommit=True) as admin, admin.transaction():
+        async with await connect(await self._admin_url(db), autocommit=True) as admin, admin.transaction():
             exists = await _role_exists(admin, db.role_name)
             current = await role_mark(admin, db.role_name) if exists else None
             if exists and not (current and current.is_of(db.tenant_id, "role")):
@@ -332,7 +338,8 @@ class DeprovisionActivities:
         if tenant is None or tenant.status != "deprovisioned":
             return []
         undone = []
-        async with await connect(self.admin_url, autocommit=True) as admin:
+        admin_url = await self._admin_url(db)
+        async with await connect(admin_url, autocommit=True) as admin:
             mark = await database_mark(admin, db.database_name)
             # Only this run's restored copy: the swap marked it as the tenant's, with this run's id.
             if mark and mark.is_of(db.tenant_id, "tenant") and mark.made_by(info.workflow_id, info.workflow_run_id):
@@ -340,7 +347,7 @@ class DeprovisionActivities:
                 undone.append(db.database_name)
             role = await role_mark(admin, db.role_name) if undo.drop_role else None
         if role and role.is_of(db.tenant_id, "role") and role.made_by(info.workflow_id, info.workflow_run_id):
-            await remove_role(self.admin_url, db.role_name, [])
+            await remove_role(admin_url, db.role_name, [])
             await asyncio.to_thread(delete_credentials, self.settings.effective_secrets_dir, db.tenant_id)
             undone.append(db.role_name)
         self._log(db.tenant_id).warning("unfinished reinstatement undone", dropped=undone)

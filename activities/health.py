@@ -17,9 +17,11 @@ from activities.heartbeat import Heartbeater
 from activities.infra.backup_facts import describe_backups, retention_entry
 from activities.infra.catalog import Catalog
 from activities.infra.pg import connect
+from activities.infra.servers import ServerUrls
 from activities.infra.storage import open_storage
 from tenancy.contracts.health import Alert, HealthInput, HealthReport, TenantHealth
 from tenancy.contracts.tenants import Tenant
+from tenancy.errors import failure_message
 from tenancy.health import alerts_for
 from tenancy.log import get_logger
 from tenancy.messages.health import AlertBatch, FleetHealth, HealthPage, HealthPageRequest
@@ -31,6 +33,7 @@ from tenancy.settings import Settings
 CHECKED_STATUSES = ["provisioning", "active", "inactive", "suspended"]
 # Tenants of a page whose backups are listed at the same time (object storage: each listing is a few requests).
 PARALLEL_TENANTS = 8
+SERVER_CONNECT_SECONDS = 10
 
 
 class HealthActivities:
@@ -50,21 +53,53 @@ class HealthActivities:
             failed.setdefault(tenant, []).append(f"{run.workflow_type} {run.id}")
         return failed
 
-    async def _database_sizes(self, names: list[str]) -> dict[str, int]:
-        async with await connect(self.settings.effective_database_url) as conn:
-            rows = await (
-                await conn.execute(
-                    "SELECT datname, pg_database_size(datname) FROM pg_database WHERE datname = ANY(%s)", [names]
+    async def _database_sizes(self, tenants: list[Tenant]) -> tuple[dict[tuple[str, str], int], list[Alert]]:
+        """Each tenant's database size, read on its own server: one connection per server, the servers at once.
+        A server that cannot be reached (or that this worker has no URL for) leaves its tenants' sizes unknown and
+        is an alert, not a failed check."""
+        by_server: dict[str, list[str]] = {}
+        for tenant in tenants:
+            by_server.setdefault(tenant.server, []).append(tenant.database_name)
+        urls = ServerUrls(self.settings)
+
+        async def sizes_on(server: str, names: list[str]) -> dict[tuple[str, str], int]:
+            # A server that does not answer holds up its tenants' sizes only, and not for long.
+            conn = await asyncio.wait_for(connect(urls.url(server)), SERVER_CONNECT_SECONDS)
+            async with conn:
+                rows = await (
+                    await conn.execute(
+                        "SELECT datname, pg_database_size(datname) FROM pg_database WHERE datname = ANY(%s)", [names]
+                    )
+                ).fetchall()
+            return {(server, name): size for name, size in rows}
+
+        servers = sorted(by_server)
+        results = await asyncio.gather(*(sizes_on(s, by_server[s]) for s in servers), return_exceptions=True)
+        sizes: dict[tuple[str, str], int] = {}
+        alerts = []
+        for server, result in zip(servers, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result  # cancellation and the like are not a server's fault
+                said = (failure_message(result).strip().splitlines() or [type(result).__name__])[0]
+                alerts.append(
+                    Alert(
+                        kind="server_unreachable",
+                        tenant_id=None,
+                        message=f"server {server}: sizes of {len(by_server[server])} tenant database(s) not read: "
+                        f"{said}",
+                    )
                 )
-            ).fetchall()
-        return dict(rows)
+            else:
+                sizes.update(result)
+        return sizes, alerts
 
     async def _check(
         self, tenants: list[Tenant], failed: dict[str | None, list[str]]
     ) -> tuple[list[TenantHealth], list[Alert]]:
         """Each tenant's row and alerts; storage is read in threads, a few tenants at a time."""
         now = datetime.now(UTC)
-        sizes = await self._database_sizes([t.database_name for t in tenants]) if tenants else {}
+        sizes, server_alerts = await self._database_sizes(tenants) if tenants else ({}, [])
         age = activity.metric_meter().create_gauge_float(
             "tenants_backup_age_seconds", "Age of the newest verified backup", "s"
         )
@@ -87,15 +122,16 @@ class HealthActivities:
                 backup_age_hours=hours_since(last.taken_at if last else None),
                 last_restorable_at=good.taken_at if good else None,
                 restorable_age_hours=hours_since(good.taken_at if good else None),
-                database_bytes=sizes.get(tenant.database_name),
+                database_bytes=sizes.get((tenant.server, tenant.database_name)),
                 quota_bytes=plan.quota_mb * 2**20 if plan else None,
                 last_maintenance_at=(tenant.last_maintenance or {}).get("at"),
                 failed_runs=len(failed.get(tenant.id, [])),
                 backup_bytes=used,
+                server=tenant.server,
             )
 
         rows = await asyncio.gather(*(one(t) for t in tenants))
-        alerts: list[Alert] = []
+        alerts: list[Alert] = list(server_alerts)
         for row in rows:
             if row.backup_age_hours is not None:
                 age.with_additional_attributes({"tenant_id": row.tenant_id}).set(row.backup_age_hours * 3600)

@@ -39,6 +39,7 @@ from activities.infra.maintenance_sql import (
 )
 from activities.infra.pg import connect, connect_to_tenant_db, one_row
 from activities.infra.schema import ensure_template, template_session
+from activities.infra.servers import ServerUrls, tenant_admin_url
 from activities.infra.storage import open_storage
 from tenancy.contracts.maintenance import (
     AnalyzeResult,
@@ -53,6 +54,8 @@ from tenancy.log import activity_logger
 from tenancy.maintenance import CleanupRule, bloat_ratio, rule_keys
 from tenancy.messages.maintenance import CleanupRequest, MaintenanceRecord, MaintenanceTarget, VacuumRequest
 from tenancy.messages.progress import HeartbeatDetails
+from tenancy.messages.provision import TemplateRefresh
+from tenancy.servers import DEFAULT_SERVER
 from tenancy.settings import Settings
 
 LOCK_TIMEOUT = "MaintenanceLockTimeout"
@@ -79,7 +82,6 @@ ORDER BY 1
 class MaintenanceActivities:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.admin_url = settings.effective_database_url
         self.catalog = Catalog(settings)
 
     def _log(self, tenant_id: str):
@@ -92,10 +94,12 @@ class MaintenanceActivities:
         )
 
     @asynccontextmanager
-    async def _session(self, dbname: str) -> AsyncIterator[psycopg.AsyncConnection]:
-        """An admin session in the tenant's database that resolves names in pg_catalog only (what the tenant's
-        role may have put in its database is never run by mistake), under the maintenance timeouts."""
-        conn = await connect_to_tenant_db(self.admin_url, dbname, autocommit=True)
+    async def _session(self, target: MaintenanceTarget) -> AsyncIterator[psycopg.AsyncConnection]:
+        """An admin session in the tenant's database, on the tenant's own server (asked of the catalog at each
+        attempt: a move changes it), that resolves names in pg_catalog only (what the tenant's role may have put in
+        its database is never run by mistake), under the maintenance timeouts."""
+        admin_url = await tenant_admin_url(self.settings, target.tenant_id)
+        conn = await connect_to_tenant_db(admin_url, target.database_name, autocommit=True)
         try:
             await conn.execute(self._timeouts())
             yield conn
@@ -117,7 +121,7 @@ class MaintenanceActivities:
 
     @activity.defn
     async def database_size(self, target: MaintenanceTarget) -> int:
-        async with await connect(self.admin_url) as conn:
+        async with await connect(await tenant_admin_url(self.settings, target.tenant_id)) as conn:
             row = await one_row(await conn.execute("SELECT pg_database_size(%s)", [target.database_name]))
         return row[0]
 
@@ -170,7 +174,7 @@ class MaintenanceActivities:
         """Dry run: rows each cleanup rule would delete (counted as the cleanup counts them), the rules that do
         not apply to this tenant, indexes optimize would rebuild or drop as leftovers, dead tuples vacuum would
         reclaim. Reads only."""
-        async with self._session(req.database_name) as conn, Heartbeater():
+        async with self._session(req) as conn, Heartbeater():
             await conn.execute("SET default_transaction_read_only = on")
             counts, skipped = await self._cleanup_counts(conn, req.cutoff)
             rebuild = self._to_rebuild(await self._index_bloat(conn))
@@ -189,7 +193,7 @@ class MaintenanceActivities:
     async def count_old_rows(self, req: CleanupRequest) -> dict[str, int]:
         """Rows each cleanup rule would delete, counted before the cleanup starts (rules that do not apply to this
         tenant are left out; the cleanup says why). Counting a large table takes a while: heartbeats meanwhile."""
-        async with self._session(req.database_name) as conn, Heartbeater():
+        async with self._session(req) as conn, Heartbeater():
             return (await self._cleanup_counts(conn, req.cutoff))[0]
 
     @activity.defn
@@ -216,7 +220,7 @@ class MaintenanceActivities:
             return cursor.rowcount
 
         async with (
-            self._session(req.database_name) as conn,
+            self._session(req) as conn,
             Heartbeater(lambda: HeartbeatDetails(batches=batches, next_block=next_block, longest_batch_ms=longest)),
         ):
             if req.planned:
@@ -304,7 +308,7 @@ class MaintenanceActivities:
         """VACUUM (ANALYZE) table by table (VACUUM FULL only when asked: it locks each table while it rewrites
         it); a table that times out is reported and the others still run."""
         state = self._table_state()
-        async with self._session(req.database_name) as conn, Heartbeater(lambda: HeartbeatDetails(**state)):
+        async with self._session(req) as conn, Heartbeater(lambda: HeartbeatDetails(**state)):
             if state["dead_before"] is None:
                 state["dead_before"] = await self._dead_tuples(conn)
             version = conn.info.server_version
@@ -347,7 +351,7 @@ class MaintenanceActivities:
         estimated bloat is over the threshold, then ANALYZE the tables rebuilt. An index that times out is
         reported (with the others of its table, not tried behind the same lock) and the rest go on."""
         timed_out: dict[str, str] = {}
-        async with self._session(target.database_name) as conn, Heartbeater():
+        async with self._session(target) as conn, Heartbeater():
             # Invalid copies are never read but may be written on every change of their table: gone first.
             dropped = await self._drop_leftovers(conn, await reindex_leftovers(conn), timed_out)
             candidates = self._to_rebuild(await self._index_bloat(conn))
@@ -405,11 +409,50 @@ class MaintenanceActivities:
         """ANALYZE table by table; a table that times out is reported and the others still run. (None only in
         histories recorded before it reported anything.)"""
         state = self._table_state()
-        async with self._session(target.database_name) as conn, Heartbeater(lambda: HeartbeatDetails(**state)):
+        async with self._session(target) as conn, Heartbeater(lambda: HeartbeatDetails(**state)):
             version = conn.info.server_version
             await self._table_by_table(conn, await vacuum_tables(conn), lambda t: analyze_only(version, t), state)
         self._log(target.tenant_id).info("analyzed", tables=state["tables"], timed_out=state["timed_out"])
         return AnalyzeResult(tables=state["tables"], timed_out=state["timed_out"])
+
+    @activity.defn
+    async def refresh_server_templates(self, req: TemplateRefresh) -> dict[str, str | None]:
+        """Rebuild the template database on every server the catalog knows and this worker has a URL for, where
+        the migration files changed; returns each one's schema version. A server it cannot reach is logged and
+        left out (its tenants' migrations fail on their own; provisioning there brings its template up to date
+        first), so one server down does not hold up the migration of all the others."""
+        log = activity_logger("activities.maintenance")
+        urls = ServerUrls(self.settings)
+        names = [row["name"] for row in await self.catalog.servers()]
+        try:
+            configured = urls.configured()
+        except ValueError as exc:  # a malformed servers file: the default server only
+            log.warning("servers file not read", error=str(exc))
+            configured = {DEFAULT_SERVER: self.settings.effective_database_url}
+        reachable = [name for name in names if name in configured]
+        for name in sorted(set(names) - set(reachable)):
+            log.warning("template not refreshed: this worker has no URL for the server", server=name)
+
+        async def refresh(name: str) -> str | None:
+            return await ensure_template(
+                configured[name], self.settings.template_database, self.settings.migrations_dir
+            )
+
+        versions: dict[str, str | None] = {}
+        async with Heartbeater():
+            # The default first and on its own: its failure fails the activity, as before servers.
+            versions[DEFAULT_SERVER] = await refresh(DEFAULT_SERVER)
+            others = [name for name in reachable if name != DEFAULT_SERVER]
+            results = await asyncio.gather(*(refresh(name) for name in others), return_exceptions=True)
+        for name, result in zip(others, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result
+                log.warning("template not refreshed: server not reached", server=name, error=str(result)[:200])
+            else:
+                versions[name] = result
+        log.info("templates refreshed", versions=versions)
+        return versions
 
     @activity.defn
     async def record_maintenance(

@@ -41,6 +41,7 @@ from activities.infra.restore_login import (
     role_facts,
 )
 from activities.infra.schema import grant_tenant_access, harden_public_schema
+from activities.infra.servers import ServerUrls, tenant_admin_url
 from activities.infra.storage import FILE_MODE, open_storage
 from activities.infra.subprocesses import kill_group, tail
 from activities.infra.tenant_keys import identities_for
@@ -76,6 +77,7 @@ from tenancy.messages.tenants import TenantRequest
 from tenancy.naming import is_previous_database_name, parse_backup_name, partial_name
 from tenancy.restore_roles import RestoreOwner, choose_restore_owner, owner_role_names, restore_login_name
 from tenancy.selection import choose_backup
+from tenancy.servers import DEFAULT_SERVER
 from tenancy.settings import Settings
 
 # pg_restore --verbose says this once per table whose data it has loaded (one job, or several).
@@ -147,10 +149,15 @@ class RestoreActivities:
         self.settings = settings
         self.storage = open_storage(settings)
         self.catalog = Catalog(settings)
-        self.admin_url = settings.effective_database_url
 
     def _log(self, tenant_id: str):
         return activity_logger("activities.restore", tenant_id)
+
+    async def _admin_url(self, tenant_id: str, server: str | None) -> str:
+        """The admin URL of the server a request acts on: the one it names (a move's or an import's target), else
+        the tenant's server in the catalog (`default` for a tenant it does not know). Resolved per call: a tenant
+        may have moved since the worker started."""
+        return await tenant_admin_url(self.settings, tenant_id, server)
 
     @activity.defn
     async def select_backup(self, selection: BackupSelection) -> BackupManifest:
@@ -194,7 +201,7 @@ class RestoreActivities:
                     f"backup {name!r} does not match its manifest (size {size} vs {manifest.size_bytes}, "
                     f"sha256 {digest[:12]}… vs {manifest.sha256[:12]}…): it is corrupted or truncated",
                 )
-            async with await connect(self.admin_url) as conn:
+            async with await connect(await self._admin_url(tenant_id, selection.server)) as conn:
                 major = server_major(conn.info.server_version)
             made_by = int(manifest.tool_version.split(".")[0])
             if made_by > major:
@@ -236,7 +243,8 @@ class RestoreActivities:
         info = calling_run()
         work = await asyncio.to_thread(self._work_file, req.scratch_name)
         await asyncio.to_thread(work.unlink, missing_ok=True)  # a dead attempt's plaintext goes first
-        async with await connect(self.admin_url, autocommit=True) as conn:
+        admin_url = await self._admin_url(req.tenant_id, req.server)
+        async with await connect(admin_url, autocommit=True) as conn:
             major = server_major(conn.info.server_version)
             if await _exists(conn, req.scratch_name):
                 mark = await database_mark(conn, req.scratch_name)
@@ -328,24 +336,24 @@ class RestoreActivities:
             archive = work
             # pg_restore runs as a login role of this attempt's that can do no more than the owner role.
             login = await create_restore_login(
-                self.admin_url,
+                admin_url,
                 restore_login_name(req.scratch_name),
                 restore_owner.name,
                 req.scratch_name,
                 restorer_mark(req.tenant_id, info.workflow_id, info.workflow_run_id),
             )
-            undo_grants = await self._let_owner_create(req.scratch_name, restore_owner.name)
-            await self._pg_restore(tools.pg_restore, archive, req, login, done, log)
-            await self._settle_restored(req, login, undo_grants, restore_owner.login_role)
-            await self._open_to_tenant(req, live_owner)
+            undo_grants = await self._let_owner_create(admin_url, req.scratch_name, restore_owner.name)
+            await self._pg_restore(admin_url, tools.pg_restore, archive, req, login, done, log)
+            await self._settle_restored(admin_url, req, login, undo_grants, restore_owner.login_role)
+            await self._open_to_tenant(admin_url, req, live_owner)
         except BaseException:
             with contextlib.suppress(Exception):
-                await self._drop(req.scratch_name)
+                await self._drop(req.scratch_name, admin_url)
             raise
         finally:
             await asyncio.to_thread(work.unlink, missing_ok=True)
             if login is not None:  # after the scratch copy on failure: nothing of the role is left in it
-                await drop_restore_login_quietly(self.admin_url, login.name, req.tenant_id)
+                await drop_restore_login_quietly(admin_url, login.name, req.tenant_id)
         log.info(
             "restored into scratch database",
             scratch=req.scratch_name,
@@ -401,13 +409,13 @@ class RestoreActivities:
             self._log(tenant_id).info("role created for the tenant's restored objects", role=choice.name)
         return choice
 
-    async def _let_owner_create(self, scratch_name: str, owner: str) -> list[sql.Composed]:
+    async def _let_owner_create(self, admin_url: str, scratch_name: str, owner: str) -> list[sql.Composed]:
         """For the restore only: the owner role may create schemas (CREATE on the database) and objects in `public`
         (which PostgreSQL 15+ lets only the database's owner create in). Returns the REVOKEs that undo what was
         granted here."""
         undo: list[sql.Composed] = []
         role, database = _ident(owner), _ident(scratch_name)
-        async with await connect_to_tenant_db(self.admin_url, scratch_name, autocommit=True) as conn:
+        async with await connect_to_tenant_db(admin_url, scratch_name, autocommit=True) as conn:
             await harden_public_schema(conn)  # no other role may create in public (PostgreSQL 14 and older let any)
             on_database, on_public = await one_row(
                 await conn.execute(
@@ -426,6 +434,7 @@ class RestoreActivities:
 
     async def _settle_restored(
         self,
+        admin_url: str,
         req: ScratchRestoreRequest,
         login: RestoreLogin,
         undo_grants: list[sql.Composed],
@@ -436,7 +445,7 @@ class RestoreActivities:
         privileges on what the admin creates later (migrations), and the tenant's login role, when there is one,
         what provisioning gives it (`--no-acl` restored no grant) in every restored schema: it owns nothing."""
         role = _ident(login.owner)
-        async with await connect_to_tenant_db(self.admin_url, req.scratch_name, autocommit=True) as conn:
+        async with await connect_to_tenant_db(admin_url, req.scratch_name, autocommit=True) as conn:
             held = await one_row(
                 await conn.execute(
                     "SELECT count(*) FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid "
@@ -468,10 +477,10 @@ class RestoreActivities:
                 ).fetchall()
                 await grant_tenant_access(conn, tenant_login_role, [name for (name,) in schemas])
 
-    async def _open_to_tenant(self, req: ScratchRestoreRequest, live_owner: str | None) -> None:
+    async def _open_to_tenant(self, admin_url: str, req: ScratchRestoreRequest, live_owner: str | None) -> None:
         """Once the copy is settled: the live database's owner and database-level grants (not in a pg_dump archive),
         or, without a live database, a CONNECT grant to the tenant's role only."""
-        async with await connect(self.admin_url, autocommit=True) as conn:
+        async with await connect(admin_url, autocommit=True) as conn:
             if live_owner is not None:
                 await conn.execute(
                     sql.SQL("ALTER DATABASE {} OWNER TO {}").format(_ident(req.scratch_name), _ident(live_owner))
@@ -481,7 +490,14 @@ class RestoreActivities:
                 await _grant_to_tenant_role_only(conn, req.scratch_name, req.role_name, req.grant_connect)
 
     async def _pg_restore(
-        self, pg_restore: Path, archive: Path, req: ScratchRestoreRequest, login: RestoreLogin, done: dict, log
+        self,
+        admin_url: str,
+        pg_restore: Path,
+        archive: Path,
+        req: ScratchRestoreRequest,
+        login: RestoreLogin,
+        done: dict,
+        log,
     ) -> None:
         # --role: what it creates belongs to the owner; --no-owner: no ALTER ... OWNER TO the roles of the dump;
         # --no-acl: no GRANTs of the dump (they name the admin; what the owner needs is given after).
@@ -491,7 +507,7 @@ class RestoreActivities:
             args,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            env=login.env(self.admin_url, req.scratch_name),
+            env=login.env(admin_url, req.scratch_name),
             start_new_session=True,
         )
         last_lines: deque[str] = deque(maxlen=20)
@@ -523,8 +539,9 @@ class RestoreActivities:
                 raise fail(RESTORE_FAILED, f"{message} (restores run as the tenant's role {login.owner!r})")
             raise ApplicationError(message, type=RESTORE_FAILED)
 
-    async def _drop(self, dbname: str) -> None:
-        async with await connect(self.admin_url, autocommit=True) as conn:
+    async def _drop(self, dbname: str, admin_url: str | None = None) -> None:
+        """DROP DATABASE IF EXISTS on the server behind `admin_url` (None: the default server)."""
+        async with await connect(admin_url or self.settings.effective_database_url, autocommit=True) as conn:
             await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(_ident(dbname)))
 
     @activity.defn
@@ -533,8 +550,9 @@ class RestoreActivities:
         session resolves names in the system catalog only), and every configured check returns true: each one
         statement (the extended query protocol refuses two), run as the tenant's role in a READ ONLY transaction
         with a statement timeout (TENANTS_CHECK_TIMEOUT_SECONDS)."""
+        admin_url = await self._admin_url(req.tenant_id, req.server)
         async with Heartbeater():
-            async with await connect_to_tenant_db(self.admin_url, req.scratch_name, autocommit=True) as conn:
+            async with await connect_to_tenant_db(admin_url, req.scratch_name, autocommit=True) as conn:
                 counts = await count_rows(conn)
             missing = sorted(set(req.row_counts) - set(counts))
             if missing:
@@ -547,11 +565,11 @@ class RestoreActivities:
             if wrong:
                 raise fail(RESTORE_VERIFICATION_FAILED, f"row counts differ from the backup's: {'; '.join(wrong[:5])}")
             if req.checks:
-                await self._run_checks(req)
+                await self._run_checks(admin_url, req)
         self._log(req.tenant_id).info("restored database verified", tables=len(counts), checks=len(req.checks))
         return counts
 
-    async def _run_checks(self, req: RestoredCheckRequest) -> None:
+    async def _run_checks(self, admin_url: str, req: RestoredCheckRequest) -> None:
         info = calling_run()
         tenant = await self.catalog.get_tenant(req.tenant_id)
         if tenant is None:
@@ -559,11 +577,11 @@ class RestoreActivities:
         # The role restore_to_scratch was given: a reinstatement (of a deprovisioned tenant) restores with the role
         # it creates, named like the database when none is recorded (workflows/reinstate_tenant.py).
         recorded = tenant.role_name or (tenant.database_name if tenant.status == "deprovisioned" else None)
-        async with await connect(self.admin_url, autocommit=True) as admin:
+        async with await connect(admin_url, autocommit=True) as admin:
             # Checks run as the owner role of the restored objects (SET ROLE below), never as the admin.
             owner = (await self._restore_owner(admin, tenant.id, tenant.database_name, recorded, None)).name
         login = await create_restore_login(
-            self.admin_url,
+            admin_url,
             restore_login_name(req.scratch_name),
             owner,
             req.scratch_name,
@@ -572,7 +590,7 @@ class RestoreActivities:
         timeout_ms = self.settings.check_timeout_seconds * 1000
         try:
             async with await psycopg.AsyncConnection.connect(
-                login.conninfo(self.admin_url, req.scratch_name), autocommit=True
+                login.conninfo(admin_url, req.scratch_name), autocommit=True
             ) as conn:
                 await conn.execute(sql.SQL("SET ROLE {}").format(_ident(owner)))
                 for check in req.checks:
@@ -588,7 +606,7 @@ class RestoreActivities:
                     if not row or row[0] is not True:
                         raise fail(RESTORE_VERIFICATION_FAILED, f"check {check!r} did not return true")
         finally:
-            await drop_restore_login_quietly(self.admin_url, login.name, req.tenant_id)
+            await drop_restore_login_quietly(admin_url, login.name, req.tenant_id)
 
     @activity.defn
     async def swap_in_restored(self, req: SwapRequest) -> SwapResult:
@@ -608,7 +626,8 @@ class RestoreActivities:
             _ident(req.scratch_name),
             _ident(req.previous_name),
         )
-        async with await connect(self.admin_url, autocommit=True) as conn, Heartbeater():
+        admin_url = await self._admin_url(req.tenant_id, req.server)
+        async with await connect(admin_url, autocommit=True) as conn, Heartbeater():
             live, incoming, previous = (
                 await _exists(conn, req.database_name),
                 await _exists(conn, req.scratch_name),
@@ -664,7 +683,8 @@ class RestoreActivities:
         dropped; the tenant's database accepts connections. Returns what state the tenant was left in."""
         info = calling_run()
         state = "unchanged"
-        async with await connect(self.admin_url, autocommit=True) as conn:
+        admin_url = await self._admin_url(req.tenant_id, req.server)
+        async with await connect(admin_url, autocommit=True) as conn:
             live, incoming, previous = (
                 await _exists(conn, req.database_name),
                 await _exists(conn, req.scratch_name),
@@ -690,7 +710,7 @@ class RestoreActivities:
                 )
         # The login role of an attempt that died before it could drop it.
         await drop_restore_login_of_run(
-            self.admin_url, restore_login_name(req.scratch_name), req.tenant_id, info.workflow_id
+            admin_url, restore_login_name(req.scratch_name), req.tenant_id, info.workflow_id
         )
         self._log(req.tenant_id).warning("unfinished restore undone", tenant_database=state)
         return state
@@ -740,7 +760,13 @@ class RestoreActivities:
         if not is_previous_database_name(req.database_name, req.previous_name):
             raise fail(INVALID_INPUT, f"{req.previous_name!r} is not a database a restore set aside")
         log = self._log(req.tenant_id)
-        async with await connect(self.admin_url, autocommit=True) as conn:
+        server = req.server
+        if server is None:
+            # Where the restore set it aside, as recorded: the tenant may have moved to another server since.
+            kept = await self.catalog.kept_database(req.previous_name)
+            if kept is not None and kept["tenant_id"] == req.tenant_id:
+                server = kept["server"] or DEFAULT_SERVER  # rows written before servers live on `default`
+        async with await connect(await self._admin_url(req.tenant_id, server), autocommit=True) as conn:
             existed = await _exists(conn, req.previous_name)
             if existed:
                 mark = await database_mark(conn, req.previous_name)
@@ -757,19 +783,28 @@ class RestoreActivities:
         """Drop a scratch copy (a drill's, when it is done): only one that carries this run's scratch mark."""
         if req.scratch_name == req.database_name or "__rs_" not in req.scratch_name:
             raise fail(INVALID_INPUT, f"{req.scratch_name!r} is not a scratch database")
-        async with await connect(self.admin_url, autocommit=True) as conn:
+        admin_url = await self._admin_url(req.tenant_id, req.server)
+        async with await connect(admin_url, autocommit=True) as conn:
             mark = await database_mark(conn, req.scratch_name)
             if mark is not None and mark.is_of(req.tenant_id, "scratch") and mark.made_by(calling_run().workflow_id):
                 await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(_ident(req.scratch_name)))
         await drop_restore_login_of_run(
-            self.admin_url, restore_login_name(req.scratch_name), req.tenant_id, calling_run().workflow_id
+            admin_url, restore_login_name(req.scratch_name), req.tenant_id, calling_run().workflow_id
         )
 
     @activity.defn
     async def record_kept_database(self, kept: KeptDatabase) -> None:
-        """A database a restore set aside: in the catalog until it is dropped or swapped back."""
+        """A database a restore set aside: in the catalog, with the server it is on, until it is dropped or swapped
+        back. Without a server named, it is on the tenant's server (where the swap that set it aside was made)."""
+        server = kept.server or await self.catalog.tenant_server(kept.tenant_id) or DEFAULT_SERVER
         await self.catalog.record_kept_database(
-            kept.name, kept.tenant_id, kept.database_name, kept.workflow_id, kept.backup_name, kept.kept_until
+            kept.name,
+            kept.tenant_id,
+            kept.database_name,
+            kept.workflow_id,
+            kept.backup_name,
+            kept.kept_until,
+            server=server,
         )
 
     @activity.defn
@@ -782,15 +817,24 @@ class RestoreActivities:
     async def find_kept_database(self, req: TenantRequest) -> KeptDatabase:
         """The newest database a restore of this tenant set aside that still exists and carries its mark."""
         tenant_id = req.tenant_id
-        async with await connect(self.admin_url, autocommit=True) as conn:
+        # Only one on the tenant's server can be swapped back in: one kept on a server the tenant has since left
+        # is not its database's past any more (the swap is two renames on one server).
+        here = await self.catalog.tenant_server(tenant_id) or DEFAULT_SERVER
+        elsewhere: list[str] = []
+        async with await connect(ServerUrls(self.settings).url(here), autocommit=True) as conn:
             for row in await self.catalog.kept_databases(tenant_id):
+                row = {**row, "server": row["server"] or DEFAULT_SERVER}  # rows written before servers: `default`
+                if row["server"] != here:
+                    elsewhere.append(f"{row['name']} on {row['server']}")
+                    continue
                 mark = await database_mark(conn, row["name"]) if await _exists(conn, row["name"]) else None
                 if mark is not None and mark.is_of(tenant_id, "previous"):
                     return KeptDatabase.model_validate(row)
+        beside = f"; kept on other servers than its own ({here}): {', '.join(elsewhere)}" if elsewhere else ""
         raise fail(
             NOTHING_TO_UNDO,
             f"tenant {tenant_id!r} has no database kept from a restore to go back to "
-            "(a restore keeps the replaced database for TENANTS_RESTORE_KEEP_PREVIOUS)",
+            f"(a restore keeps the replaced database for TENANTS_RESTORE_KEEP_PREVIOUS){beside}",
         )
 
     @activity.defn

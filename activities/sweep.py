@@ -9,8 +9,9 @@ judgement itself is tenancy/sweep.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,12 +26,15 @@ from activities.heartbeat import Heartbeater
 from activities.infra.catalog import Catalog
 from activities.infra.pg import connect
 from activities.infra.restore_login import drop_restore_login
+from activities.infra.servers import ServerUrls
 from activities.infra.storage import open_storage
 from tenancy.audit import SWEEP_REMOVE
 from tenancy.contracts.sweep import SweepInput, SweepItem, SweepReport
+from tenancy.errors import failure_message
 from tenancy.log import activity_logger
 from tenancy.marks import Mark, parse_mark
 from tenancy.messages.progress import HeartbeatDetails
+from tenancy.servers import DEFAULT_SERVER
 from tenancy.settings import Settings
 from tenancy.sweep import (
     MAX_LISTED_LEFT_ALONE,
@@ -62,6 +66,8 @@ _ROLES = (
 )
 _SWEPT_KINDS = ("scratch", "previous", "provisioning")
 _RunCache = dict[tuple[str, str | None], RunState]
+# A server that does not answer within this is reported and skipped, not waited on.
+SERVER_CONNECT_SECONDS = 10
 
 
 def _tenant_of_key(key: str) -> str | None:
@@ -75,7 +81,6 @@ class SweepActivities:
         self.client = client
         self.catalog = Catalog(settings)
         self.storage = open_storage(settings)
-        self.admin_url = settings.effective_database_url
         self.prefix = settings.database_prefix
         self.work_dir = settings.state_dir.resolve() / "work"
 
@@ -106,6 +111,64 @@ class SweepActivities:
         status = description.status.name.lower().replace("_", " ") if description.status else "closed"
         return RunState("ended", status)
 
+    # The servers: every one this worker has a URL for, and every one the catalog knows (reported when it has none).
+
+    async def _servers(self) -> tuple[dict[str, str], list[SweepItem]]:
+        """The servers to look at (name → admin URL, `default` first), and an item for each that cannot be."""
+        problems = []
+        try:
+            urls = ServerUrls(self.settings).configured()
+        except ValueError as exc:  # a malformed servers file: the others are still swept
+            urls = {DEFAULT_SERVER: self.settings.effective_database_url}
+            problems.append(self._server_problem(None, str(exc), name="servers file"))
+        known = {row["name"] for row in await self.catalog.servers()}
+        for name in sorted(known - set(urls)):
+            problems.append(
+                self._server_problem(name, "this worker has no URL for it (TENANTS_SERVERS or the servers file)")
+            )
+        ordered = {DEFAULT_SERVER: urls[DEFAULT_SERVER], **{n: urls[n] for n in sorted(urls) if n != DEFAULT_SERVER}}
+        return ordered, problems
+
+    @staticmethod
+    def _server_problem(server: str | None, why: str, name: str | None = None) -> SweepItem:
+        return SweepItem(
+            kind="server",
+            name=name or server or "?",
+            server=server,
+            reason=f"not swept: {why}",
+            removable=False,
+            error=why,
+        )
+
+    def _url(self, server: str | None) -> str:
+        """The admin URL of an item's server (None: `default`, as in reports made before there were servers)."""
+        return ServerUrls(self.settings).url(server)
+
+    async def _connect(self, url: str) -> psycopg.AsyncConnection:
+        return await asyncio.wait_for(connect(url, autocommit=True), SERVER_CONNECT_SECONDS)
+
+    async def _on_each_server(
+        self,
+        urls: dict[str, str],
+        look: Callable[[str, psycopg.AsyncConnection], Awaitable[list[SweepItem]]],
+        problems: list[SweepItem],
+    ) -> list[SweepItem]:
+        """`look` on every server, one connection each; a server that cannot be reached is one item in
+        `problems` (once per sweep), not a failed sweep."""
+        items: list[SweepItem] = []
+        for server, url in urls.items():
+            if any(p.kind == "server" and p.server == server for p in problems):
+                continue
+            try:
+                conn = await self._connect(url)
+            except Exception as exc:
+                said = (failure_message(exc).strip().splitlines() or [type(exc).__name__])[0]
+                problems.append(self._server_problem(server, f"not reached: {said}"))
+                continue
+            async with conn:
+                items += await look(server, conn)
+        return items
+
     # Judging each kind: used by the search and again right before each removal.
 
     async def _database_verdict(self, mark: Mark, now: datetime, stale: timedelta, runs: _RunCache) -> Verdict:
@@ -127,16 +190,47 @@ class SweepActivities:
         return judge_role(mark, tenants[mark.tenant_id], dependencies, owned, run, now, stale)
 
     async def _work_verdict(
-        self, conn: psycopg.AsyncConnection, scratch: str, written: datetime, now: datetime, stale: timedelta, runs
+        self,
+        conns: list[psycopg.AsyncConnection],
+        unreached: list[str],
+        scratch: str,
+        written: datetime,
+        now: datetime,
+        stale: timedelta,
+        runs: _RunCache,
     ) -> Verdict:
-        row = await (
-            await conn.execute(
-                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", [scratch]
+        """A restore's work file, judged by its scratch database, looked for on every server (a restore may run on
+        any of them)."""
+        row = None
+        for conn in conns:
+            row = await (
+                await conn.execute(
+                    "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", [scratch]
+                )
+            ).fetchone()
+            if row is not None:
+                break
+        if row is None and unreached:
+            return Verdict(
+                False, f"its scratch database may be on server {', '.join(unreached)}, not reached: left alone"
             )
-        ).fetchone()
         mark = parse_mark(row[0]) if row else None
         run = await self._run_state(mark.workflow_id, mark.run_id, runs) if mark else None
         return judge_work_file(row is not None, mark, run, now - written, now, stale)
+
+    @contextlib.asynccontextmanager
+    async def _all_servers(self) -> AsyncIterator[tuple[list[psycopg.AsyncConnection], list[str]]]:
+        """A connection to each server that answers, and the names of those that do not."""
+        urls, problems = await self._servers()
+        unreached = [p.server for p in problems if p.server]
+        async with contextlib.AsyncExitStack() as stack:
+            conns = []
+            for server, url in urls.items():
+                try:
+                    conns.append(await stack.enter_async_context(await self._connect(url)))
+                except Exception:
+                    unreached.append(server)
+            yield conns, unreached
 
     async def _busy(self, key: str, runs: _RunCache) -> str | None:
         """A file or upload of a tenant whose operation lock a running run holds (a backup stalled on a lock
@@ -166,10 +260,18 @@ class SweepActivities:
         runs: _RunCache = {}
         items: list[SweepItem] = []
         async with Heartbeater(lambda: HeartbeatDetails(checked=len(items))):
-            for find in (self._find_work_files, self._find_databases, self._find_roles, self._find_files):
-                items += await find(now, stale, runs)
+            urls, problems = await self._servers()
+            items += await self._find_work_files(now, stale, runs)
+            items += await self._on_each_server(
+                urls, lambda server, conn: self._find_databases(server, conn, now, stale, runs), problems
+            )
+            items += await self._on_each_server(
+                urls, lambda server, conn: self._find_roles(server, conn, now, stale, runs), problems
+            )
+            items += await self._find_files(now, stale, runs)
         removable = [i for i in items if i.removable]
-        left = [i for i in items if not i.removable]
+        # The servers not looked at first: they are what a reader must not miss.
+        left = problems + [i for i in items if not i.removable]
         activity_logger("activities.sweep").info(
             "sweep searched", removable=len(removable), left_alone=len(left), stale_hours=stale_hours
         )
@@ -196,39 +298,58 @@ class SweepActivities:
                     found.append((path, scratch, datetime.fromtimestamp(info.st_mtime, UTC)))
             return found
 
-        items = []
-        async with await connect(self.admin_url, autocommit=True) as conn:
-            for path, scratch, written in await asyncio.to_thread(listing):
-                verdict = await self._work_verdict(conn, scratch, written, now, stale, runs)
+        items: list[SweepItem] = []
+        files = await asyncio.to_thread(listing)
+        if not files:
+            return items
+        async with self._all_servers() as (conns, unreached):
+            for path, scratch, written in files:
+                verdict = await self._work_verdict(conns, unreached, scratch, written, now, stale, runs)
                 items.append(SweepItem(kind="work", name=str(path), reason=verdict.reason, removable=verdict.removable))
         return items
 
-    async def _find_databases(self, now: datetime, stale: timedelta, runs: _RunCache) -> list[SweepItem]:
+    async def _find_databases(
+        self, server: str, conn: psycopg.AsyncConnection, now: datetime, stale: timedelta, runs: _RunCache
+    ) -> list[SweepItem]:
         items = []
-        async with await connect(self.admin_url, autocommit=True) as conn:
-            rows = await (await conn.execute(_DATABASES, {"prefix": self.prefix, "name": None})).fetchall()
+        rows = await (await conn.execute(_DATABASES, {"prefix": self.prefix, "name": None})).fetchall()
         for name, comment in rows:
             mark = parse_mark(comment)
             if mark is None:
                 if "__rs_" in name or "__old_" in name:
                     items.append(
-                        SweepItem(kind="database", name=name, reason="not ours (no mark): left alone", removable=False)
+                        SweepItem(
+                            kind="database",
+                            name=name,
+                            server=server,
+                            reason="not ours (no mark): left alone",
+                            removable=False,
+                        )
                     )
                 continue
             if mark.kind in _SWEPT_KINDS:
                 verdict = await self._database_verdict(mark, now, stale, runs)
-                items.append(SweepItem(kind=mark.kind, name=name, reason=verdict.reason, removable=verdict.removable))
+                items.append(
+                    SweepItem(
+                        kind=mark.kind, name=name, server=server, reason=verdict.reason, removable=verdict.removable
+                    )
+                )
         return items
 
-    async def _find_roles(self, now: datetime, stale: timedelta, runs: _RunCache) -> list[SweepItem]:
+    async def _find_roles(
+        self, server: str, conn: psycopg.AsyncConnection, now: datetime, stale: timedelta, runs: _RunCache
+    ) -> list[SweepItem]:
         items = []
         tenants: dict[str, str | None] = {}
-        async with await connect(self.admin_url, autocommit=True) as conn:
-            rows = await (await conn.execute(_ROLES, {"prefix": self.prefix, "name": None})).fetchall()
+        rows = await (await conn.execute(_ROLES, {"prefix": self.prefix, "name": None})).fetchall()
         for row in rows:
             verdict = await self._role_verdict(row, now, stale, runs, tenants)
             if verdict is not None:
-                items.append(SweepItem(kind="role", name=row[0], reason=verdict.reason, removable=verdict.removable))
+                items.append(
+                    SweepItem(
+                        kind="role", name=row[0], server=server, reason=verdict.reason, removable=verdict.removable
+                    )
+                )
         return items
 
     async def _find_files(self, now: datetime, stale: timedelta, runs: _RunCache) -> list[SweepItem]:
@@ -296,7 +417,7 @@ class SweepActivities:
         return None if verdict.removable else Verdict(False, f"on re-check: {verdict.reason}")
 
     async def _remove_database(self, item: SweepItem, now: datetime, stale: timedelta) -> Verdict | None:
-        async with await connect(self.admin_url, autocommit=True) as conn:
+        async with await self._connect(self._url(item.server)) as conn:
             row = await (await conn.execute(_DATABASES, {"prefix": self.prefix, "name": item.name})).fetchone()
             if row is None:
                 return Verdict(False, "gone before the sweeper reached it")
@@ -313,7 +434,8 @@ class SweepActivities:
         return None
 
     async def _remove_role(self, item: SweepItem, now: datetime, stale: timedelta) -> Verdict | None:
-        async with await connect(self.admin_url, autocommit=True) as conn:
+        admin_url = self._url(item.server)
+        async with await self._connect(admin_url) as conn:
             row = await (await conn.execute(_ROLES, {"prefix": self.prefix, "name": item.name})).fetchone()
             if row is None:
                 return Verdict(False, "gone before the sweeper reached it")
@@ -329,7 +451,7 @@ class SweepActivities:
                 # Anything granted or owned since the check makes DROP ROLE fail: reported as this item's error.
                 await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(item.name)))
                 return None
-        await drop_restore_login(self.admin_url, item.name)
+        await drop_restore_login(admin_url, item.name)
         return None
 
     async def _remove_work_file(self, item: SweepItem, now: datetime, stale: timedelta) -> Verdict | None:
@@ -341,9 +463,9 @@ class SweepActivities:
             info = await asyncio.to_thread(path.lstat)
         except FileNotFoundError:
             return Verdict(False, "gone before the sweeper reached it")
-        async with await connect(self.admin_url, autocommit=True) as conn:
+        async with self._all_servers() as (conns, unreached):
             written = datetime.fromtimestamp(info.st_mtime, UTC)
-            refused = self._recheck(await self._work_verdict(conn, scratch, written, now, stale, {}))
+            refused = self._recheck(await self._work_verdict(conns, unreached, scratch, written, now, stale, {}))
         if refused:
             return refused
         await self._audit_removal(item, None)

@@ -8,6 +8,7 @@ from temporalio import activity
 from activities.audit import calling_actor
 from activities.infra.catalog import Catalog
 from activities.infra.pg import connect, one_row
+from activities.infra.servers import ServerUrls
 from tenancy.contracts.tenants import SettingsChange, SettingsChangeResult, StatusChange, StatusChangeResult
 from tenancy.errors import INVALID_INPUT, TENANT_NOT_FOUND, InvalidInput, fail
 from tenancy.lifecycle import CAN_CONNECT, check_transition
@@ -19,7 +20,6 @@ class TenantAdminActivities:
     def __init__(self, settings) -> None:
         self.settings = settings
         self.catalog = Catalog(settings)
-        self.admin_url = settings.effective_database_url
 
     @activity.defn
     async def change_tenant_status(self, change: StatusChange) -> StatusChangeResult:
@@ -43,7 +43,8 @@ class TenantAdminActivities:
         terminated = 0
         if tenant.role_name and change.status != "deprovisioned":
             role, database = sql.Identifier(tenant.role_name), sql.Identifier(tenant.database_name)
-            async with await connect(self.admin_url, autocommit=True) as admin:
+            # The role and the database are on the tenant's server.
+            async with await connect(ServerUrls(self.settings).url(tenant.server), autocommit=True) as admin:
                 if change.status in CAN_CONNECT:
                     await admin.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, role))
                 else:

@@ -10,17 +10,54 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from activities.infra.catalog import Catalog
 from activities.infra.manifest_signing import read_keyring
 from activities.infra.pg import find_client_tools, one_row, server_major
+from activities.infra.servers import ServerUrls
 from activities.infra.storage import open_storage
 from activities.infra.temporal import connect_client
 from tenancy.errors import InvalidInput, failure_message
 from tenancy.search import TENANT_ID
+from tenancy.servers import DEFAULT_SERVER
 from tenancy.settings import Settings
 
 
-async def _postgres(settings: Settings) -> tuple[str, int]:
-    async with await psycopg.AsyncConnection.connect(settings.effective_database_url, connect_timeout=5) as conn:
+async def _postgres(settings: Settings, url: str | None = None) -> tuple[str, int]:
+    async with await psycopg.AsyncConnection.connect(url or settings.effective_database_url, connect_timeout=5) as conn:
         version = (await one_row(await conn.execute("SHOW server_version")))[0].split()[0]
         return f"PostgreSQL {version} at {conn.info.host}:{conn.info.port}", server_major(conn.info.server_version)
+
+
+async def _servers(settings: Settings) -> list[tuple[str, bool | None, str]]:
+    """Each server besides `default` that this machine or the catalog knows: reachable, its major version, and the
+    pg_dump/pg_restore of that major (a worker dumps and restores a tenant with the tools of its server's)."""
+    results: list[tuple[str, bool | None, str]] = []
+    try:
+        urls = ServerUrls(settings).configured()
+    except ValueError as exc:
+        return [("servers file", False, str(exc))]
+    try:
+        known = {row["name"] for row in await Catalog(settings).servers()}
+    except Exception:  # the catalog's own check says why
+        known = set()
+    for name in sorted((set(urls) | known) - {DEFAULT_SERVER}):
+        label = f"server {name}"
+        if name not in urls:
+            results.append(
+                (label, None, "in the catalog, but no URL for it here (TENANTS_SERVERS or the servers file)")
+            )
+            continue
+        try:
+            line, major = await _postgres(settings, urls[name])
+        except Exception as exc:
+            said = (failure_message(exc).strip().splitlines() or [type(exc).__name__])[0]
+            results.append((label, False, f"cannot connect: {said}"))
+            continue
+        if name not in known:
+            line += "; not in the catalog (`tenants servers add`): takes no tenant"
+        try:
+            tools = find_client_tools(major, settings.pg_bin_dir)
+            results.append((label, True, f"{line}; pg_dump/pg_restore {tools.version} in {tools.pg_dump.parent}"))
+        except Exception as exc:
+            results.append((label, False, f"{line}; {failure_message(exc)}"))
+    return results
 
 
 async def _temporal(settings: Settings) -> list[tuple[str, bool, str]]:
@@ -85,6 +122,7 @@ async def run_checks(settings: Settings) -> int:
             results.append(("catalog", True, f"database {settings.catalog_database}"))
         except Exception as exc:
             results.append(("catalog", False, failure_message(exc)))
+        results += await _servers(settings)
     try:
         storage = open_storage(settings)
         storage.check_writable()

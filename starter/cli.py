@@ -21,12 +21,15 @@ from starter import (
     keys_cmd,
     list_cmd,
     maintenance_cmd,
+    move_cmd,
     offsite_cmds,
     restore_cmd,
     schedules_cmd,
+    servers_cmd,
     stack,
     sweep_cmd,
     tenant_cmds,
+    transfer_cmd,
 )
 from starter.output import error
 from tenancy.errors import InvalidInput, failure_message, failure_type
@@ -35,7 +38,14 @@ from tenancy.settings import load_settings
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
-BAD_INPUT_TYPES = {"InvalidInput", "TenantNotFound", "BackupNotFound", "TenantExists", "PlanLimitReached"}
+BAD_INPUT_TYPES = {
+    "InvalidInput",
+    "TenantNotFound",
+    "BackupNotFound",
+    "TenantExists",
+    "PlanLimitReached",
+    "ExportRejected",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     list_cmd.add_parser(subparsers)
     backup_cmd.add_parser(subparsers)
     restore_cmd.add_parser(subparsers)
+    move_cmd.add_parser(subparsers)
     tenant_cmds.add_parsers(subparsers)
     erase_cmd.add_parser(subparsers)
     maintenance_cmd.add_parser(subparsers)
@@ -60,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     fleet_output.add_parsers(subparsers)
     audit_cmd.add_parser(subparsers)
     keys_cmd.add_parsers(subparsers)
+    transfer_cmd.add_parsers(subparsers)
+    servers_cmd.add_parsers(subparsers)
     worker = subparsers.add_parser("worker", help="run a worker (same as `python worker.py`)")
     worker.set_defaults(handler=None)
     return parser

@@ -25,8 +25,17 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps([t.model_dump(mode="json") for t in tenants], indent=2))
         return 0
     rows = [
-        (t.id, t.name, t.plan, t.status, t.owner_email, t.database_name, t.created_at.strftime("%Y-%m-%d %H:%M"))
+        (
+            t.id,
+            t.name,
+            t.plan,
+            t.status,
+            t.owner_email,
+            t.database_name,
+            t.server,
+            t.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
         for t in tenants
     ]
-    print(table(["id", "name", "plan", "status", "owner", "database", "created"], rows))
+    print(table(["id", "name", "plan", "status", "owner", "database", "server", "created"], rows))
     return 0

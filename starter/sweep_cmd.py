@@ -10,6 +10,7 @@ from starter.output import table
 from starter.runs import start_and_follow
 from tenancy.contracts.sweep import SweepInput, SweepReport
 from tenancy.errors import InvalidInput
+from tenancy.servers import DEFAULT_SERVER
 from tenancy.settings import Settings
 from tenancy.sweep import MAX_STALE_HOURS, MAX_SWEEP_ITEMS
 from workflows.sweep import SweepWorkflow
@@ -53,8 +54,16 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         return 1 if report.failed else 0
     shown = [i for i in report.items if i.removable or i.error or args.verbose or args.dry_run]
     if shown:
-        rows = [(i.kind, i.name, i.error or i.reason, i.action(report.dry_run)) for i in shown]
-        print(table(["kind", "name", "reason", "action"], rows))
+        if any(i.server not in (None, DEFAULT_SERVER) for i in shown):  # several servers: say which
+            print(
+                table(
+                    ["kind", "server", "name", "reason", "action"],
+                    [(i.kind, i.server or "", i.name, i.error or i.reason, i.action(report.dry_run)) for i in shown],
+                )
+            )
+        else:
+            rows = [(i.kind, i.name, i.error or i.reason, i.action(report.dry_run)) for i in shown]
+            print(table(["kind", "name", "reason", "action"], rows))
     removable = sum(i.removable for i in report.items)
     left = len(report.items) - removable
     more = f", {report.more} more for the next sweep" if report.more else ""

@@ -27,9 +27,10 @@ from tenancy.contracts.provision import (
     ReinstateTenantInput,
 )
 from tenancy.contracts.tenants import SettingsChange, StatusChange
-from tenancy.errors import InvalidInput
+from tenancy.errors import InvalidInput, failure_message
 from tenancy.naming import slugify, validate_tenant_id
 from tenancy.retention import is_good_copy
+from tenancy.servers import validate_server_name
 from tenancy.settings import Settings
 from tenancy.tenant_settings import parse_flag
 from workflows.adopt_tenant import AdoptTenantWorkflow
@@ -57,6 +58,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--owner", required=True, help="the owner's e-mail")
     p.add_argument("--id", help="tenant id (default: derived from the name)")
     p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE", help="timezone=…, language=…")
+    p.add_argument(
+        "--server", metavar="NAME", help="the server for its database (default: the open one with the most room)"
+    )
     p.add_argument("--no-wait", action="store_true")
     p.set_defaults(handler=provision)
 
@@ -78,6 +82,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--owner", metavar="EMAIL", help="the owner's e-mail; default: unknown@adopted.invalid")
     p.add_argument("--name", help="display name; default: the tenant id")
     p.add_argument("--role", metavar="NAME", help="an existing login role to record and mark as the tenant's")
+    p.add_argument("--server", metavar="NAME", help="the server where the database is (default: default)")
     p.add_argument("--no-wait", action="store_true")
     p.set_defaults(handler=adopt)
 
@@ -133,8 +138,23 @@ def print_credentials(settings: Settings, tenant_id: str, role_name: str, creden
     print(f"kept in   {credentials_file}")
 
 
+async def _known_server(settings: Settings, name: str | None, *, taking_tenants: bool) -> str | None:
+    """`--server NAME`, checked before anything starts: a server of the catalog (and, for a new tenant, open)."""
+    if name is None:
+        return None
+    validate_server_name(name)
+    row = await Catalog(settings).server(name)
+    if row is None:
+        known = ", ".join(r["name"] for r in await Catalog(settings).servers()) or "none"
+        raise InvalidInput(f"no server named {name!r} (servers: {known}); add it with `tenants servers add`")
+    if taking_tenants and row["status"] != "open":
+        raise InvalidInput(f"server {name!r} is {row['status']}: it takes no new tenants")
+    return name
+
+
 async def provision(args: argparse.Namespace, settings: Settings) -> int:
     tenant_id = validate_tenant_id(args.id) if args.id else slugify(args.name)
+    server = await _known_server(settings, args.server, taking_tenants=True)
     result = await start_and_follow(
         settings,
         ProvisionTenantWorkflow.run,
@@ -144,6 +164,7 @@ async def provision(args: argparse.Namespace, settings: Settings) -> int:
             owner_email=args.owner,
             tenant_id=tenant_id,
             settings=_key_values(args.setting, "--setting"),
+            server=server,
         ),
         operation="provision",
         tenant_id=tenant_id,
@@ -154,14 +175,22 @@ async def provision(args: argparse.Namespace, settings: Settings) -> int:
     if result is None:
         return 0
     print(f"tenant    {result.tenant_id} is active")
-    print(f"database  {result.database_name} (schema {result.schema_version})")
+    where = f" on server {result.server}" if result.server else ""
+    print(f"database  {result.database_name}{where} (schema {result.schema_version})")
     print_credentials(settings, result.tenant_id, result.role_name, result.credentials_file)
     return 0
 
 
 async def adopt(args: argparse.Namespace, settings: Settings) -> int:
     tenant_id = validate_tenant_id(args.tenant)
-    given = {"plan": args.plan, "owner_email": args.owner, "name": args.name, "role_name": args.role}
+    server = await _known_server(settings, args.server, taking_tenants=False)
+    given = {
+        "plan": args.plan,
+        "owner_email": args.owner,
+        "name": args.name,
+        "role_name": args.role,
+        "server": server,
+    }
     result = await start_and_follow(
         settings,
         AdoptTenantWorkflow.run,
@@ -315,12 +344,18 @@ async def show(args: argparse.Namespace, settings: Settings) -> int:
     if tenant is None:
         raise InvalidInput(f"tenant {tenant_id!r} is not in the catalog")
     size = None
+    unread = None  # why the size could not be read on the tenant's server
     if tenant.status not in ("deprovisioned", "failed"):
-        with psycopg.connect(settings.effective_database_url) as conn:
-            row = conn.execute(
-                "SELECT pg_database_size(datname) FROM pg_database WHERE datname = %s", [tenant.database_name]
-            ).fetchone()
-            size = row[0] if row else None
+        from activities.infra.servers import ServerUrls  # the size is read where the database is
+
+        try:
+            with psycopg.connect(ServerUrls(settings).url(tenant.server), connect_timeout=10) as conn:
+                row = conn.execute(
+                    "SELECT pg_database_size(datname) FROM pg_database WHERE datname = %s", [tenant.database_name]
+                ).fetchone()
+                size = row[0] if row else None
+        except Exception as exc:
+            unread = (failure_message(exc).strip().splitlines() or [type(exc).__name__])[0]
     backups = await describe_backups(open_storage(settings), catalog, tenant_id)
     await record_cli_access(settings, BACKUP_LIST, tenant_id, command="show", backups=len(backups))
     last = next((b for b in reversed(backups) if b.verified), None)
@@ -334,6 +369,7 @@ async def show(args: argparse.Namespace, settings: Settings) -> int:
                 {
                     "tenant": tenant.model_dump(mode="json"),
                     "database_bytes": size,
+                    "server": tenant.server,
                     "quota_bytes": plan.quota_mb * 2**20 if plan else None,
                     "last_backup": last.model_dump(mode="json") if last else None,
                     "last_restorable_backup": restorable.model_dump(mode="json") if restorable else None,
@@ -351,6 +387,7 @@ async def show(args: argparse.Namespace, settings: Settings) -> int:
     print(f"tenant     {tenant.id} — {tenant.name}")
     print(f"status     {tenant.status}" + (f" ({tenant.status_reason})" if tenant.status_reason else ""))
     print(f"plan       {tenant.plan}; owner {tenant.owner_email}")
+    print(f"server     {tenant.server}" + (f" (not reached from here: {unread})" if unread else ""))
     quota = f" of {plan.quota_mb} MiB quota ({size / (plan.quota_mb * 2**20):.0%})" if plan and size else ""
     print(f"database   {tenant.database_name}, " + (f"{human_size(size)}{quota}" if size is not None else "none"))
     print(f"settings   {json.dumps(tenant.settings, sort_keys=True)}")

@@ -34,6 +34,8 @@ TENANT_ADOPT = "tenant.adopt"
 TENANT_ADOPT_FAILED = "tenant.adopt.failed"
 TENANT_RESTORE = "tenant.restore"  # the restored copy swapped in as the tenant's database
 RESTORE_UNDO = "restore.undo"
+TENANT_MOVE = "tenant.move"  # the tenant's database moved to another server
+MOVE_UNDO = "move.undo"
 
 # The memo key under which a run's starter names who asked for it.
 REQUESTED_BY = "requested_by"
@@ -52,6 +54,8 @@ _EVENT_ACTIONS = {
     "TenantRestored": TENANT_RESTORE,
     "TenantRestoreUndone": RESTORE_UNDO,
     "TenantErased": TENANT_ERASE,
+    "TenantMoved": TENANT_MOVE,
+    "TenantMoveUndone": MOVE_UNDO,
 }
 
 

@@ -109,3 +109,16 @@ WORKER_SHUTDOWN = "WorkerShutdown"
 # A server name this process has no admin URL for (activities/infra/servers.py): configure it, then retry.
 SERVER_NOT_CONFIGURED = "ServerNotConfigured"
 NON_RETRYABLE += [SERVER_NOT_CONFIGURED]
+
+# Moves between servers (workflows/move_tenant.py). Failed: retryable (a server went away mid-copy). Refused: the
+# target cannot take the tenant, or its data is not the tenant's role's to load; a retry cannot help.
+MOVE_FAILED = "MoveFailed"
+MOVE_REFUSED = "MoveRefused"
+MOVE_VERIFICATION_FAILED = "MoveVerificationFailed"
+NON_RETRYABLE += [MOVE_REFUSED, MOVE_VERIFICATION_FAILED]
+
+# An export file that is not intact, not authentic or not importable here (tenants import), and masking SQL that
+# failed on a clone's scratch copy (tenants clone --mask): no retry changes either.
+EXPORT_REJECTED = "ExportRejected"
+MASKING_FAILED = "MaskingFailed"
+NON_RETRYABLE += [EXPORT_REJECTED, MASKING_FAILED]

@@ -26,7 +26,7 @@ _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 
 def validate_server_name(name: str) -> str:
     """A server name: lowercase letters, digits and inner hyphens, 1-40 characters (as a tenant id)."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidInput(
             f"invalid server name {name!r}: use 1-40 lowercase letters, digits and inner hyphens (e.g. pg-b)"
         )

@@ -28,6 +28,7 @@ from activities.provisioning import ProvisioningActivities
 from tenancy.contracts.provision import ProvisionTenantInput, ProvisionTenantResult
 from tenancy.errors import failure_type
 from tenancy.maintenance import CleanupRule, condition_problem
+from tenancy.messages.maintenance import MaintenanceTarget
 from tenancy.messages.provision import ProvisioningUndo, TenantDatabase
 from tenancy.settings import PlanLimits, Settings
 from tests.test_maintenance import maintain
@@ -185,7 +186,8 @@ async def test_maintenance_never_runs_a_function_planted_in_public(temporal_env,
     assert plan.ok and plan.plan.cleanup_rows["activity_log"] == 20
     assert result.ok and result.tasks[0].detail["rows_deleted"]["activity_log"] == 20
 
-    async with MaintenanceActivities(settings)._session(tenant.database_name) as conn:
+    target = MaintenanceTarget(tenant_id=tenant.id, database_name=tenant.database_name)
+    async with MaintenanceActivities(settings)._session(target) as conn:
         path = (await (await conn.execute("SHOW search_path")).fetchone())[0]
         schemas = (await (await conn.execute("SELECT current_schemas(true)")).fetchone())[0]
     assert path.replace(" ", "") == "pg_catalog,pg_temp" and "public" not in schemas

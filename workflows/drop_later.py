@@ -18,5 +18,10 @@ class DropPreviousDatabaseWorkflow:
     async def run(self, req: DropLaterInput) -> bool:
         await workflow.sleep(timedelta(seconds=req.delay_seconds))
         return await steps.drop_previous_database(
-            PreviousDatabase(tenant_id=req.tenant_id, database_name=req.database_name, previous_name=req.previous_name)
+            PreviousDatabase(
+                tenant_id=req.tenant_id,
+                database_name=req.database_name,
+                previous_name=req.previous_name,
+                server=req.server,
+            )
         )

@@ -48,7 +48,10 @@ class MigrateAllTenantsWorkflow:
 
         check_input(lambda: validate_fleet(req), legacy)
         if req.cursor is None:  # the template first, once, so the children do not race to rebuild it
-            await steps.refresh_template(TemplateRefresh())
+            if workflow.patched("template-on-every-server"):
+                await steps.refresh_server_templates(TemplateRefresh())  # each server has its own template
+            else:
+                await steps.refresh_template(TemplateRefresh())
         cursor = start_cursor(req.cursor)
 
         async def migrate(tenant: TenantRef, child_id: str) -> TenantOutcome:

@@ -8,9 +8,10 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from tenancy.contracts.provision import ProvisionTenantInput, ProvisionTenantResult, WelcomeMail
-    from tenancy.errors import failure_message
+    from tenancy.errors import INVALID_INPUT, InvalidInput, fail, failure_message
     from tenancy.messages.provision import ProvisioningUndo, TenantDatabase
     from tenancy.messages.tenants import TenantRequest
+    from tenancy.servers import validate_server_name
     from workflows import steps
     from workflows.notify import SendWelcomeEmailWorkflow, announce
     from workflows.phase import ShowsPhase
@@ -30,12 +31,22 @@ class ProvisionTenantWorkflow(ShowsPhase):
     async def run(self, req: ProvisionTenantInput) -> ProvisionTenantResult:
         # 1. Validate, 2. the plan limit, 3. record the tenant as provisioning.
         self._phase = "validating"
+        if req.server is not None:
+            try:
+                validate_server_name(req.server)
+            except InvalidInput as exc:
+                raise fail(INVALID_INPUT, str(exc)) from None
         new = await steps.validate_new_tenant(req)
+        if req.server is not None:  # the server asked for (`--server`); placement checks it when recording
+            new = new.model_copy(update={"server": req.server})
         self._phase = "checking the plan limit"
         await steps.check_plan_limit(new)
         self._phase = "recording the tenant"
-        await steps.record_provisioning(new)
-        db = TenantDatabase(tenant_id=new.tenant_id, database_name=new.database_name, role_name=new.role_name)
+        tenant = await steps.record_provisioning(new)
+        # Every later step acts on the server the tenant was placed on (a run recorded before servers: `default`).
+        db = TenantDatabase(
+            tenant_id=new.tenant_id, database_name=new.database_name, role_name=new.role_name, server=tenant.server
+        )
 
         async with tenant_lock(new.tenant_id, "provision", 0):
             try:
@@ -72,4 +83,5 @@ class ProvisionTenantWorkflow(ShowsPhase):
             schema_version=migration.version,
             credentials_file=credentials,
             welcome_mail_workflow_id=mail_id,
+            server=tenant.server,
         )

@@ -12,6 +12,7 @@ from workflows.erase_tenant import EraseTenantWorkflow
 from workflows.health_check import HealthCheckWorkflow
 from workflows.maintain_tenant import MaintainAllTenantsWorkflow, MaintainTenantWorkflow
 from workflows.migrate import MigrateAllTenantsWorkflow, MigrateTenantWorkflow
+from workflows.move_tenant import MoveTenantWorkflow, UndoMoveWorkflow
 from workflows.notify import DeliverEventWorkflow, SendWelcomeEmailWorkflow
 from workflows.provision_tenant import ProvisionTenantWorkflow
 from workflows.reinstate_tenant import ReinstateTenantWorkflow
@@ -19,6 +20,7 @@ from workflows.restore_tenant import RestoreTenantWorkflow
 from workflows.retention import PinBackupWorkflow, PruneAllTenantsWorkflow, PruneTenantWorkflow
 from workflows.sweep import SweepWorkflow
 from workflows.tenant_status import ChangeTenantStatusWorkflow, UpdateTenantSettingsWorkflow
+from workflows.transfer import CloneTenantWorkflow, ExportTenantWorkflow, ImportTenantWorkflow
 from workflows.undo_restore import UndoRestoreWorkflow
 
 WORKFLOWS = [
@@ -47,4 +49,9 @@ WORKFLOWS = [
     PruneTenantWorkflow,
     PruneAllTenantsWorkflow,
     SweepWorkflow,
+    MoveTenantWorkflow,
+    UndoMoveWorkflow,
+    ExportTenantWorkflow,
+    ImportTenantWorkflow,
+    CloneTenantWorkflow,
 ]

@@ -52,6 +52,7 @@ async def restore_check_swap(
             jobs=jobs,
             role_name=role_name,
             grant_connect=grant_connect,
+            server=names.server,  # the server the swap is on (None: the tenant's, resolved by the activity)
         )
     )
     phase("verifying the restored database")
@@ -61,6 +62,7 @@ async def restore_check_swap(
             scratch_name=names.scratch_name,
             row_counts=manifest.row_counts,
             checks=checks,
+            server=names.server,
         )
     )
     phase("swapping the restored database in")
@@ -105,6 +107,7 @@ async def keep_or_drop_previous(
                 workflow_id=workflow.info().workflow_id,
                 backup_name=backup_name,
                 kept_until=keep_until,
+                server=names.server,  # None: the activity records the tenant's server
             )
         )
     await workflow.start_child_workflow(

@@ -23,11 +23,13 @@ with workflow.unsafe.imports_passed_through():
     from activities.erasure import ErasureActivities
     from activities.health import HealthActivities
     from activities.maintenance import MaintenanceActivities
+    from activities.move import MoveActivities
     from activities.notify import NotifyActivities
     from activities.provisioning import ProvisioningActivities
     from activities.restore import RestoreActivities
     from activities.sweep import SweepActivities
     from activities.tenant_admin import TenantAdminActivities
+    from activities.transfer import TransferActivities
     from tenancy.contracts.backup import BackupManifest, DrillResult, DumpResult, RetentionResult
     from tenancy.contracts.health import HealthInput, HealthReport
     from tenancy.contracts.maintenance import (
@@ -50,6 +52,15 @@ with workflow.unsafe.imports_passed_through():
         TenantEvent,
         TenantRef,
     )
+    from tenancy.contracts.transfer import (
+        ExportWritten,
+        ImportAbandoned,
+        ImportFacts,
+        InspectImportRequest,
+        MaskRequest,
+        StageRequest,
+        WriteExportRequest,
+    )
     from tenancy.messages.backup import (
         BackupNameRequest,
         BackupSelection,
@@ -63,6 +74,22 @@ with workflow.unsafe.imports_passed_through():
     from tenancy.messages.health import AlertBatch, FleetHealth, HealthPage, HealthPageRequest
     from tenancy.messages.locks import LockOutcome, LockRequest, TenantPage
     from tenancy.messages.maintenance import CleanupRequest, MaintenanceRecord, MaintenanceTarget, VacuumRequest
+    from tenancy.messages.move import (
+        CopyCheck,
+        CopyFacts,
+        CopyRequest,
+        CopyResult,
+        FreezeRequest,
+        FreezeResult,
+        KeptSource,
+        MoveBackRequest,
+        MoveCheck,
+        MovePlan,
+        SetAsideRequest,
+        Switched,
+        SwitchRequest,
+        UnfinishedMove,
+    )
     from tenancy.messages.provision import (
         AdoptionPlan,
         AdoptionUndo,
@@ -319,6 +346,10 @@ async def refresh_template(req: TemplateRefresh) -> str | None:
     return await workflow.execute_activity_method(ProvisioningActivities.refresh_template, req, **SLOW_DDL)
 
 
+async def refresh_server_templates(req: TemplateRefresh) -> dict[str, str | None]:
+    return await workflow.execute_activity_method(MaintenanceActivities.refresh_server_templates, req, **SLOW_DDL)
+
+
 async def migrate_tenant_database(db: TenantDatabase) -> MigrationResult:
     return await workflow.execute_activity_method(ProvisioningActivities.migrate_tenant_database, db, **SLOW_DDL)
 
@@ -507,3 +538,88 @@ async def change_tenant_status(change: StatusChange) -> StatusChangeResult:
 
 async def update_tenant_settings(change: SettingsChange) -> SettingsChangeResult:
     return await workflow.execute_activity_method(TenantAdminActivities.update_tenant_settings, change, **QUICK)
+
+
+# Export, import, clone (workflows/transfer.py).
+
+
+async def write_export(req: WriteExportRequest) -> ExportWritten:
+    return await workflow.execute_activity_method(TransferActivities.write_export, req, **LONG)
+
+
+async def inspect_import(req: InspectImportRequest) -> ImportFacts:
+    return await workflow.execute_activity_method(TransferActivities.inspect_import, req, **LONG)
+
+
+async def stage_import(req: StageRequest) -> BackupManifest:
+    """Waited for when cancelled: the undo deletes what it staged once it has stopped."""
+    return await workflow.execute_activity_method(TransferActivities.stage_import, req, cancellation_type=WAIT, **LONG)
+
+
+async def mask_scratch(req: MaskRequest) -> float:
+    """A clone's masking of its scratch copy; waited for when cancelled (the undo drops that copy)."""
+    return await workflow.execute_activity_method(TransferActivities.mask_scratch, req, cancellation_type=WAIT, **LONG)
+
+
+async def abandon_import(req: ImportAbandoned) -> None:
+    await workflow.execute_activity_method(TransferActivities.abandon_import, req, **QUICK)
+
+
+# Moves between servers (workflows/move_tenant.py). What the undo of an unfinished move may undo is waited for when
+# cancelled: the undo never runs beside the work it undoes.
+
+
+async def check_move(plan: MovePlan) -> MoveCheck:
+    return await workflow.execute_activity_method(MoveActivities.check_move, plan, **QUICK)
+
+
+async def prepare_move_target(plan: MovePlan) -> list[str]:
+    return await workflow.execute_activity_method(
+        MoveActivities.prepare_target, plan, cancellation_type=WAIT, **QUICK_HEARTBEAT
+    )
+
+
+async def copy_to_target(req: CopyRequest) -> CopyResult:
+    return await workflow.execute_activity_method(MoveActivities.copy_to_target, req, cancellation_type=WAIT, **LONG)
+
+
+async def verify_move_copy(req: CopyCheck) -> CopyFacts:
+    return await workflow.execute_activity_method(MoveActivities.verify_copy, req, cancellation_type=WAIT, **LONG)
+
+
+async def drop_move_copy(req: CopyRequest) -> bool:
+    return await workflow.execute_activity_method(
+        MoveActivities.drop_copy, req, cancellation_type=WAIT, **SLOW_DDL_HEARTBEAT
+    )
+
+
+async def freeze_database(req: FreezeRequest) -> FreezeResult:
+    return await workflow.execute_activity_method(MoveActivities.freeze_database, req, cancellation_type=WAIT, **SWAP)
+
+
+async def switch_to_target(req: SwitchRequest) -> Switched:
+    return await workflow.execute_activity_method(MoveActivities.switch_to_target, req, cancellation_type=WAIT, **SWAP)
+
+
+async def set_aside_database(req: SetAsideRequest) -> bool:
+    return await workflow.execute_activity_method(MoveActivities.set_aside, req, **SWAP)
+
+
+async def drop_set_aside_database(req: SetAsideRequest) -> bool:
+    return await workflow.execute_activity_method(MoveActivities.drop_set_aside, req, **SLOW_DDL)
+
+
+async def undo_unfinished_move(req: UnfinishedMove) -> str:
+    return await workflow.execute_activity_method(MoveActivities.undo_unfinished_move, req, **SLOW_DDL_HEARTBEAT)
+
+
+async def find_kept_source(req: TenantRequest) -> KeptSource:
+    return await workflow.execute_activity_method(MoveActivities.find_kept_source, req, **QUICK)
+
+
+async def move_back(req: MoveBackRequest) -> Switched:
+    return await workflow.execute_activity_method(MoveActivities.move_back, req, cancellation_type=WAIT, **SWAP)
+
+
+async def undo_unfinished_move_back(req: MoveBackRequest) -> str:
+    return await workflow.execute_activity_method(MoveActivities.undo_unfinished_move_back, req, **SLOW_DDL)

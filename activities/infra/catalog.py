@@ -887,15 +887,28 @@ class Catalog:
         return rows[::-1]
 
     async def record_kept_database(
-        self, name: str, tenant_id: str, database_name: str, workflow_id: str, backup_name: str | None, kept_until
+        self,
+        name: str,
+        tenant_id: str,
+        database_name: str,
+        workflow_id: str,
+        backup_name: str | None,
+        kept_until,
+        server: str | None = None,
     ) -> None:
-        """A database a restore set aside, kept until `kept_until` (idempotent: a retried call changes nothing)."""
+        """A database a restore set aside on `server`, kept until `kept_until` (idempotent: a retried call changes
+        nothing)."""
         async with self._connection() as conn, conn.transaction():
             await conn.execute(
-                "INSERT INTO kept_databases (name, tenant_id, database_name, workflow_id, backup_name, kept_until) "
-                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
-                [name, tenant_id, database_name, workflow_id, backup_name, kept_until],
+                "INSERT INTO kept_databases (name, tenant_id, database_name, workflow_id, backup_name, kept_until, "
+                "server) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
+                [name, tenant_id, database_name, workflow_id, backup_name, kept_until, server],
             )
+
+    async def kept_database(self, name: str) -> dict[str, Any] | None:
+        """The kept_databases row of a set-aside database (ended or not), if any."""
+        async with self._connection() as conn:
+            return await (await conn.execute("SELECT * FROM kept_databases WHERE name = %s", [name])).fetchone()
 
     async def end_kept_database(self, name: str, how: str) -> bool:
         """The kept database is gone or back in service (`how` says which); False when it was already ended."""

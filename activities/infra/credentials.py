@@ -37,7 +37,17 @@ def credentials_path(folder: Path, tenant_id: str) -> Path:
     return folder / f"{tenant_id}.json"
 
 
-def write_credentials(folder: Path, tenant_id: str, role: str, password: str, database: str, admin_url: str) -> Path:
+def write_credentials(
+    folder: Path,
+    tenant_id: str,
+    role: str,
+    password: str,
+    database: str,
+    admin_url: str,
+    server_name: str | None = None,
+) -> Path:
+    """The role's credentials, with the host and port of the server holding its database (`admin_url`, that
+    server's admin URL) and that server's name: a tenant on another server than `default` connects there."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     server = conninfo_to_dict(admin_url)
     payload = {
@@ -48,6 +58,8 @@ def write_credentials(folder: Path, tenant_id: str, role: str, password: str, da
         "host": server.get("host", "localhost"),
         "port": int(server.get("port") or 5432),
     }
+    if server_name is not None:
+        payload["server"] = server_name
     target = credentials_path(folder, tenant_id)
     temp = target.with_name(f".{target.name}.partial")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

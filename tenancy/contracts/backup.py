@@ -73,6 +73,8 @@ class BackupManifest(DumpResult):
     # covered by the signature, `signature` is not.
     key_id: str | None = None
     signature: str | None = None
+    # An archive brought in by `tenants import` or `tenants clone`: {tenant, installation, backup} it came from.
+    imported_from: dict[str, str] | None = None
 
     @model_validator(mode="before")
     @classmethod

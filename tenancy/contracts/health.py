@@ -27,10 +27,13 @@ class TenantHealth(BaseModel):
     # The newest backup known to restore (its table of contents read, or a passed drill): the age that matters.
     last_restorable_at: datetime | None = None
     restorable_age_hours: float | None = None
+    server: str | None = None  # the PostgreSQL server of its database (None: rows written before servers)
 
 
 class Alert(BaseModel):
-    kind: Literal["stale_backup", "stale_restorable_backup", "over_quota", "failed_run", "failed_drill"]
+    kind: Literal[
+        "stale_backup", "stale_restorable_backup", "over_quota", "failed_run", "failed_drill", "server_unreachable"
+    ]
     tenant_id: str | None
     message: str
 

@@ -13,6 +13,7 @@ class ProvisionTenantInput(BaseModel):
     owner_email: str
     tenant_id: str | None = None  # derived from the name when not given
     settings: dict[str, Any] = Field(default_factory=dict)
+    server: str | None = None  # the server for its database (`--server`); None: placement chooses
 
 
 class MigrateTenantInput(BaseModel):
@@ -39,6 +40,7 @@ class ProvisionTenantResult(BaseModel):
     # Where the role's generated credentials are kept (a 0600 file); the password never enters the history.
     credentials_file: str
     welcome_mail_workflow_id: str | None
+    server: str | None = None  # the server its database was placed on
 
 
 class DeprovisionTenantInput(BaseModel):
@@ -90,6 +92,7 @@ class AdoptTenantInput(BaseModel):
     name: str | None = None  # display name; the tenant id when not given
     role_name: str | None = None  # an existing role to record (and mark) as the tenant's
     lock_wait_seconds: int = 0
+    server: str | None = None  # the server holding the database (`--server`); None: `default`, or as recorded
 
 
 class AdoptTenantResult(BaseModel):

@@ -29,6 +29,7 @@ class KeptDatabase(BaseModel):
     workflow_id: str
     backup_name: str | None = None
     kept_until: datetime
+    server: str | None = None  # where it is kept; None: the tenant's server (rows written before: `default`)
 
 
 class RestoreTenantResult(BaseModel):
@@ -48,6 +49,7 @@ class DropLaterInput(BaseModel):
     database_name: str
     previous_name: str
     delay_seconds: int
+    server: str | None = None  # where it is (a move's source); None: the tenant's server in the catalog
 
 
 class UndoRestoreInput(BaseModel):

@@ -17,13 +17,16 @@ class SweepInput(BaseModel):
 
 
 class SweepItem(BaseModel):
-    kind: Literal["scratch", "previous", "provisioning", "database", "role", "partial", "upload", "work"]
+    # server: a database server the sweep could not look at (name: the server's; never removable)
+    kind: Literal["scratch", "previous", "provisioning", "database", "role", "partial", "upload", "work", "server"]
     name: str  # database or role name, file path, or object key
     reason: str
     removable: bool
     removed: bool = False
     upload_id: str | None = None  # S3 multipart uploads
     error: str | None = None
+    # The PostgreSQL server of a database or role (None: `default`, and reports made before there were servers).
+    server: str | None = None
 
     def action(self, dry_run: bool) -> str:
         if self.error:

@@ -16,6 +16,7 @@ class DumpRequest(BaseModel):
     # Decided once per run by the workflow (BackupActivities.name_backup), so a retried attempt knows which
     # partial file or upload a dead attempt left and removes it. None: runs recorded before that name it here.
     backup_name: str | None = None
+    server: str | None = None  # the server to dump from; None: the tenant's server in the catalog
 
 
 class BackupNameRequest(BaseModel):
@@ -51,3 +52,5 @@ class BackupSelection(BaseModel):
     # A name, or None for the newest verified backup (taken at or before `at` when given).
     backup_name: str | None = None
     at: datetime | None = None
+    # The server it is to be restored onto, whose pg_restore must read it; None: the tenant's server in the catalog.
+    server: str | None = None

@@ -86,6 +86,8 @@ class AdoptionPlan(BaseModel):
     mark_only: bool = False
     database_comment: str | None = None
     role_comment: str | None = None
+    # The server holding the database (and role); None: a plan made before servers, on `default`.
+    server: str | None = None
 
 
 class AdoptionUndo(BaseModel):

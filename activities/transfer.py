@@ -1,0 +1,498 @@
+"""Transfer activities: write a tenant's export file, check one before anything is created, put its archive into
+this installation's storage as a backup of the new tenant, mask a clone's scratch copy, and what an import that
+failed past provisioning leaves to clean up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from temporalio import activity
+
+from activities.audit import audit, calling_actor
+from activities.calling_run import calling_run
+from activities.heartbeat import Heartbeater
+from activities.infra.catalog import Catalog
+from activities.infra.export_file import Transfer, open_input, open_output, read_export, write_export
+from activities.infra.manifest_signing import authentic_manifest, read_keyring
+from activities.infra.pg import connect, connect_to_tenant_db
+from activities.infra.restore_login import (
+    create_restore_login,
+    drop_restore_login_quietly,
+    restorer_mark,
+    role_facts,
+)
+from activities.infra.schema import SEED_VERSION, migration_files
+from activities.infra.servers import server_major_version, tenant_admin_url
+from activities.infra.storage import open_storage
+from tenancy.contracts.backup import BackupManifest
+from tenancy.contracts.transfer import (
+    ExportWritten,
+    ImportAbandoned,
+    ImportFacts,
+    InspectImportRequest,
+    MaskRequest,
+    StageRequest,
+    WriteExportRequest,
+)
+from tenancy.errors import (
+    BACKUP_NOT_AUTHENTIC,
+    BACKUP_REJECTED,
+    CLIENT_TOOLS_MISSING,
+    EXPORT_REJECTED,
+    INVALID_INPUT,
+    MASKING_FAILED,
+    PLAN_LIMIT_REACHED,
+    TENANT_EXISTS,
+    TENANT_NOT_FOUND,
+    InvalidInput,
+    fail,
+)
+from tenancy.log import activity_logger
+from tenancy.messages.progress import HeartbeatDetails
+from tenancy.naming import backup_name, validate_tenant_id
+from tenancy.restore_roles import choose_restore_owner, owner_role_names, restore_login_name
+from tenancy.settings import Settings
+from tenancy.signing import KEY_ID_FIELD, SIGNATURE_FIELD, NotAuthentic, verify_document
+from tenancy.transfer import (
+    FORMAT_VERSION,
+    SUMS,
+    TENANT_EXPORT,
+    TENANT_IMPORT,
+    TENANT_IMPORT_FAILED,
+    TENANT_JSON,
+    ExportedTenant,
+    SourceInstallation,
+    TenantDocument,
+    archive_member,
+    check_sums,
+    manifest_member,
+    members_of,
+    parse_document,
+    parse_sums,
+    validate_location,
+)
+
+T = TypeVar("T")
+
+
+def _ident(name: str) -> sql.Identifier:
+    return sql.Identifier(name)
+
+
+async def _in_thread(work: Callable[[], T], progress: Transfer) -> T:
+    """Blocking file or object-storage work in a thread; when the activity is cancelled the thread is told to
+    stop and waited for, so nothing it writes completes after the activity has ended."""
+    task = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        progress.stop.set()
+        with contextlib.suppress(BaseException):
+            await task
+        raise
+
+
+class TransferActivities:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.storage = open_storage(settings)
+        self.catalog = Catalog(settings)
+
+    def _log(self, tenant_id: str):
+        return activity_logger("activities.transfer", tenant_id)
+
+    def _local_versions(self) -> list[str]:
+        return [m.version for m in migration_files(self.settings.migrations_dir)]
+
+    # Export.
+
+    async def _schema_version(self, tenant_id: str, database_name: str) -> str | None:
+        """The newest tenant migration applied to the tenant's database (None: it has no ledger)."""
+        url = await tenant_admin_url(self.settings, tenant_id)
+        # The admin's session on a tenant database resolves names in the system catalog only: qualified names.
+        async with await connect_to_tenant_db(url, database_name, autocommit=True) as conn:
+            ledger = await (await conn.execute("SELECT to_regclass('public.tenant_schema_migrations')")).fetchone()
+            if ledger is None or ledger[0] is None:
+                return None
+            rows = await (
+                await conn.execute(
+                    "SELECT version FROM public.tenant_schema_migrations WHERE version <> %s", [SEED_VERSION]
+                )
+            ).fetchall()
+        versions = [row[0] for row in rows]
+        return max(versions) if versions else None
+
+    @activity.defn
+    async def write_export(self, req: WriteExportRequest) -> ExportWritten:
+        """The export file, from a backup the workflow just took and verified: tenant.json, the archive's signed
+        manifest, the archive as stored, SHA256SUMS. Written whole or not at all; an existing file is refused."""
+        try:
+            validate_location(req.output)
+        except InvalidInput as exc:
+            raise fail(INVALID_INPUT, str(exc)) from None
+        tenant = await self.catalog.get_tenant(req.tenant_id)
+        if tenant is None:
+            raise fail(TENANT_NOT_FOUND, f"tenant {req.tenant_id!r} is not in the catalog")
+        manifest = await asyncio.to_thread(authentic_manifest, self.storage, tenant.id, req.backup_name)
+        stored = await asyncio.to_thread(self.storage.read_manifest_document, tenant.id, req.backup_name)
+        if manifest is None or stored is None or not manifest.verified:
+            raise fail(BACKUP_REJECTED, f"backup {req.backup_name!r} has no verified manifest")
+        document = TenantDocument(
+            format_version=FORMAT_VERSION,
+            exported_at=datetime.now(UTC),
+            source=SourceInstallation(
+                namespace=self.settings.temporal_namespace, catalog_database=self.settings.catalog_database
+            ),
+            tenant=ExportedTenant(
+                id=tenant.id,
+                name=tenant.name,
+                plan=tenant.plan,
+                owner_email=tenant.owner_email,
+                settings=tenant.settings,
+                status=tenant.status,
+            ),
+            schema_version=await self._schema_version(tenant.id, tenant.database_name),
+            postgres_major=int(manifest.server_version.split(".")[0]),
+            backup_name=req.backup_name,
+        )
+        await audit(self.catalog, TENANT_EXPORT, tenant.id, req.backup_name, {"output": req.output})
+        progress = Transfer()
+
+        def write() -> ExportWritten:
+            size = self.storage.size(tenant.id, req.backup_name)
+            with (
+                open_output(self.settings, req.output) as sink,
+                self.storage.open_for_read(tenant.id, req.backup_name) as reader,
+            ):
+                written = write_export(
+                    sink,
+                    document.model_dump_json(indent=2).encode(),
+                    manifest_member(req.backup_name),
+                    json.dumps(stored, indent=2).encode(),
+                    archive_member(req.backup_name),
+                    reader,
+                    size,
+                    progress,
+                )
+                if written.sums[archive_member(req.backup_name)] != manifest.sha256:
+                    # Raised inside: the output is abandoned, never left looking complete.
+                    raise InvalidInput(f"backup {req.backup_name!r} does not match its manifest: not exported")
+            return ExportWritten(
+                output=req.output,
+                size_bytes=written.size,
+                sha256=written.sha256,
+                schema_version=document.schema_version,
+                members=members_of(req.backup_name),
+            )
+
+        async with Heartbeater(lambda: HeartbeatDetails(bytes_read=progress.bytes)):
+            try:
+                result = await _in_thread(write, progress)
+            except InvalidInput as exc:
+                raise fail(INVALID_INPUT, str(exc)) from None
+        self._log(tenant.id).info("tenant exported", output=req.output, size_bytes=result.size_bytes)
+        return result
+
+    # Import: every check first.
+
+    def _authentic(self, document: dict[str, Any], name: str) -> None:
+        """The exported manifest verified with this installation's keyring (an export from elsewhere verifies
+        when the exporting installation's key is in it, as a verify-only line)."""
+        if self.storage.signing_key_file is None:
+            return
+        try:
+            verify_document(document, read_keyring(self.storage.signing_key_file))
+        except NotAuthentic as exc:
+            raise fail(
+                BACKUP_NOT_AUTHENTIC,
+                f"the export's manifest of {name!r} is refused: {exc} (add the exporting installation's key to "
+                "TENANTS_BACKUP_SIGNING_KEY_FILE as a verify-only line to import from it)",
+            ) from None
+
+    @activity.defn
+    async def inspect_import(self, req: InspectImportRequest) -> ImportFacts:
+        """Read the whole export file and check everything an import relies on, before anything is created:
+        its members and checksums, tenant.json's format and tenant schema version, the manifest's signature and
+        that it describes the archive, the new id free, the plan's limit, pg_restore able to read it there."""
+        try:
+            validate_location(req.source, "the export file")
+            validate_tenant_id(req.new_tenant_id)
+        except InvalidInput as exc:
+            raise fail(INVALID_INPUT, str(exc)) from None
+        existing = await self.catalog.get_tenant(req.new_tenant_id)
+        if existing is not None and existing.status != "failed":
+            raise fail(TENANT_EXISTS, f"tenant {req.new_tenant_id!r} already exists ({existing.status})")
+        progress = Transfer()
+
+        def read() -> Any:
+            with open_input(self.settings, req.source) as reader:
+                return read_export(reader, progress)
+
+        async with Heartbeater(lambda: HeartbeatDetails(bytes_read=progress.bytes)):
+            try:
+                found = await _in_thread(read, progress)
+            except InvalidInput as exc:
+                raise fail(EXPORT_REJECTED, str(exc)) from None
+        try:
+            facts = self._check(found, req)
+        except InvalidInput as exc:
+            raise fail(EXPORT_REJECTED, str(exc)) from None
+        document = TenantDocument.model_validate(facts.document)
+        plan = req.plan or document.tenant.plan
+        owner = req.owner_email or document.tenant.owner_email
+        limits = self.settings.plans.get(plan)
+        if limits is None:
+            raise fail(INVALID_INPUT, f"unknown plan {plan!r}; plans: {', '.join(sorted(self.settings.plans))}")
+        used = await self.catalog.count_owner_tenants(owner, plan)
+        if used >= limits.max_tenants:
+            raise fail(PLAN_LIMIT_REACHED, f"{owner} has {used} tenant(s) on plan {plan!r}, its limit")
+        major = await server_major_version(await tenant_admin_url(self.settings, req.new_tenant_id, req.server))
+        made_by = int(facts.manifest.tool_version.split(".")[0])
+        if made_by > major:
+            raise fail(
+                CLIENT_TOOLS_MISSING,
+                f"the export's archive was made by pg_dump {facts.manifest.tool_version}; the target server is "
+                f"PostgreSQL {major}, whose pg_restore cannot read it: import onto a server of {made_by} or newer",
+            )
+        self._log(req.new_tenant_id).info(
+            "export checked", source=req.source, exported_tenant=document.tenant.id, sha256=facts.file_sha256
+        )
+        return facts
+
+    def _check(self, found: Any, req: InspectImportRequest) -> ImportFacts:
+        if TENANT_JSON not in found.documents:
+            raise InvalidInput(f"the file holds no {TENANT_JSON}: not a tenant export")
+        try:
+            raw = json.loads(found.documents[TENANT_JSON])
+        except ValueError:
+            raise InvalidInput(f"the export's {TENANT_JSON} is not JSON") from None
+        document = parse_document(raw, self._local_versions())
+        expected = members_of(document.backup_name)
+        if list(found.sums) != expected:
+            raise InvalidInput(f"the export holds {list(found.sums)}, not {expected}: not an intact export")
+        check_sums(parse_sums(found.documents[SUMS].decode(errors="replace")), found.sums)
+        try:
+            stored = json.loads(found.documents[manifest_member(document.backup_name)])
+        except ValueError:
+            raise InvalidInput("the export's manifest is not JSON") from None
+        if not isinstance(stored, dict):
+            raise InvalidInput("the export's manifest is not a manifest")
+        self._authentic(stored, document.backup_name)
+        try:
+            manifest = BackupManifest.model_validate(stored)
+        except ValueError:
+            raise InvalidInput("the export's manifest is not a backup manifest") from None
+        archive = archive_member(document.backup_name)
+        if not manifest.verified:
+            raise InvalidInput(f"backup {document.backup_name!r} in the export was never verified")
+        if (manifest.tenant_id, manifest.backup_name) != (document.tenant.id, document.backup_name):
+            raise InvalidInput(
+                f"the export's manifest describes {manifest.backup_name!r} of tenant {manifest.tenant_id!r}, "
+                f"not {document.backup_name!r} of {document.tenant.id!r}"
+            )
+        if manifest.sha256 != found.sums[archive] or manifest.size_bytes != found.sizes[archive]:
+            raise InvalidInput(
+                f"the export's archive does not match its manifest (sha256 {found.sums[archive][:12]}… vs "
+                f"{manifest.sha256[:12]}…): corrupted or changed"
+            )
+        if manifest.encrypted and manifest.encryption_key == "tenant":
+            raise InvalidInput(
+                "the export's archive is encrypted to the exported tenant's own key, which no other tenant can "
+                "read: export it from an installation without TENANTS_TENANT_KEYS"
+            )
+        return ImportFacts(
+            document=document.model_dump(mode="json"),
+            manifest=manifest,
+            archive_size=found.sizes[archive],
+            file_sha256=found.file_sha256,
+        )
+
+    # The archive, as a backup of the new tenant.
+
+    @activity.defn
+    async def stage_import(self, req: StageRequest) -> BackupManifest:
+        """Copy the archive (from an export file, or another tenant's backup for a clone) into storage as a
+        backup of the new tenant, its bytes checked against the manifest on the way, and write a new manifest
+        naming the new tenant (signed with this installation's key), recording where it came from. A retried
+        attempt of the same run finds its own copy; a backup of the name made by anyone else is refused."""
+        info = calling_run()
+        source = await self._stage_source(req)
+        name = backup_name(req.new_tenant_id, source.started_at, source.compression)
+        earlier = await asyncio.to_thread(self.storage.read_manifest, req.new_tenant_id, name)
+        if earlier is not None:
+            if earlier.workflow_id == info.workflow_id and earlier.sha256 == req.expected_sha256:
+                return earlier
+            raise fail(BACKUP_REJECTED, f"backup {name!r} of tenant {req.new_tenant_id!r} exists: not overwritten")
+        await audit(self.catalog, TENANT_IMPORT, req.new_tenant_id, name, dict(req.imported_from))
+        progress = Transfer()
+
+        def copy() -> None:
+            self.storage.remove_partial(req.new_tenant_id, name)
+            if req.source is not None:
+                with open_input(self.settings, req.source) as reader:
+                    read_export(
+                        reader,
+                        progress,
+                        archive_sink=lambda _: self.storage.open_for_write(req.new_tenant_id, name),
+                        archive_sha256=req.expected_sha256,
+                    )
+                return
+            assert req.from_tenant is not None and req.from_backup is not None
+            import hashlib
+
+            digest = hashlib.sha256()
+            with (
+                self.storage.open_for_read(req.from_tenant, req.from_backup) as reader,
+                self.storage.open_for_write(req.new_tenant_id, name) as sink,
+            ):
+                while chunk := reader.read(1 << 20):
+                    progress.check()
+                    digest.update(chunk)
+                    progress.bytes += len(chunk)
+                    sink.write(chunk)
+                if digest.hexdigest() != req.expected_sha256:
+                    raise InvalidInput(f"backup {req.from_backup!r} changed since it was checked: not cloned")
+
+        async with Heartbeater(lambda: HeartbeatDetails(bytes_written=progress.bytes)):
+            try:
+                await _in_thread(copy, progress)
+            except InvalidInput as exc:
+                raise fail(EXPORT_REJECTED, str(exc)) from None
+        document = source.model_dump(mode="json", exclude={KEY_ID_FIELD, SIGNATURE_FIELD})
+        document.update(
+            tenant_id=req.new_tenant_id,
+            database_name=req.new_database_name,
+            backup_name=name,
+            workflow_id=info.workflow_id,
+            verified_at=datetime.now(UTC).isoformat(),
+            imported_from=dict(req.imported_from),
+        )
+        manifest = await asyncio.to_thread(self.storage.write_manifest, BackupManifest.model_validate(document))
+        self._log(req.new_tenant_id).info("archive staged as a backup", backup=name, imported_from=req.imported_from)
+        return manifest
+
+    async def _stage_source(self, req: StageRequest) -> BackupManifest:
+        if req.manifest is not None:
+            manifest = req.manifest
+        elif req.from_tenant is not None and req.from_backup is not None:
+            found = await asyncio.to_thread(authentic_manifest, self.storage, req.from_tenant, req.from_backup)
+            if found is None or not found.verified:
+                raise fail(BACKUP_REJECTED, f"backup {req.from_backup!r} has no verified manifest")
+            manifest = found
+        else:
+            raise fail(INVALID_INPUT, "nothing to stage: give an export file or a backup")
+        if manifest.sha256 != req.expected_sha256:
+            raise fail(BACKUP_REJECTED, "the archive's manifest changed since it was checked")
+        return manifest
+
+    # A clone's masking.
+
+    async def _owner_role(self, admin: psycopg.AsyncConnection, tenant_id: str, database_name: str) -> str:
+        """The role the restored objects belong to, by the rule restores use (tenancy/restore_roles.py); only
+        looked up, never created."""
+        tenant = await self.catalog.get_tenant(tenant_id)
+        recorded = tenant.role_name if tenant else None
+        row = await (
+            await admin.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [database_name])
+        ).fetchone()
+        try:
+            choice = choose_restore_owner(
+                tenant_id,
+                recorded,
+                await role_facts(admin, recorded) if recorded else None,
+                await role_facts(admin, row[0]) if row else None,
+                database_name,
+                {name: await role_facts(admin, name) for name in owner_role_names(database_name)},
+            )
+        except InvalidInput as exc:
+            raise fail(MASKING_FAILED, str(exc)) from None
+        if choice.create:
+            raise fail(MASKING_FAILED, f"tenant {tenant_id!r} has no role its restored copy belongs to")
+        return choice.name
+
+    @activity.defn
+    async def mask_scratch(self, req: MaskRequest) -> float:
+        """Run the masking SQL on the scratch copy as the new tenant's role (the owner of its restored objects,
+        through a login role of this run's that is a member of it only; never the admin: the data and the SQL
+        are untrusted), in one transaction with a statement timeout. SQL that ends that transaction is refused.
+        Returns the seconds it took."""
+        info = calling_run()
+        admin_url = await tenant_admin_url(self.settings, req.tenant_id, req.server)
+        async with await connect(admin_url, autocommit=True) as admin:
+            owner = await self._owner_role(admin, req.tenant_id, req.database_name)
+        login = await create_restore_login(
+            admin_url,
+            restore_login_name(req.scratch_name),
+            owner,
+            req.scratch_name,
+            restorer_mark(req.tenant_id, info.workflow_id, info.workflow_run_id),
+        )
+        started = time.monotonic()
+        try:
+            async with (
+                Heartbeater(),
+                await psycopg.AsyncConnection.connect(
+                    login.conninfo(admin_url, req.scratch_name), autocommit=True
+                ) as conn,
+            ):
+                await conn.execute(sql.SQL("SET ROLE {}").format(_ident(owner)))
+                try:
+                    async with conn.transaction():
+                        await conn.execute(
+                            sql.SQL("SET LOCAL statement_timeout = {}").format(req.timeout_seconds * 1000)
+                        )
+                        try:
+                            await conn.execute(req.sql.encode())  # several statements: the simple protocol
+                        except asyncio.CancelledError:
+                            with contextlib.suppress(Exception):
+                                conn.cancel()
+                            raise
+                        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
+                            raise fail(MASKING_FAILED, "the masking SQL ended its transaction (COMMIT/ROLLBACK)")
+                except psycopg.Error as exc:
+                    said = str(exc).strip()
+                    raise fail(
+                        MASKING_FAILED,
+                        f"the masking SQL failed: {said.splitlines()[0] if said else type(exc).__name__}",
+                    ) from None
+        finally:
+            await drop_restore_login_quietly(admin_url, login.name, req.tenant_id)
+        seconds = time.monotonic() - started
+        self._log(req.tenant_id).info("scratch copy masked", scratch=req.scratch_name, seconds=round(seconds, 3))
+        return seconds
+
+    # After a failure past provisioning.
+
+    @activity.defn
+    async def abandon_import(self, req: ImportAbandoned) -> None:
+        """The new tenant was deprovisioned (its database, role and credentials gone): the backup this run staged
+        goes, and the tenant is recorded failed, so its id may be imported or provisioned again."""
+        info = calling_run()
+        if req.backup_name is not None:
+            manifest = await asyncio.to_thread(self.storage.read_manifest, req.tenant_id, req.backup_name)
+            if manifest is not None and manifest.workflow_id == info.workflow_id:
+                await asyncio.to_thread(self.storage.delete_backup, req.tenant_id, req.backup_name)
+                await self.catalog.forget_backup(req.tenant_id, req.backup_name)
+        tenant = await self.catalog.get_tenant(req.tenant_id)
+        if tenant is not None and tenant.status == "deprovisioned":
+            await audit(self.catalog, TENANT_IMPORT_FAILED, req.tenant_id, req.backup_name, {"reason": req.reason})
+            # deprovisioned → failed is no status change people make; here it frees the id of a tenant that
+            # never was (failed ids may be provisioned again).
+            await self.catalog.change_status(
+                req.tenant_id,
+                "failed",
+                req.reason[:500],
+                req.event_type,
+                info.workflow_id,
+                lambda old, new: None,
+                actor=await calling_actor(),
+            )
+        self._log(req.tenant_id).warning("import abandoned", reason=req.reason)
