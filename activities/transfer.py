@@ -20,7 +20,14 @@ from activities.audit import audit, calling_actor
 from activities.calling_run import calling_run
 from activities.heartbeat import Heartbeater
 from activities.infra.catalog import Catalog
-from activities.infra.export_file import Transfer, open_input, open_output, read_export, write_export
+from activities.infra.export_file import (
+    Transfer,
+    open_input,
+    open_output,
+    output_exists,
+    read_export,
+    write_export,
+)
 from activities.infra.manifest_signing import authentic_manifest, read_keyring
 from activities.infra.pg import connect, connect_to_tenant_db
 from activities.infra.restore_login import (
@@ -166,7 +173,37 @@ class TransferActivities:
         await audit(self.catalog, TENANT_EXPORT, tenant.id, req.backup_name, {"output": req.output})
         progress = Transfer()
 
+        def written_before() -> ExportWritten | None:
+            """The export this run already wrote, complete (an attempt whose worker died after the file appeared
+            and before it reported): recognised by its backup (each export takes a backup of its own) and every
+            member matching its checksums. Anything else at the location is never overwritten."""
+            if not output_exists(self.settings, req.output):
+                return None
+            try:
+                with open_input(self.settings, req.output) as reader:
+                    found = read_export(reader, Transfer())
+                earlier = json.loads(found.documents.get(TENANT_JSON, b"{}"))
+                listed = parse_sums(found.documents.get(SUMS, b"").decode())
+                check_sums(listed, {k: v for k, v in found.sums.items() if k != SUMS})
+            except (InvalidInput, ValueError, OSError):
+                return None
+            if (
+                earlier.get("backup_name") != req.backup_name
+                or found.sums.get(archive_member(req.backup_name)) != manifest.sha256
+            ):
+                return None
+            return ExportWritten(
+                output=req.output,
+                size_bytes=found.file_size,
+                sha256=found.file_sha256,
+                schema_version=earlier.get("schema_version"),
+                members=members_of(req.backup_name),
+            )
+
         def write() -> ExportWritten:
+            earlier = written_before()
+            if earlier is not None:
+                return earlier
             size = self.storage.size(tenant.id, req.backup_name)
             with (
                 open_output(self.settings, req.output) as sink,

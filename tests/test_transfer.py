@@ -516,3 +516,45 @@ async def test_record_transfer_histories(temporal_env, settings, task_queue, tmp
             with pytest.raises(WorkflowFailureError):
                 await handle.result()
         save_history(await handle.fetch_history(), run_.__qualname__.split(".")[0])
+
+
+async def test_a_retried_export_step_finds_its_own_file_and_refuses_anyone_elses(
+    temporal_env, settings, task_queue, tmp_path
+):
+    """A worker dying after the export file appeared and before the step reported: the retry finds the complete
+    file of the same backup and succeeds; a file of another export at the location is never overwritten."""
+    from temporalio.exceptions import ApplicationError
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.transfer import TransferActivities
+    from tenancy.contracts.transfer import WriteExportRequest
+
+    source_id, _ = await provisioned(temporal_env.client, task_queue, settings, "rtr")
+    export = tmp_path / "r.tenant"
+    first = await run(
+        temporal_env.client,
+        task_queue,
+        ExportTenantWorkflow.run,
+        ExportTenantInput(tenant_id=source_id, output=str(export)),
+    )
+    before = export.read_bytes()
+    activities = TransferActivities(settings)
+    again = await ActivityEnvironment().run(
+        activities.write_export,
+        WriteExportRequest(tenant_id=source_id, backup_name=first.backup_name, output=str(export)),
+    )
+    assert (again.sha256, again.size_bytes) == (first.sha256, first.size_bytes)
+    assert export.read_bytes() == before
+
+    second = await run(
+        temporal_env.client,
+        task_queue,
+        ExportTenantWorkflow.run,
+        ExportTenantInput(tenant_id=source_id, output=str(tmp_path / "other.tenant")),
+    )
+    with pytest.raises(ApplicationError, match="exists: not overwritten"):
+        await ActivityEnvironment().run(
+            activities.write_export,
+            WriteExportRequest(tenant_id=source_id, backup_name=second.backup_name, output=str(export)),
+        )
+    assert export.read_bytes() == before

@@ -51,6 +51,8 @@ def _bucket_key(location: str) -> tuple[str, str]:
 def open_output(settings: Settings, location: str) -> Iterator[Sink]:
     """Where an export is written; it appears only when complete. An existing file is never replaced."""
     if location.startswith("s3://"):
+        if output_exists(settings, location):
+            raise InvalidInput(f"{location} exists: not overwritten")
         client = _s3_client(settings)
         bucket, key = _bucket_key(location)
         upload = _MultipartUpload(client, bucket, key, settings.s3_part_size_mb * 2**20)
@@ -77,6 +79,21 @@ def open_output(settings: Settings, location: str) -> Iterator[Sink]:
         os.link(temp, final)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def output_exists(settings: Settings, location: str) -> bool:
+    """Whether something is already at an export's location (a file, or an S3 object)."""
+    if location.startswith("s3://"):
+        client = _s3_client(settings)
+        bucket, key = _bucket_key(location)
+        try:
+            client.head_object(Bucket=bucket, Key=key)
+        except client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+    return Path(location).exists()
 
 
 @contextlib.contextmanager
