@@ -29,6 +29,7 @@ from activities.infra.restore_login import (
     restorer_mark,
 )
 from activities.infra.servers import ServerUrls, server_major_version
+from activities.provisioning import server_loads
 from tenancy.contracts.move import MOVE_ID_PREFIX
 from tenancy.errors import (
     INVALID_INPUT,
@@ -38,6 +39,7 @@ from tenancy.errors import (
     NOTHING_TO_UNDO,
     TENANT_DATABASE_MISSING,
     TENANT_NOT_FOUND,
+    InvalidInput,
     fail,
 )
 from tenancy.log import activity_logger
@@ -53,6 +55,7 @@ from tenancy.messages.move import (
     MoveBackRequest,
     MoveCheck,
     MovePlan,
+    ServerMoveRequest,
     SetAsideRequest,
     Switched,
     SwitchRequest,
@@ -62,7 +65,7 @@ from tenancy.messages.progress import HeartbeatDetails
 from tenancy.messages.tenants import TenantRequest
 from tenancy.naming import is_previous_database_name
 from tenancy.restore_roles import owner_role_names, restore_login_name
-from tenancy.servers import move_dump_major, move_target_problem
+from tenancy.servers import choose_server, move_dump_major, move_target_problem
 from tenancy.settings import Settings
 
 
@@ -275,8 +278,13 @@ class MoveActivities:
         plan = req.plan
         source_url, target_url = self.urls.url(plan.source), self.urls.url(plan.target)
         async with Heartbeater():
-            counts, sequences = await moving.facts_of(target_url, req.scratch_name)
-            expected_counts, expected_sequences = await moving.facts_of(source_url, plan.database_name)
+            # Both sides at once (the copy is closed to all, the source frozen or, in the rehearsal, compared by
+            # names only): the slower side's time inside the freeze, not the sum. A failing side cancels the other.
+            async with asyncio.TaskGroup() as counting:
+                on_target = counting.create_task(moving.facts_of(target_url, req.scratch_name))
+                on_source = counting.create_task(moving.facts_of(source_url, plan.database_name))
+            counts, sequences = on_target.result()
+            expected_counts, expected_sequences = on_source.result()
             missing = sorted(set(expected_counts) - set(counts)) + sorted(set(expected_sequences) - set(sequences))
             if missing:
                 raise fail(MOVE_VERIFICATION_FAILED, f"the copy lacks {', '.join(missing[:5])}")
@@ -585,3 +593,58 @@ class MoveActivities:
             if await moving.database_exists(current, kept.database_name):
                 await moving.unfreeze(current, kept.database_name, True, kept.connection_limit)
         return "unchanged: the tenant stays where it was"
+
+    # A whole server moved (workflows/move_fleet.py).
+
+    async def _live_tenants(self, server: str) -> int:
+        for row in await self.catalog.servers():
+            if row["name"] == server:
+                return int(row["tenants"])
+        return 0
+
+    @activity.defn
+    async def check_server_move(self, req: ServerMoveRequest) -> str:
+        """What would stop moving every tenant off `source`, before any is moved: the source known and no longer
+        taking tenants (draining or closed: an open one would be refilled while it empties), the target known,
+        open and another server, or (no target) an open server placement can send tenants to. Returns the target
+        (placement's choice as of now, when none was asked for)."""
+        source = await self.catalog.server(req.source)
+        if source is None:
+            known = ", ".join(row["name"] for row in await self.catalog.servers())
+            raise fail(INVALID_INPUT, f"no server named {req.source!r} (servers: {known})")
+        if source["status"] == "open":
+            raise fail(
+                MOVE_REFUSED,
+                f"server {req.source!r} is open: drain it first: tenants servers drain {req.source}",
+            )
+        if req.target is not None:
+            if req.target == req.source:
+                raise fail(INVALID_INPUT, f"--to {req.target!r} is the server being emptied")
+            target = await self.catalog.server(req.target)
+            if target is None:
+                known = ", ".join(row["name"] for row in await self.catalog.servers())
+                raise fail(INVALID_INPUT, f"no server named {req.target!r} (servers: {known})")
+            if target["status"] != "open":
+                raise fail(MOVE_REFUSED, f"server {req.target!r} is {target['status']}: it takes no tenants")
+            return req.target
+        return await self._choose(req)
+
+    async def _choose(self, req: ServerMoveRequest) -> str:
+        loads = await server_loads(self.settings, self.catalog, self._log(req.tenant_id or ""))
+        try:
+            return choose_server([load for load in loads if load.name != req.source])
+        except InvalidInput as exc:
+            raise fail(MOVE_REFUSED, f"no server to move to from {req.source!r}: {exc}") from None
+
+    @activity.defn
+    async def choose_move_target(self, req: ServerMoveRequest) -> str:
+        """Where one tenant of a server being emptied goes: the open server placement would choose now, the source
+        left out (tenancy.servers.choose_server)."""
+        chosen = await self._choose(req)
+        self._log(req.tenant_id or "").info("move target chosen", source=req.source, target=chosen)
+        return chosen
+
+    @activity.defn
+    async def server_tenants_left(self, req: ServerMoveRequest) -> int:
+        """How many live tenants the catalog still places on `source`."""
+        return await self._live_tenants(req.source)

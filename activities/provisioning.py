@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 from psycopg import sql
 from temporalio import activity
@@ -53,6 +54,58 @@ def _made_by_this_run(mark: Mark | None, tenant_id: str, *kinds: str) -> bool:
     return mark is not None and mark.is_of(tenant_id, *kinds) and mark.made_by(info.workflow_id, info.workflow_run_id)
 
 
+async def _tenant_bytes(settings: Settings, admin_url: str) -> int:
+    """What the tenant databases of this deployment (its prefix; not the catalog or the template) take on a server."""
+    prefix = settings.database_prefix
+    skip = [settings.catalog_database, settings.template_database]
+
+    async def measure() -> int:
+        async with await connect(admin_url, autocommit=True) as admin:
+            row = await one_row(
+                await admin.execute(
+                    "SELECT coalesce(sum(pg_database_size(oid)), 0) FROM pg_database "
+                    "WHERE left(datname, length(%s)) = %s AND datname <> ALL(%s)",
+                    [prefix, prefix, skip],
+                )
+            )
+        return int(row[0])
+
+    return await asyncio.wait_for(measure(), PLACEMENT_CONNECT_SECONDS)
+
+
+async def server_loads(settings: Settings, catalog: Catalog, log: Any, asked: str | None = None) -> list[ServerLoad]:
+    """What placement weighs, server by server (also where `tenants move --all-from` without --to sends each
+    tenant). An open server this worker has no URL for, or cannot reach, is left out; the one `asked` for by name
+    raises its own reason instead."""
+    urls = ServerUrls(settings)
+    loads = []
+    for row in await catalog.servers():
+        name = row["name"]
+        size = 0
+        # One that takes no new tenant is not measured: choose_server refuses it by its status alone.
+        if row["status"] == "open":
+            try:
+                size = await _tenant_bytes(settings, urls.url(name))
+            except Exception as exc:
+                if name == asked:  # asked for by name: its own reason (not configured here, unreachable) is the answer
+                    raise
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+                log.warning("server left out of placement", server=name, reason=reason)
+                continue
+        max_mb = row["max_size_mb"]
+        loads.append(
+            ServerLoad(
+                name=name,
+                status=row["status"],
+                max_tenants=row["max_tenants"],
+                max_size_bytes=max_mb * 1024 * 1024 if max_mb else None,
+                tenants=row["tenants"],
+                size_bytes=size,
+            )
+        )
+    return loads
+
+
 class ProvisioningActivities:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -69,62 +122,18 @@ class ProvisioningActivities:
     async def _admin_url(self, db: TenantDatabase) -> str:
         return ServerUrls(self.settings).url(await self._server(db))
 
-    async def _tenant_bytes(self, admin_url: str) -> int:
-        """What the tenant databases of this deployment (its prefix; not the catalog or the template) take on a
-        server."""
-        prefix = self.settings.database_prefix
-        skip = [self.settings.catalog_database, self.settings.template_database]
-
-        async def measure() -> int:
-            async with await connect(admin_url, autocommit=True) as admin:
-                row = await one_row(
-                    await admin.execute(
-                        "SELECT coalesce(sum(pg_database_size(oid)), 0) FROM pg_database "
-                        "WHERE left(datname, length(%s)) = %s AND datname <> ALL(%s)",
-                        [prefix, prefix, skip],
-                    )
-                )
-            return int(row[0])
-
-        return await asyncio.wait_for(measure(), PLACEMENT_CONNECT_SECONDS)
-
     async def _place(self, new: NewTenant) -> str:
         """Where the new tenant's database goes: the server asked for, if it is open with room, else the open
         server with the most free capacity (tenancy.servers.choose_server). A server this worker has no URL for,
         or cannot reach, is left out of the choice; asked for by name, it fails the provisioning instead."""
-        log = self._log(new.tenant_id)
-        urls = ServerUrls(self.settings)
-        loads = []
-        for row in await self.catalog.servers():
-            name = row["name"]
-            asked = name == new.server
-            size = 0
-            # One that takes no new tenant is not measured: choose_server refuses it by its status alone.
-            if row["status"] == "open":
-                try:
-                    size = await self._tenant_bytes(urls.url(name))
-                except Exception as exc:
-                    if asked:  # asked for by name: its own reason (not configured here, unreachable) is the answer
-                        raise
-                    reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-                    log.warning("server left out of placement", server=name, reason=reason)
-                    continue
-            max_mb = row["max_size_mb"]
-            loads.append(
-                ServerLoad(
-                    name=name,
-                    status=row["status"],
-                    max_tenants=row["max_tenants"],
-                    max_size_bytes=max_mb * 1024 * 1024 if max_mb else None,
-                    tenants=row["tenants"],
-                    size_bytes=size,
-                )
-            )
+        loads = await server_loads(self.settings, self.catalog, self._log(new.tenant_id), asked=new.server)
         try:
             chosen = choose_server(loads, new.server)
         except InvalidInput as exc:
             raise fail(INVALID_INPUT, str(exc)) from None
-        log.info("server chosen", server=chosen, asked=new.server, loads={x.name: x.tenants for x in loads})
+        self._log(new.tenant_id).info(
+            "server chosen", server=chosen, asked=new.server, loads={x.name: x.tenants for x in loads}
+        )
         return chosen
 
     async def _check_names_free(self, new: NewTenant, server: str) -> None:

@@ -1,15 +1,19 @@
-"""`tenants move`: move one tenant's database to another PostgreSQL server, or move it back (`--undo`)."""
+"""`tenants move`: move one tenant's database to another PostgreSQL server, or move it back (`--undo`), or every
+tenant of a server (`--all-from`)."""
 
 from __future__ import annotations
 
 import argparse
 
 from activities.infra.catalog import Catalog
+from starter.fleet_output import show_fleet_result
 from starter.output import human_duration
 from starter.runs import start_and_follow
-from tenancy.bounds import JOBS, validate_keep_previous, validate_lock_wait, whole
+from tenancy.bounds import CONCURRENCY, JOBS, validate_keep_previous, validate_lock_wait, whole
 from tenancy.contracts.move import (
     DEFAULT_KEEP_SOURCE_SECONDS,
+    MoveAllFromServerInput,
+    MoveAllFromServerResult,
     MoveTenantInput,
     MoveTenantResult,
     UndoMoveInput,
@@ -20,6 +24,7 @@ from tenancy.errors import InvalidInput
 from tenancy.naming import validate_tenant_id
 from tenancy.servers import validate_server_name
 from tenancy.settings import Settings
+from workflows.move_fleet import MoveAllFromServerWorkflow
 from workflows.move_tenant import MoveTenantWorkflow, UndoMoveWorkflow
 
 
@@ -28,8 +33,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "move",
         help="move a tenant's database to another server (writes are frozen only for the final copy)",
     )
-    p.add_argument("tenant", help="the tenant id")
-    which = p.add_mutually_exclusive_group(required=True)
+    # Either one tenant (ID) or every tenant of a server (--all-from); checked in `run`, for one-line errors.
+    p.add_argument("tenant", nargs="?", help="the tenant id")
+    p.add_argument(
+        "--all-from",
+        metavar="SERVER",
+        help="move every tenant of this server (drain it first); without --to each goes where placement chooses",
+    )
+    p.add_argument("--concurrency", type=int, help="with --all-from: tenants moved at once (default: setting)")
+    which = p.add_mutually_exclusive_group()
     which.add_argument("--to", metavar="SERVER", help="the server to move it to (see `tenants servers list`)")
     which.add_argument(
         "--undo", action="store_true", help="move it back to where it was, while the source copy is kept"
@@ -57,11 +69,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+USAGE = "give a tenant ID (`tenants move ID --to SERVER`) or a whole server (`tenants move --all-from SERVER`)"
+
+
 async def run(args: argparse.Namespace, settings: Settings) -> int:
-    tenant_id = validate_tenant_id(args.tenant)
+    if (args.tenant is None) == (args.all_from is None):
+        raise InvalidInput(USAGE + (", not both" if args.tenant is not None else ""))
     keep = parse_duration(args.keep_source) if args.keep_source else DEFAULT_KEEP_SOURCE_SECONDS
     validate_keep_previous(keep)
     lock_wait = validate_lock_wait(settings.lock_wait_seconds if args.wait_lock is None else args.wait_lock)
+    if args.all_from is not None:
+        return await move_all(args, settings, keep, lock_wait)
+    if args.concurrency is not None:
+        raise InvalidInput("--concurrency is for --all-from")
+    if args.to is None and not args.undo:
+        raise InvalidInput("give --to SERVER (where to move it) or --undo")
+    tenant_id = validate_tenant_id(args.tenant)
     if args.undo:
         if args.check or args.jobs != 1:
             raise InvalidInput("--check and --jobs are for a move, not for --undo")
@@ -153,3 +176,56 @@ async def undo(args: argparse.Namespace, settings: Settings, tenant_id: str, kee
         + (f", {human_duration(keep)})" if result.set_aside_kept_until else ")")
     )
     return 0
+
+
+async def move_all(args: argparse.Namespace, settings: Settings, keep: int, lock_wait: int) -> int:
+    """`--all-from SOURCE`: every tenant in service on SOURCE moved, a few at a time (MoveAllFromServerWorkflow)."""
+    if args.undo:
+        raise InvalidInput("--undo moves one tenant back: `tenants move ID --undo`")
+    source = validate_server_name(args.all_from)
+    target = validate_server_name(args.to) if args.to is not None else None
+    whole("--jobs", args.jobs, *JOBS)
+    concurrency = whole("--concurrency", args.concurrency or settings.fleet_concurrency, *CONCURRENCY)
+    await _check_server_move(settings, source, target)
+    where = f"to server {target}" if target else "where placement chooses"
+    result: MoveAllFromServerResult | None = await start_and_follow(
+        settings,
+        MoveAllFromServerWorkflow.run,
+        MoveAllFromServerInput(
+            source=source,
+            target=target,
+            concurrency=concurrency,
+            keep_source_seconds=keep,
+            lock_wait_seconds=lock_wait,
+            jobs=args.jobs,
+            checks=[*settings.restore_checks, *args.check],
+        ),
+        operation=f"move-all-from-{source}",
+        tenant_id=None,
+        summary=f"Move of every tenant of server {source} {where}, {concurrency} at a time",
+        no_wait=args.no_wait,
+    )
+    if result is None:
+        return 0
+    code = await show_fleet_result(result, settings, as_json=args.json)
+    if not args.json:
+        left = "empty" if result.tenants_left == 0 else f"{result.tenants_left} tenants still on it"
+        print(f"source {result.source}: {left}")
+    return code
+
+
+async def _check_server_move(settings: Settings, source: str, target: str | None) -> None:
+    """What the catalog already says against emptying `source` (the run checks it again)."""
+    catalog = Catalog(settings)
+    servers = {row["name"]: row for row in await catalog.servers()}
+    known = ", ".join(servers) or "none"
+    for name in (source, target):
+        if name is not None and name not in servers:
+            raise InvalidInput(f"no server named {name!r} (servers: {known}); add it with `tenants servers add`")
+    if servers[source]["status"] == "open":
+        raise InvalidInput(f"server {source!r} is open: drain it first: tenants servers drain {source}")
+    if target is not None:
+        if target == source:
+            raise InvalidInput(f"--to {target!r} is the server being emptied")
+        if servers[target]["status"] != "open":
+            raise InvalidInput(f"server {target!r} is {servers[target]['status']}: it takes no tenants")

@@ -32,7 +32,7 @@ MIB = 2**20
 GIB = 2**30
 
 _STATUS_ACTIONS: dict[str, tuple[ServerStatus, str]] = {
-    "drain": ("draining", "keeps its tenants, takes no new ones (`tenants move ID --to SERVER` moves each away)"),
+    "drain": ("draining", "keeps its tenants, takes no new ones (`tenants move --all-from SERVER` empties it)"),
     "open": ("open", "takes new tenants"),
     "close": ("closed", "takes nothing new, not even a moved tenant"),
 }

@@ -12,6 +12,7 @@ from workflows.erase_tenant import EraseTenantWorkflow
 from workflows.health_check import HealthCheckWorkflow
 from workflows.maintain_tenant import MaintainAllTenantsWorkflow, MaintainTenantWorkflow
 from workflows.migrate import MigrateAllTenantsWorkflow, MigrateTenantWorkflow
+from workflows.move_fleet import MoveAllFromServerWorkflow
 from workflows.move_tenant import MoveTenantWorkflow, UndoMoveWorkflow
 from workflows.notify import DeliverEventWorkflow, SendWelcomeEmailWorkflow
 from workflows.provision_tenant import ProvisionTenantWorkflow
@@ -51,6 +52,7 @@ WORKFLOWS = [
     SweepWorkflow,
     MoveTenantWorkflow,
     UndoMoveWorkflow,
+    MoveAllFromServerWorkflow,
     ExportTenantWorkflow,
     ImportTenantWorkflow,
     CloneTenantWorkflow,

@@ -85,6 +85,7 @@ with workflow.unsafe.imports_passed_through():
         MoveBackRequest,
         MoveCheck,
         MovePlan,
+        ServerMoveRequest,
         SetAsideRequest,
         Switched,
         SwitchRequest,
@@ -623,3 +624,18 @@ async def move_back(req: MoveBackRequest) -> Switched:
 
 async def undo_unfinished_move_back(req: MoveBackRequest) -> str:
     return await workflow.execute_activity_method(MoveActivities.undo_unfinished_move_back, req, **SLOW_DDL)
+
+
+# A whole server moved (workflows/move_fleet.py).
+
+
+async def check_server_move(req: ServerMoveRequest) -> str:
+    return await workflow.execute_activity_method(MoveActivities.check_server_move, req, **QUICK)
+
+
+async def choose_move_target(req: ServerMoveRequest) -> str:
+    return await workflow.execute_activity_method(MoveActivities.choose_move_target, req, **QUICK)
+
+
+async def server_tenants_left(req: ServerMoveRequest) -> int:
+    return await workflow.execute_activity_method(MoveActivities.server_tenants_left, req, **QUICK)

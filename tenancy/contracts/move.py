@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from tenancy.contracts.fleet import FleetOptions, FleetResult
+
 DEFAULT_KEEP_SOURCE_SECONDS = 86_400
 # Every run of a move (and of its undo) has a workflow id that starts so: `tenants move --undo` tells the databases
 # a move kept (kept_databases.workflow_id) from those a restore kept. A fleet starting moves names them so too.
@@ -61,3 +63,20 @@ class UndoMoveResult(BaseModel):
     set_aside_kept_until: datetime | None
     terminated_sessions: int
     freeze_seconds: float
+
+
+class MoveAllFromServerInput(FleetOptions):
+    """`tenants move --all-from SOURCE`: every tenant in service on SOURCE (draining or closed) moved, one
+    MoveTenantWorkflow each, `concurrency` at a time. FleetOptions' cursor carries it across continue-as-new."""
+
+    source: str
+    target: str | None = None  # None: each tenant where placement would put it now (an open server, not the source)
+    keep_source_seconds: int = DEFAULT_KEEP_SOURCE_SECONDS
+    lock_wait_seconds: int = 0
+    jobs: int = 1
+    checks: list[str] = Field(default_factory=list)
+
+
+class MoveAllFromServerResult(FleetResult):
+    source: str = ""
+    tenants_left: int = 0  # live tenants still on the source when the run ended (0: it is empty)

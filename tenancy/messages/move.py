@@ -120,3 +120,12 @@ class MoveBackRequest(BaseModel):
 
     kept: KeptSource
     tenant_id: str
+
+
+class ServerMoveRequest(BaseModel):
+    """A whole-server move (workflows/move_fleet.py): its source, the target asked for (None: placement's), and
+    the tenant a target is being chosen for."""
+
+    source: str
+    target: str | None = None
+    tenant_id: str | None = None
