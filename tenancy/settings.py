@@ -295,13 +295,23 @@ class Settings(BaseSettings):
         return Path(url).expanduser().resolve()
 
 
+_SECRET_QUERY_KEYS = {"password", "sslpassword"}
+
+
 def redact_url(url: str) -> str:
-    """A connection URL fit for logs and screens: any password replaced by ***."""
+    """A connection URL fit for logs and screens: any password (`user:password@`, or `?password=` and
+    `sslpassword=` in its query) replaced by ***."""
+    from urllib.parse import parse_qsl, urlencode
+
     parsed = urlparse(url)
-    if parsed.password is None:
-        return url
-    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
-    return parsed._replace(netloc=netloc).geturl()
+    if parsed.password is not None:
+        parsed = parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@", 1))
+    if parsed.query:
+        pairs = parse_qsl(parsed.query, keep_blank_values=True)
+        if any(key.lower() in _SECRET_QUERY_KEYS for key, _ in pairs):
+            redacted = [(key, "***" if key.lower() in _SECRET_QUERY_KEYS else value) for key, value in pairs]
+            parsed = parsed._replace(query=urlencode(redacted, safe="*"))
+    return parsed.geturl()
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -221,8 +221,27 @@ ORDER BY 1, 2
 """
 
 
+async def refuse_views_and_foreign_tables(conn: psycopg.AsyncConnection) -> bool:
+    """Make this admin session refuse to read any non-system view or foreign table (for the current transaction, or
+    the session when it autocommits). Why: the admin names a tenant's tables a moment after listing them, and a
+    tenant that owns a table can swap it for a view in between, whose functions would then run as the admin.
+    PostgreSQL 15.8, 16.4, 17 and later have the setting (pg_dump uses it for the same reason); False: not here."""
+    found = await (
+        await conn.execute("SELECT 1 FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'")
+    ).fetchone()
+    if found is None:
+        return False
+    await conn.execute(
+        "SELECT set_config('restrict_nonsystem_relation_kind', 'view, foreign-table', %s)", [not conn.autocommit]
+    )
+    return True
+
+
 async def count_rows(conn: psycopg.AsyncConnection) -> dict[str, int]:
-    """Exact row counts of every user table, `schema.table` → count, in the connection's snapshot."""
+    """Exact row counts of every user table, `schema.table` → count, in the connection's snapshot. The session
+    reads tables only (refuse_views_and_foreign_tables): a table replaced by a view meanwhile fails the count
+    instead of running the tenant's code as the admin."""
+    await refuse_views_and_foreign_tables(conn)
     counts: dict[str, int] = {}
     tables = await (await conn.execute(TABLES_SQL)).fetchall()
     for schema, name in tables:
