@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -22,8 +23,8 @@ from activities.infra.credentials import delete_credentials
 from activities.infra.marks import database_mark, mark_role, marked_databases, role_mark
 from activities.infra.pg import connect, connect_to_tenant_db
 from activities.infra.schema import database_exists
-from activities.infra.servers import tenant_admin_url
-from tenancy.errors import INVALID_INPUT, NOT_MARKED, ROLE_IN_USE, InvalidInput, fail
+from activities.infra.servers import ServerUrls, tenant_admin_url
+from tenancy.errors import INVALID_INPUT, NOT_MARKED, ROLE_IN_USE, SERVER_NOT_CONFIGURED, InvalidInput, fail
 from tenancy.lifecycle import check_reinstatement
 from tenancy.log import activity_logger
 from tenancy.marks import Mark
@@ -37,6 +38,7 @@ from tenancy.messages.provision import (
 )
 from tenancy.naming import is_copy_name
 from tenancy.restore_roles import owner_role_names
+from tenancy.servers import DEFAULT_SERVER
 from tenancy.settings import Settings
 
 FINAL_BACKUP_EVENT = "TenantFinalBackup"
@@ -44,6 +46,10 @@ FINAL_BACKUP_EVENT = "TenantFinalBackup"
 LEFTOVER_KINDS = ("scratch", "previous", "provisioning")
 # Events that start a new life of the tenant: a final backup recorded before one of them is not this life's.
 _NEW_LIFE_EVENTS = {"TenantProvisioned", "TenantReinstated"}
+# How long reaching a server that holds a kept copy may take before the attempt fails (and is retried).
+_REACH_SECONDS = 10
+# A retryable failure: the server may be back for the next attempt.
+SERVER_UNREACHABLE = "ServerUnreachable"
 
 
 def _ident(name: str) -> sql.Identifier:
@@ -62,6 +68,15 @@ def unmarked_role_message(db: TenantDatabase) -> str:
         f"role {db.role_name!r} exists and carries no tenant-lifecycle mark of tenant {db.tenant_id!r} "
         "(made before marks existed, or someone else's); adopt it with `tenants adopt --role` or drop it"
     )
+
+
+def _kept_on(db: TenantDatabase, server: str, rows: list[dict[str, Any]]) -> str:
+    """What a tenant keeps on another server, said for a failure: `tenant 'x' has its database kept on server 'pg-a'
+    (x__old_abc, until 2026-11-30 12:00 UTC)`."""
+    names = ", ".join(row["name"] for row in rows)
+    until = [row["kept_until"] for row in rows if row.get("kept_until")]
+    when = f", until {max(until):%Y-%m-%d %H:%M %Z}" if until else ""
+    return f"tenant {db.tenant_id!r} has its database kept on server {server!r} ({names}{when})"
 
 
 def _is_tenant_database(mark: Mark | None, tenant_id: str) -> bool:
@@ -147,11 +162,47 @@ class DeprovisionActivities:
         else the catalog's."""
         return await tenant_admin_url(self.settings, db.tenant_id, db.server)
 
+    async def _kept_elsewhere(self, db: TenantDatabase) -> dict[str, list[dict[str, Any]]]:
+        """The tenant's open kept_databases rows on servers other than its database's, by server: what a move left
+        on its source (the set-aside database, and the tenant's roles there), which deprovisioning removes too."""
+        current = db.server or await self.catalog.tenant_server(db.tenant_id) or DEFAULT_SERVER
+        found: dict[str, list[dict[str, Any]]] = {}
+        for row in await self.catalog.kept_databases(db.tenant_id):
+            server = row.get("server") or DEFAULT_SERVER  # rows written before servers are `default`'s
+            if server != current:
+                found.setdefault(server, []).append(row)
+        return found
+
+    async def _reach_kept(self, db: TenantDatabase, server: str, rows: list[dict[str, Any]]) -> str:
+        """The admin URL of a server holding a kept copy of the tenant's, once a connection to it succeeded. Its
+        copy must not be left behind by a deprovisioning that says it is done: a server this worker has no URL for
+        fails the run (retrying here cannot help; configuring it can), one it cannot reach fails the attempt
+        (retried: it may be back soon), each naming the server."""
+        what = _kept_on(db, server, rows)
+        try:
+            url = ServerUrls(self.settings).url(server)
+        except ApplicationError as exc:
+            raise fail(SERVER_NOT_CONFIGURED, f"{what}: {exc.message}; nothing was dropped there") from None
+        try:
+            async with await asyncio.wait_for(connect(url, autocommit=True), _REACH_SECONDS) as conn:
+                await conn.execute("SELECT 1")
+        except (psycopg.OperationalError, TimeoutError) as exc:
+            said = str(exc).strip().splitlines()[0] if str(exc).strip() else "no answer in time"
+            raise ApplicationError(
+                f"{what}, which cannot be reached: {said}; nothing was dropped there, and the tenant is not "
+                "deprovisioned until it is (retried)",
+                type=SERVER_UNREACHABLE,
+            ) from None
+        return url
+
     @activity.defn
     async def check_before_deprovisioning(self, db: TenantDatabase) -> DeprovisionCheck:
         """Refuse a tenant database that is not marked as this tenant's before anything is dropped or backed up.
         When the database is already gone (an earlier attempt dropped it), the final backup that attempt
-        recorded, if any."""
+        recorded, if any. Every server holding a kept copy of the tenant's (a move's source) must be reachable too:
+        its copy goes with the tenant."""
+        for server, rows in sorted((await self._kept_elsewhere(db)).items()):
+            await self._reach_kept(db, server, rows)
         async with await connect(await self._admin_url(db), autocommit=True) as admin:
             exists = await database_exists(admin, db.database_name)
             if exists and not _is_tenant_database(await database_mark(admin, db.database_name), db.tenant_id):
@@ -194,7 +245,9 @@ class DeprovisionActivities:
     @activity.defn
     async def drop_leftover_databases(self, db: TenantDatabase) -> list[str]:
         """Drop the copies of the tenant's database that carry its mark: restores' scratch copies, databases
-        kept by `--keep-previous` (their catalog entry is ended), unfinished provisioning copies."""
+        kept by `--keep-previous` (their catalog entry is ended), unfinished provisioning copies. On each other
+        server a kept copy is recorded on (a move's source, kept for --keep-source), the same copies, and then the
+        tenant's marked roles there (its retired login role, its owner role); those are named `NAME (server S)`."""
         dropped = []
         async with await connect(await self._admin_url(db), autocommit=True) as admin:
             for name, mark in sorted((await marked_databases(admin)).items()):
@@ -205,8 +258,40 @@ class DeprovisionActivities:
                     await self.catalog.end_kept_database(name, "dropped by deprovisioning")
                 await admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(_ident(name)))
                 dropped.append(name)
+        for server, rows in sorted((await self._kept_elsewhere(db)).items()):
+            dropped += await self._clear_kept_server(db, server, rows)
         if dropped:
             self._log(db.tenant_id).info("leftover databases dropped", databases=dropped)
+        return dropped
+
+    async def _clear_kept_server(self, db: TenantDatabase, server: str, rows: list[dict[str, Any]]) -> list[str]:
+        """On a server the tenant left with copies kept there: its marked copies dropped, then its marked roles, then
+        the kept rows ended. Rows are ended last, so a retry after a failure in between still finds this server."""
+        log = self._log(db.tenant_id)
+        admin_url = await self._reach_kept(db, server, rows)
+        dropped: list[str] = []
+        async with await connect(admin_url, autocommit=True) as admin:
+            for name, mark in sorted((await marked_databases(admin)).items()):
+                if is_leftover(db, name, mark):
+                    await admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(_ident(name)))
+                    dropped.append(f"{name} (server {server})")
+            still_there = [row["name"] for row in rows if await database_exists(admin, row["name"])]
+        # The role holds privileges in no database of the tenant's here any more: nothing else of its is on this
+        # server, so its roles go (only ones marked as this tenant's; others are left and logged).
+        removal = await self._remove_tenant_roles(db, admin_url, [], server)
+        for row in rows:
+            if row["name"] in still_there:
+                # Not marked as this tenant's copy: not ours to drop; the row stays open and says where it is.
+                log.warning("kept database left: not marked as the tenant's", database=row["name"], server=server)
+                continue
+            await self.catalog.end_kept_database(row["name"], "dropped by deprovisioning")
+        log.info(
+            "tenant's copies on another server removed",
+            server=server,
+            databases=dropped,
+            role_dropped=removal.dropped,
+            role_left=removal.left_reason,
+        )
         return dropped
 
     @activity.defn
@@ -214,8 +299,16 @@ class DeprovisionActivities:
         """Drop the tenant's role, if it is marked as this tenant's, after removing its privileges everywhere;
         delete the credentials file. A role without that mark (made before marks existed, or someone else's)
         is left in place and reported."""
-        log = self._log(db.tenant_id)
-        admin_url = await self._admin_url(db)
+        removal = await self._remove_tenant_roles(db, await self._admin_url(db), [db.database_name], None)
+        await asyncio.to_thread(delete_credentials, self.settings.effective_secrets_dir, db.tenant_id)
+        return removal
+
+    async def _remove_tenant_roles(
+        self, db: TenantDatabase, admin_url: str, also: list[str], server: str | None
+    ) -> RoleRemoval:
+        """The tenant's login role and owner roles on the server at `admin_url`, when marked as its and not shared
+        (see drop_tenant_role); `server` names another server than the tenant's, for the logs."""
+        log = self._log(db.tenant_id).bind(server=server) if server else self._log(db.tenant_id)
         async with await connect(admin_url, autocommit=True) as admin:
             exists = await _role_exists(admin, db.role_name)
             mark = await role_mark(admin, db.role_name) if exists else None
@@ -233,16 +326,16 @@ class DeprovisionActivities:
         elif shared_with:
             reason = f"role {db.role_name!r} also holds privileges in {', '.join(shared_with)}: left in place"
         if reason:
-            await asyncio.to_thread(delete_credentials, self.settings.effective_secrets_dir, db.tenant_id)
+            if server:
+                reason += f" on server {server!r}"
             log.warning("tenant role left", role=db.role_name, reason=reason)
             return RoleRemoval(role_name=db.role_name, dropped=False, left_reason=reason)
-        cleaned = await remove_role(admin_url, db.role_name, [db.database_name]) if exists else []
-        await asyncio.to_thread(delete_credentials, self.settings.effective_secrets_dir, db.tenant_id)
+        cleaned = await remove_role(admin_url, db.role_name, also) if exists else []
         log.info("tenant role dropped", role=db.role_name, existed=exists, cleaned_in=cleaned)
-        await self._drop_owner_roles(db, admin_url)
+        await self._drop_owner_roles(db, admin_url, also)
         return RoleRemoval(role_name=db.role_name, dropped=exists, cleaned_in=cleaned)
 
-    async def _drop_owner_roles(self, db: TenantDatabase, admin_url: str) -> None:
+    async def _drop_owner_roles(self, db: TenantDatabase, admin_url: str, also: list[str]) -> None:
         """The NOLOGIN roles restores made to own the tenant's objects (tenancy/restore_roles.py): each one of the
         names they have that is marked as this tenant's; one without the mark is left."""
         for name in owner_role_names(db.database_name):
@@ -255,7 +348,7 @@ class DeprovisionActivities:
             if mark is None or not mark.is_of(db.tenant_id, "role"):
                 self._log(db.tenant_id).warning("role not marked as the tenant's: left in place", role=name)
                 continue
-            await remove_role(admin_url, name, [db.database_name])
+            await remove_role(admin_url, name, also)
             self._log(db.tenant_id).info("tenant owner role dropped", role=name)
 
     @activity.defn

@@ -179,7 +179,7 @@ async def add_server(args: argparse.Namespace, settings: Settings) -> int:
     try:
         await asyncio.to_thread(write_server_url, settings.effective_servers_file, name, url)
     except Exception:
-        await catalog.remove_server(name)  # no row without its URL
+        await catalog.remove_server(name, just_added=True)  # no row without its URL
         raise
     await catalog.audit(local_actor(), SERVER_ADD, detail={"server": name, "major_version": major, **fields})
     print(

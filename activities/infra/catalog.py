@@ -22,6 +22,7 @@ from activities.infra.pg import connect, conninfo_for, one_row
 from tenancy.audit import BACKUP_PIN, BACKUP_UNPIN, event_action, event_backup, local_actor
 from tenancy.contracts.fleet import TenantOutcome
 from tenancy.contracts.tenants import Tenant, TenantRef
+from tenancy.errors import InvalidInput
 from tenancy.locks import HolderState, holder_namespace, is_same_holder, lease_expired, may_take_over
 from tenancy.marks import Mark
 from tenancy.messages.locks import LockOutcome
@@ -980,9 +981,11 @@ class Catalog:
             cur = await conn.execute(query, [*fields.values(), name])
             return cur.rowcount > 0
 
-    async def remove_server(self, name: str) -> int:
+    async def remove_server(self, name: str, *, just_added: bool = False) -> int:
         """Forget a server that holds no tenant of any status but deprovisioned; returns the tenants that stop it
-        (0: removed)."""
+        (0: removed). Refused (InvalidInput) while databases kept there (a move's source, for --keep-source) are
+        still recorded, or a move is under way: their drop timer, or `--undo`, needs the server's URL. `just_added`:
+        the undo of an add that failed, which nothing can be on yet (a move elsewhere does not stop it)."""
         async with self._connection() as conn, conn.transaction():
             held = (
                 await one_row(
@@ -993,6 +996,34 @@ class Catalog:
             )["n"]
             if held:
                 return held
+            kept = await (
+                await conn.execute(
+                    "SELECT name, tenant_id, kept_until FROM kept_databases "
+                    "WHERE coalesce(server, 'default') = %s AND ended_at IS NULL ORDER BY kept_until NULLS LAST, name",
+                    [name],
+                )
+            ).fetchall()
+            if kept:
+                tenants = sorted({row["tenant_id"] for row in kept})
+                until = [row["kept_until"] for row in kept if row["kept_until"] is not None]
+                when = f", kept until {max(until):%Y-%m-%d %H:%M} UTC at the latest" if until else ""
+                raise InvalidInput(
+                    f"server {name!r} still holds {len(kept)} kept database(s) of tenant(s) {', '.join(tenants[:5])}"
+                    f"{' ...' if len(tenants) > 5 else ''}{when}: undo the move (`tenants move ID --undo`), wait "
+                    "until they are dropped, or deprovision the tenant; nothing was removed"
+                )
+            moving = await (
+                await conn.execute(
+                    "SELECT tenant_id FROM tenant_locks WHERE operation IN ('move', 'move-undo') "
+                    "AND (lease_until IS NULL OR lease_until > clock_timestamp()) ORDER BY tenant_id"
+                )
+            ).fetchall()
+            if moving and not just_added:
+                # The lock does not say which servers a move touches: any move under way may be to or from this one.
+                raise InvalidInput(
+                    f"a move is under way (tenant(s) {', '.join(row['tenant_id'] for row in moving[:5])}): it may "
+                    f"copy to, or keep a database on, server {name!r}; wait for it to end; nothing was removed"
+                )
             await conn.execute("UPDATE tenants SET server = 'default' WHERE server = %s", [name])
             await conn.execute("DELETE FROM database_servers WHERE name = %s AND name <> 'default'", [name])
             return 0
