@@ -761,10 +761,15 @@ class RestoreActivities:
             raise fail(INVALID_INPUT, f"{req.previous_name!r} is not a database a restore set aside")
         log = self._log(req.tenant_id)
         server = req.server
-        if server is None:
-            # Where the restore set it aside, as recorded: the tenant may have moved to another server since.
-            kept = await self.catalog.kept_database(req.previous_name)
-            if kept is not None and kept["tenant_id"] == req.tenant_id:
+        kept = await self.catalog.kept_database(req.previous_name)
+        if kept is not None and kept["tenant_id"] == req.tenant_id:
+            if kept["ended_at"] is not None:
+                # Already gone or back in service (dropped by deprovisioning, swapped back by an undo): nothing to
+                # drop, and its server may no longer be configured here.
+                log.info("previous database already ended", database=req.previous_name, how=kept["ended_how"])
+                return False
+            if server is None:
+                # Where it was set aside, as recorded: the tenant may have moved to another server since.
                 server = kept["server"] or DEFAULT_SERVER  # rows written before servers live on `default`
         async with await connect(await self._admin_url(req.tenant_id, server), autocommit=True) as conn:
             existed = await _exists(conn, req.previous_name)

@@ -208,3 +208,26 @@ async def test_a_server_with_kept_databases_or_during_a_move_is_not_removed(own,
     removed = await tenants(env, "servers", "remove", name)
     assert removed.returncode == 0, removed.stderr
     assert await catalog.server(name) is None
+
+
+async def test_a_drop_timer_of_a_copy_already_ended_does_nothing_even_when_its_server_is_gone(
+    multi_settings: Settings,
+) -> None:
+    """A move's kept source, dropped by deprovisioning (its row ended), and then its server removed: the pending
+    24 h timer fires, finds the row ended, and succeeds without looking for a server this worker no longer knows."""
+    from activities.restore import RestoreActivities
+    from tenancy.messages.restore import PreviousDatabase
+
+    catalog = Catalog(multi_settings)
+    tenant_id = f"gone-{uuid.uuid4().hex[:6]}"
+    db = database_name(multi_settings.database_prefix, tenant_id)
+    aside = previous_database_name(db, uuid.uuid4().hex[:10])
+    await catalog.record_kept_database(
+        aside, tenant_id, db, "move-x", None, datetime.now(UTC) + timedelta(hours=24), server="old-server"
+    )
+    await catalog.end_kept_database(aside, "dropped by deprovisioning")
+    dropped = await ActivityEnvironment().run(
+        RestoreActivities(multi_settings).drop_previous_database,
+        PreviousDatabase(tenant_id=tenant_id, database_name=db, previous_name=aside),
+    )
+    assert dropped is False
