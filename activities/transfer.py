@@ -9,6 +9,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -63,14 +64,18 @@ from tenancy.errors import (
     fail,
 )
 from tenancy.log import activity_logger
+from tenancy.messages.backup import BackupSelection
 from tenancy.messages.progress import HeartbeatDetails
-from tenancy.naming import backup_name, validate_tenant_id
+from tenancy.messages.provision import TenantDatabase
+from tenancy.messages.tenants import TenantRequest
+from tenancy.naming import BACKUP_EXTENSIONS, backup_name, validate_tenant_id
 from tenancy.restore_roles import choose_restore_owner, owner_role_names, restore_login_name
 from tenancy.settings import Settings
 from tenancy.signing import KEY_ID_FIELD, SIGNATURE_FIELD, NotAuthentic, verify_document
 from tenancy.transfer import (
     FORMAT_VERSION,
     SUMS,
+    SUMS_SIG,
     TENANT_EXPORT,
     TENANT_IMPORT,
     TENANT_IMPORT_FAILED,
@@ -84,7 +89,9 @@ from tenancy.transfer import (
     members_of,
     parse_document,
     parse_sums,
+    sign_sums,
     validate_location,
+    verify_sums,
 )
 
 T = TypeVar("T")
@@ -107,6 +114,87 @@ async def _in_thread(work: Callable[[], T], progress: Transfer) -> T:
         raise
 
 
+LEDGER = "tenant_schema_migrations"  # activities/infra/schema.py's ledger, in schema public
+
+
+@dataclass(frozen=True)
+class LedgerFacts:
+    relkind: str
+    owner: str
+    owner_is_superuser: bool
+    db_owner: str
+    triggers: int
+    rules: int
+
+
+async def restrict_relation_kinds(conn: psycopg.AsyncConnection) -> None:
+    """Views and foreign tables refused by the server for this session (PostgreSQL 15.8+/16.4+/17+ have the
+    setting; older ones rely on the relkind checks alone)."""
+    row = await (
+        await conn.execute("SELECT 1 FROM pg_catalog.pg_settings WHERE name = 'restrict_nonsystem_relation_kind'")
+    ).fetchone()
+    if row is not None:
+        await conn.execute("SET restrict_nonsystem_relation_kind = 'view, foreign-table'")
+
+
+async def ledger_facts(conn: psycopg.AsyncConnection) -> LedgerFacts | None:
+    """What the relation named public.tenant_schema_migrations is, read from the system catalog only."""
+    row = await (
+        await conn.execute(
+            "SELECT c.relkind::text, r.rolname, r.rolsuper, pg_catalog.pg_get_userbyid(d.datdba),"
+            " (SELECT count(*) FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid),"
+            " (SELECT count(*) FROM pg_catalog.pg_rewrite w WHERE w.ev_class = c.oid)"
+            " FROM pg_catalog.pg_class c"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " JOIN pg_catalog.pg_roles r ON r.oid = c.relowner"
+            " JOIN pg_catalog.pg_database d ON d.datname = pg_catalog.current_database()"
+            " WHERE n.nspname = 'public' AND c.relname = %s",
+            [LEDGER],
+        )
+    ).fetchone()
+    if row is None:
+        return None
+    return LedgerFacts(
+        relkind=row[0], owner=row[1], owner_is_superuser=row[2], db_owner=row[3], triggers=row[4], rules=row[5]
+    )
+
+
+async def imported_database_problem(conn: psycopg.AsyncConnection) -> str | None:
+    """Why migrations must not run as the admin on a database restored from an export (None: they may): its
+    ledger not a plain table or carrying triggers or rules, any trigger on any of its tables, any event trigger.
+    Any of those would run the archive's code as the admin while the migrations write."""
+    ledger = await ledger_facts(conn)
+    if ledger is not None:
+        if ledger.relkind != "r":
+            return f"its {LEDGER} is not a plain table (kind {ledger.relkind!r})"
+        if ledger.rules:
+            return f"its {LEDGER} carries rules"
+    triggers = await (
+        await conn.execute(
+            "SELECT n.nspname || '.' || c.relname || ': ' || t.tgname FROM pg_catalog.pg_trigger t"
+            " JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE NOT t.tgisinternal ORDER BY 1 LIMIT 3"
+        )
+    ).fetchall()
+    if triggers:
+        return f"it has triggers ({', '.join(r[0] for r in triggers)})"
+    event = await (await conn.execute("SELECT evtname FROM pg_catalog.pg_event_trigger LIMIT 1")).fetchone()
+    if event is not None:
+        return f"it has an event trigger ({event[0]})"
+    return None
+
+
+def _check_tools(manifest: BackupManifest, major: int) -> None:
+    made_by = int(manifest.tool_version.split(".")[0])
+    if made_by > major:
+        raise fail(
+            CLIENT_TOOLS_MISSING,
+            f"the archive was made by pg_dump {manifest.tool_version}; the target server is PostgreSQL {major}, "
+            f"whose pg_restore cannot read it: import onto a server of {made_by} or newer",
+        )
+
+
 class TransferActivities:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -122,16 +210,33 @@ class TransferActivities:
     # Export.
 
     async def _schema_version(self, tenant_id: str, database_name: str) -> str | None:
-        """The newest tenant migration applied to the tenant's database (None: it has no ledger)."""
+        """The newest tenant migration applied to the tenant's database (None: it has no ledger). The admin reads
+        the tenant's ledger only when it is a plain table of an expected owner, with views and foreign tables
+        refused by the server in that session where it can: anything else would run the tenant's code as the
+        admin (a view's functions, a foreign table's wrapper)."""
+        tenant = await self.catalog.get_tenant(tenant_id)
         url = await tenant_admin_url(self.settings, tenant_id)
         # The admin's session on a tenant database resolves names in the system catalog only: qualified names.
         async with await connect_to_tenant_db(url, database_name, autocommit=True) as conn:
-            ledger = await (await conn.execute("SELECT to_regclass('public.tenant_schema_migrations')")).fetchone()
-            if ledger is None or ledger[0] is None:
+            await restrict_relation_kinds(conn)
+            ledger = await ledger_facts(conn)
+            if ledger is None:
                 return None
+            # The tenant's login role (provisioned tenants), its restores' owner role (restored, imported, cloned
+            # ones: tenancy/restore_roles.py), the database's owner, or a superuser (the template's ledger).
+            owners = {*owner_role_names(database_name), *([tenant.role_name] if tenant is not None else [])}
+            if ledger.relkind != "r" or not (ledger.owner_is_superuser or ledger.owner in owners | {ledger.db_owner}):
+                raise fail(
+                    EXPORT_REJECTED,
+                    f"tenant {tenant_id!r}'s {LEDGER} is not a plain table of its own (kind {ledger.relkind!r}, "
+                    f"owner {ledger.owner!r}): not read, not exported",
+                )
             rows = await (
                 await conn.execute(
-                    "SELECT version FROM public.tenant_schema_migrations WHERE version <> %s", [SEED_VERSION]
+                    sql.SQL("SELECT version::text FROM {}.{} WHERE version::text <> %s").format(
+                        _ident("public"), _ident(LEDGER)
+                    ),
+                    [SEED_VERSION],
                 )
             ).fetchall()
         versions = [row[0] for row in rows]
@@ -170,6 +275,12 @@ class TransferActivities:
             postgres_major=int(manifest.server_version.split(".")[0]),
             backup_name=req.backup_name,
         )
+        try:
+            keyring = read_keyring(self.storage.signing_key_file) if self.storage.signing_key_file else None
+        except InvalidInput as exc:
+            raise fail(INVALID_INPUT, str(exc)) from None
+        # SHA256SUMS signed with this installation's key: tenant.json is then as authentic as the manifest.
+        sign = (lambda listing: sign_sums(listing, keyring)) if keyring is not None else None
         await audit(self.catalog, TENANT_EXPORT, tenant.id, req.backup_name, {"output": req.output})
         progress = Transfer()
 
@@ -197,7 +308,7 @@ class TransferActivities:
                 size_bytes=found.file_size,
                 sha256=found.file_sha256,
                 schema_version=earlier.get("schema_version"),
-                members=members_of(req.backup_name),
+                members=members_of(req.backup_name, signed=SUMS_SIG in found.sums),
             )
 
         def write() -> ExportWritten:
@@ -218,6 +329,7 @@ class TransferActivities:
                     reader,
                     size,
                     progress,
+                    sign,
                 )
                 if written.sums[archive_member(req.backup_name)] != manifest.sha256:
                     # Raised inside: the output is abandoned, never left looking complete.
@@ -227,7 +339,7 @@ class TransferActivities:
                 size_bytes=written.size,
                 sha256=written.sha256,
                 schema_version=document.schema_version,
-                members=members_of(req.backup_name),
+                members=members_of(req.backup_name, signed=sign is not None),
             )
 
         async with Heartbeater(lambda: HeartbeatDetails(bytes_read=progress.bytes)):
@@ -252,6 +364,20 @@ class TransferActivities:
                 BACKUP_NOT_AUTHENTIC,
                 f"the export's manifest of {name!r} is refused: {exc} (add the exporting installation's key to "
                 "TENANTS_BACKUP_SIGNING_KEY_FILE as a verify-only line to import from it)",
+            ) from None
+
+    def _authentic_sums(self, sums: bytes, signature: bytes | None) -> None:
+        """SHA256SUMS (the hashes of tenant.json, the manifest and the archive) signed by a key of this
+        installation's keyring, when it has one: checksums alone anyone editing tenant.json can recompute."""
+        if self.storage.signing_key_file is None:
+            return
+        try:
+            verify_sums(sums, signature, read_keyring(self.storage.signing_key_file))
+        except NotAuthentic as exc:
+            raise fail(
+                BACKUP_NOT_AUTHENTIC,
+                f"the export is refused: {exc} (exports are imported only when signed by a key of "
+                "TENANTS_BACKUP_SIGNING_KEY_FILE; add the exporting installation's key as a verify-only line)",
             ) from None
 
     @activity.defn
@@ -291,14 +417,10 @@ class TransferActivities:
         used = await self.catalog.count_owner_tenants(owner, plan)
         if used >= limits.max_tenants:
             raise fail(PLAN_LIMIT_REACHED, f"{owner} has {used} tenant(s) on plan {plan!r}, its limit")
-        major = await server_major_version(await tenant_admin_url(self.settings, req.new_tenant_id, req.server))
-        made_by = int(facts.manifest.tool_version.split(".")[0])
-        if made_by > major:
-            raise fail(
-                CLIENT_TOOLS_MISSING,
-                f"the export's archive was made by pg_dump {facts.manifest.tool_version}; the target server is "
-                f"PostgreSQL {major}, whose pg_restore cannot read it: import onto a server of {made_by} or newer",
-            )
+        _check_tools(
+            facts.manifest,
+            await server_major_version(await tenant_admin_url(self.settings, req.new_tenant_id, req.server)),
+        )
         self._log(req.new_tenant_id).info(
             "export checked", source=req.source, exported_tenant=document.tenant.id, sha256=facts.file_sha256
         )
@@ -312,10 +434,11 @@ class TransferActivities:
         except ValueError:
             raise InvalidInput(f"the export's {TENANT_JSON} is not JSON") from None
         document = parse_document(raw, self._local_versions())
-        expected = members_of(document.backup_name)
+        expected = members_of(document.backup_name, signed=SUMS_SIG in found.sums)
         if list(found.sums) != expected:
             raise InvalidInput(f"the export holds {list(found.sums)}, not {expected}: not an intact export")
         check_sums(parse_sums(found.documents[SUMS].decode(errors="replace")), found.sums)
+        self._authentic_sums(found.documents[SUMS], found.documents.get(SUMS_SIG))
         try:
             stored = json.loads(found.documents[manifest_member(document.backup_name)])
         except ValueError:
@@ -328,6 +451,12 @@ class TransferActivities:
         except ValueError:
             raise InvalidInput("the export's manifest is not a backup manifest") from None
         archive = archive_member(document.backup_name)
+        if manifest.compression not in BACKUP_EXTENSIONS:
+            # The new tenant's backup is named by it: checked before anything is created.
+            raise InvalidInput(
+                f"the export's manifest names compression {manifest.compression!r}, none of "
+                f"{', '.join(sorted(BACKUP_EXTENSIONS))}: not a backup this installation reads"
+            )
         if not manifest.verified:
             raise InvalidInput(f"backup {document.backup_name!r} in the export was never verified")
         if (manifest.tenant_id, manifest.backup_name) != (document.tenant.id, document.backup_name):
@@ -362,6 +491,7 @@ class TransferActivities:
         attempt of the same run finds its own copy; a backup of the name made by anyone else is refused."""
         info = calling_run()
         source = await self._stage_source(req)
+        await self._restorable_there(req.new_tenant_id, source)
         name = backup_name(req.new_tenant_id, source.started_at, source.compression)
         earlier = await asyncio.to_thread(self.storage.read_manifest, req.new_tenant_id, name)
         if earlier is not None:
@@ -415,6 +545,13 @@ class TransferActivities:
         manifest = await asyncio.to_thread(self.storage.write_manifest, BackupManifest.model_validate(document))
         self._log(req.new_tenant_id).info("archive staged as a backup", backup=name, imported_from=req.imported_from)
         return manifest
+
+    async def _restorable_there(self, tenant_id: str, source: BackupManifest) -> None:
+        """pg_restore of the server the new tenant was placed on reads the archive. The import's check used the
+        server asked for (or `default`); placement may have chosen another: checked again on the real one before
+        anything is copied (a failure here undoes the new tenant)."""
+        major = await server_major_version(await tenant_admin_url(self.settings, tenant_id))
+        _check_tools(source, major)
 
     async def _stage_source(self, req: StageRequest) -> BackupManifest:
         if req.manifest is not None:
@@ -505,6 +642,51 @@ class TransferActivities:
         seconds = time.monotonic() - started
         self._log(req.tenant_id).info("scratch copy masked", scratch=req.scratch_name, seconds=round(seconds, 3))
         return seconds
+
+    # Before an export or clone: refused up front when its archive could never be restored by another tenant.
+
+    @activity.defn
+    async def check_transferable(self, req: TenantRequest) -> None:
+        """With TENANTS_TENANT_KEYS every backup is encrypted to its tenant's own key, which no other tenant (an
+        import's, a clone's) can read: refused before any backup is taken or anything created."""
+        if self.settings.tenant_keys:
+            raise fail(
+                EXPORT_REJECTED,
+                f"tenant {req.tenant_id!r} cannot be exported or cloned with TENANTS_TENANT_KEYS on: its backups "
+                "are encrypted to its own key, which no other tenant can read",
+            )
+
+    # An import, before its migrations run as the admin.
+
+    @activity.defn
+    async def check_imported_database(self, db: TenantDatabase) -> None:
+        """Refuse to migrate a database restored from an export when running migrations as the admin would run
+        its code: its ledger not a plain table or with rules, any trigger, any event trigger (tenant migrations
+        create none). The import's undo follows."""
+        url = await tenant_admin_url(self.settings, db.tenant_id, db.server)
+        async with await connect_to_tenant_db(url, db.database_name, autocommit=True) as conn:
+            await restrict_relation_kinds(conn)
+            problem = await imported_database_problem(conn)
+        if problem is not None:
+            raise fail(
+                EXPORT_REJECTED, f"the imported database of tenant {db.tenant_id!r} is refused: {problem}; not migrated"
+            )
+
+    # A masked clone: the unmasked archive it was restored from is not kept as its backup.
+
+    @activity.defn
+    async def drop_staged_backup(self, req: BackupSelection) -> None:
+        """Delete the backup this run staged (storage and catalog) once a masked copy was swapped in and backed up:
+        the staged archive is the source's unmasked data. Only a backup whose manifest names this run goes."""
+        assert req.backup_name is not None
+        info = calling_run()
+        manifest = await asyncio.to_thread(self.storage.read_manifest, req.tenant_id, req.backup_name)
+        if manifest is not None and manifest.workflow_id != info.workflow_id:
+            raise fail(BACKUP_REJECTED, f"backup {req.backup_name!r} was not staged by this run: not deleted")
+        if manifest is not None:
+            await asyncio.to_thread(self.storage.delete_backup, req.tenant_id, req.backup_name)
+        await self.catalog.forget_backup(req.tenant_id, req.backup_name)
+        self._log(req.tenant_id).info("unmasked staged backup deleted", backup=req.backup_name)
 
     # After a failure past provisioning.
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from starter.output import human_size
 from starter.runs import start_and_follow
+from starter.tenant_cmds import _known_server
 from tenancy.contracts.transfer import (
     CloneTenantInput,
     CloneTenantResult,
@@ -111,13 +112,14 @@ async def run_export(args: argparse.Namespace, settings: Settings) -> int:
 async def run_import(args: argparse.Namespace, settings: Settings) -> int:
     _checked_new(args)
     source = _location(args.source, "the export file")
+    server = await _known_server(settings, args.server, taking_tenants=True)
     result = await start_and_follow(
         settings,
         ImportTenantWorkflow.run,
         ImportTenantInput(
             source=source,
             tenant_id=args.new_id,
-            server=args.server,
+            server=server,
             plan=args.plan,
             owner_email=args.owner,
             name=args.name,
@@ -153,6 +155,7 @@ async def run_clone(args: argparse.Namespace, settings: Settings) -> int:
     if not 1 <= args.mask_timeout <= 86_400:
         raise InvalidInput("--mask-timeout must be between 1 and 86400 seconds")
     mask = _read_mask(args.mask) if args.mask else None
+    server = await _known_server(settings, args.server, taking_tenants=True)
     result = await start_and_follow(
         settings,
         CloneTenantWorkflow.run,
@@ -161,7 +164,7 @@ async def run_clone(args: argparse.Namespace, settings: Settings) -> int:
             new_tenant_id=args.new_id,
             mask_sql=mask,
             mask_timeout_seconds=args.mask_timeout,
-            server=args.server,
+            server=server,
             plan=args.plan,
             owner_email=args.owner,
             name=args.name,

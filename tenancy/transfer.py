@@ -6,12 +6,19 @@ An export is a tar of four members, in this order:
     database/<backup>.json        the archive's manifest, as signed by the exporting installation
     database/<backup>             the database archive, as the backup workflow wrote it
     SHA256SUMS                    `<sha256>  <member>` for each member above
+    SHA256SUMS.sig                (when the exporting installation has a signing key) {key_id, signature}: an
+                                  HMAC of SHA256SUMS by its key, so tenant.json is as authentic as the manifest
 
+An installation with a signing key refuses an export whose SHA256SUMS is not signed by a key of its keyring
+(exports written before SHA256SUMS.sig existed included): checksums alone anyone can recompute.
 A newer export format, or an export of a tenant schema version this installation does not have, is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import re
 from datetime import datetime
 from typing import Any, Literal
@@ -21,10 +28,14 @@ from pydantic import BaseModel, ValidationError
 
 from tenancy.errors import InvalidInput
 from tenancy.naming import manifest_name
+from tenancy.signing import KEY_ID_FIELD, SIGNATURE_FIELD, Keyring, NotAuthentic
 
 FORMAT_VERSION = 1
 TENANT_JSON = "tenant.json"
 SUMS = "SHA256SUMS"
+SUMS_SIG = "SHA256SUMS.sig"
+# What the signature of SHA256SUMS is over (a domain of its own: never mistaken for a manifest's signature).
+_SUMS_DOMAIN = b"tenant-export-sha256sums\n"
 DATABASE_DIR = "database"
 # tenant.json and a manifest are a few KiB; anything much bigger is not one (read into memory).
 MAX_DOCUMENT_BYTES = 1 << 20
@@ -74,9 +85,41 @@ def manifest_member(backup_name: str) -> str:
     return f"{DATABASE_DIR}/{manifest_name(backup_name)}"
 
 
-def members_of(backup_name: str) -> list[str]:
+def members_of(backup_name: str, signed: bool = False) -> list[str]:
     """Every member of an export, in the order they are written."""
-    return [TENANT_JSON, manifest_member(backup_name), archive_member(backup_name), SUMS]
+    members = [TENANT_JSON, manifest_member(backup_name), archive_member(backup_name), SUMS]
+    return [*members, SUMS_SIG] if signed else members
+
+
+def _sums_mac(secret: bytes, key_id: str, sums: bytes) -> str:
+    return hmac.new(secret, _SUMS_DOMAIN + key_id.encode() + b"\n" + sums, hashlib.sha256).hexdigest()
+
+
+def sign_sums(sums: bytes, keyring: Keyring) -> bytes:
+    """SHA256SUMS.sig: the signing key's id and its HMAC of SHA256SUMS (which lists every other member's hash)."""
+    key = keyring.signing
+    return json.dumps({KEY_ID_FIELD: key.key_id, SIGNATURE_FIELD: _sums_mac(key.secret, key.key_id, sums)}).encode()
+
+
+def verify_sums(sums: bytes, signature: bytes | None, keyring: Keyring) -> str:
+    """The id of the key that signed SHA256SUMS; NotAuthentic when unsigned, malformed, by an unknown key or not
+    matching."""
+    if signature is None:
+        raise NotAuthentic(f"its {SUMS} is not signed")
+    try:
+        document = json.loads(signature)
+    except ValueError:
+        document = None
+    key_id = document.get(KEY_ID_FIELD) if isinstance(document, dict) else None
+    mac = document.get(SIGNATURE_FIELD) if isinstance(document, dict) else None
+    if not isinstance(key_id, str) or not key_id or not isinstance(mac, str):
+        raise NotAuthentic(f"its {SUMS_SIG} is malformed")
+    key = keyring.get(key_id)
+    if key is None:
+        raise NotAuthentic(f"its {SUMS} is signed by key {key_id!r}, which is not in the keyring")
+    if not hmac.compare_digest(mac.encode(), _sums_mac(key.secret, key_id, sums).encode()):
+        raise NotAuthentic(f"its {SUMS} does not match its signature by key {key_id!r}")
+    return key_id
 
 
 def sums_text(sums: dict[str, str]) -> str:
@@ -94,8 +137,8 @@ def parse_sums(text: str) -> dict[str, str]:
 
 
 def check_sums(listed: dict[str, str], actual: dict[str, str]) -> None:
-    """Every member but SHA256SUMS listed once, with the hash it has."""
-    expected = set(actual) - {SUMS}
+    """Every member but SHA256SUMS (and its signature) listed once, with the hash it has."""
+    expected = set(actual) - {SUMS, SUMS_SIG}
     if set(listed) != expected:
         raise InvalidInput(
             f"the export's {SUMS} lists {sorted(listed)}, the file holds {sorted(expected)}: not an intact export"
@@ -176,5 +219,5 @@ def validate_mask_sql(text: str | None) -> None:
 
 
 def validate_member_name(name: str, backup_name: str) -> None:
-    if name not in members_of(backup_name):
+    if name not in members_of(backup_name, signed=True):
         raise InvalidInput(f"the export holds an unexpected member {name!r}")

@@ -33,6 +33,7 @@ from tenancy.errors import InvalidInput, failure_message, failure_type
 from tenancy.settings import Settings
 from tenancy.transfer import (
     SUMS,
+    SUMS_SIG,
     TENANT_JSON,
     check_schema_version,
     check_sums,
@@ -164,7 +165,8 @@ async def test_export_imports_into_another_installation(
     with tarfile.open(export) as tar:
         names = tar.getnames()
         document = json.loads(tar.extractfile(TENANT_JSON).read())
-    assert names[0] == TENANT_JSON and names[-1] == SUMS and len(names) == 4
+    # Signed installation: SHA256SUMS carries its signature (tenant.json is as authentic as the manifest).
+    assert names[0] == TENANT_JSON and names[-2:] == [SUMS, SUMS_SIG] and len(names) == 5
     assert document["tenant"]["id"] == source_id and document["schema_version"] == "0003_activity_log"
     assert document["source"]["catalog_database"] == settings.catalog_database
 
@@ -558,3 +560,248 @@ async def test_a_retried_export_step_finds_its_own_file_and_refuses_anyone_elses
             WriteExportRequest(tenant_id=source_id, backup_name=second.backup_name, output=str(export)),
         )
     assert export.read_bytes() == before
+
+
+def _members(export: Path) -> dict[str, bytes]:
+    with tarfile.open(export) as src:
+        return {m.name: src.extractfile(m).read() for m in src.getmembers()}  # type: ignore[union-attr]
+
+
+def _write_members(target: Path, members: dict[str, bytes], resum: bool = True) -> None:
+    """An export file of these members, SHA256SUMS recomputed (as anyone editing the file can)."""
+    if resum:
+        listed = {n: hashlib.sha256(d).hexdigest() for n, d in members.items() if n not in (SUMS, SUMS_SIG)}
+        members = {**members, SUMS: sums_text(listed).encode()}
+        members = {n: members[n] for n in sorted(members, key=lambda n: (n == SUMS_SIG, n == SUMS))}
+    with tarfile.open(target, "w") as dst:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+
+
+async def test_an_edited_tenant_json_with_recomputed_sums_is_refused(
+    temporal_env, settings, signing_installation, tmp_path, catalog
+):
+    """SHA256SUMS is signed: editing tenant.json (a better plan, another owner) and recomputing the checksums is
+    refused, as is dropping the signature; nothing is created."""
+    queue, _ = signing_installation
+    source_id, _ = await provisioned(temporal_env.client, queue, settings, "sig")
+    export = tmp_path / "s.tenant"
+    await run(
+        temporal_env.client, queue, ExportTenantWorkflow.run, ExportTenantInput(tenant_id=source_id, output=str(export))
+    )
+    members = _members(export)
+    assert json.loads(members[SUMS_SIG])["key_id"]
+    document = json.loads(members[TENANT_JSON])
+    document["tenant"]["plan"] = "business"
+    document["tenant"]["owner_email"] = "attacker@example.com"
+    edited = {**members, TENANT_JSON: json.dumps(document).encode()}
+    cases = {
+        "resummed": (edited, "does not match its signature"),
+        "unsigned": ({n: d for n, d in edited.items() if n != SUMS_SIG}, "is not signed"),
+    }
+    for case, (changed, said) in cases.items():
+        bad = tmp_path / f"{case}.tenant"
+        _write_members(bad, changed)
+        new_id = f"sg-{uuid.uuid4().hex[:6]}"
+        with pytest.raises(WorkflowFailureError) as refused:
+            await run(
+                temporal_env.client,
+                queue,
+                ImportTenantWorkflow.run,
+                ImportTenantInput(source=str(bad), tenant_id=new_id),
+            )
+        message = failure_message(refused.value)
+        assert failure_type(refused.value) == "BackupNotAuthentic" and said in message, message
+        assert "\n" not in message
+        assert await catalog.get_tenant(new_id) is None
+        assert not query(settings, "postgres", f"SELECT 1 FROM pg_database WHERE datname LIKE '%{new_id}%'")
+    # The untouched file imports.
+    done = await run(
+        temporal_env.client,
+        queue,
+        ImportTenantWorkflow.run,
+        ImportTenantInput(source=str(export), tenant_id=f"sg-{uuid.uuid4().hex[:6]}"),
+    )
+    assert (await catalog.get_tenant(done.tenant_id)).plan == "pro"
+
+
+async def test_an_unknown_compression_is_refused_before_anything_is_created(
+    temporal_env, settings, task_queue, tmp_path, catalog
+):
+    source_id, _ = await provisioned(temporal_env.client, task_queue, settings, "cmp")
+    export = tmp_path / "c.tenant"
+    await run(
+        temporal_env.client,
+        task_queue,
+        ExportTenantWorkflow.run,
+        ExportTenantInput(tenant_id=source_id, output=str(export)),
+    )
+    members = _members(export)
+    name = next(n for n in members if n.startswith("database/") and n.endswith(".json"))
+    manifest = json.loads(members[name])
+    manifest["compression"] = "brotli"
+    bad = tmp_path / "brotli.tenant"
+    _write_members(bad, {**members, name: json.dumps(manifest).encode()})
+    new_id = f"cm-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(WorkflowFailureError) as refused:
+        await run(
+            temporal_env.client,
+            task_queue,
+            ImportTenantWorkflow.run,
+            ImportTenantInput(source=str(bad), tenant_id=new_id),
+        )
+    message = failure_message(refused.value)
+    assert failure_type(refused.value) == "ExportRejected" and "'brotli'" in message, message
+    assert await catalog.get_tenant(new_id) is None
+
+
+def test_a_symlink_at_the_partial_name_is_never_written_through(settings, tmp_path):
+    """A link planted where exports used to write their partial file leaves its target alone; two writers to
+    one path never share a temp file."""
+    from activities.infra.export_file import open_output
+    from tenancy.naming import partial_name
+
+    victim = tmp_path / "victim.conf"
+    victim.write_text("precious\n")
+    final = tmp_path / "x.tenant"
+    planted = tmp_path / partial_name(final.name)
+    planted.symlink_to(victim)
+    with open_output(settings, str(final)) as sink:
+        sink.write(b"export bytes")
+    assert final.read_bytes() == b"export bytes"
+    assert victim.read_text() == "precious\n"
+    assert planted.is_symlink()
+    # A failed write leaves no partial file of its own behind.
+    other = tmp_path / "y.tenant"
+    with pytest.raises(RuntimeError), open_output(settings, str(other)) as sink:
+        sink.write(b"half")
+        raise RuntimeError("boom")
+    assert not other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([victim.name, final.name, planted.name])
+
+
+async def test_a_masked_clone_keeps_no_unmasked_copy(temporal_env, settings, task_queue, catalog, tmp_path):
+    """The clone's only backup is of its masked database: the source's unmasked archive it was restored from is
+    gone from storage and the catalog, and restoring the clone from its backups never brings the data back."""
+    from tenancy.contracts.restore import RestoreTenantInput
+    from workflows.restore_tenant import RestoreTenantWorkflow
+
+    source_id, source_db = await provisioned(temporal_env.client, task_queue, settings, "pii")
+    marker = f"PII-{uuid.uuid4().hex}"
+    execute(settings, source_db, f"UPDATE projects SET name = '{marker}' WHERE id = 1")
+    new_id = f"pm-{uuid.uuid4().hex[:6]}"
+    result = await run(
+        temporal_env.client,
+        task_queue,
+        CloneTenantWorkflow.run,
+        CloneTenantInput(tenant_id=source_id, new_tenant_id=new_id, mask_sql="UPDATE projects SET name = 'p' || id"),
+        "clone",
+    )
+    storage = open_storage(settings)
+    kept = storage.list_backups(new_id)
+    assert kept == [result.backup_name], kept
+    listed = query(settings, settings.catalog_database, f"SELECT name FROM backups WHERE tenant_id = '{new_id}'")
+    assert [r[0] for r in listed] in ([], [result.backup_name]), listed
+    for name in kept:
+        await run(
+            temporal_env.client,
+            task_queue,
+            RestoreTenantWorkflow.run,
+            RestoreTenantInput(tenant_id=new_id, backup_name=name, keep_previous_seconds=0),
+            "restore",
+        )
+        database = (await catalog.get_tenant(new_id)).database_name
+        assert query(settings, database, f"SELECT count(*) FROM projects WHERE name = '{marker}'") == [(0,)]
+        assert counts(settings, database) == counts(settings, source_db)
+    assert query(settings, source_db, f"SELECT count(*) FROM projects WHERE name = '{marker}'") == [(1,)]
+    # A restored tenant (its ledger owned by its restores' owner role) still exports.
+    exported = await run(
+        temporal_env.client,
+        task_queue,
+        ExportTenantWorkflow.run,
+        ExportTenantInput(tenant_id=new_id, output=str(tmp_path / "clone.tenant")),
+    )
+    assert exported.schema_version == "0003_activity_log"
+
+
+async def test_a_tenants_code_never_runs_as_the_admin(temporal_env, settings, task_queue, tmp_path, catalog):
+    """A view planted as the migration ledger is not read by the export (its function would run as the admin); a
+    restored database carrying triggers is not migrated by the import, which is undone."""
+    source_id, source_db = await provisioned(temporal_env.client, task_queue, settings, "evl")
+    owner = (await catalog.get_tenant(source_id)).role_name
+    execute(
+        settings,
+        source_db,
+        "ALTER TABLE tenant_schema_migrations RENAME TO ledger_copy; "
+        "CREATE VIEW tenant_schema_migrations AS SELECT * FROM ledger_copy; "
+        f'ALTER VIEW tenant_schema_migrations OWNER TO "{owner}"',
+    )
+    with pytest.raises(WorkflowFailureError) as refused:
+        await run(
+            temporal_env.client,
+            task_queue,
+            ExportTenantWorkflow.run,
+            ExportTenantInput(tenant_id=source_id, output=str(tmp_path / "v.tenant")),
+        )
+    message = failure_message(refused.value)
+    assert failure_type(refused.value) == "ExportRejected" and "not a plain table" in message, message
+    assert not (tmp_path / "v.tenant").exists()
+
+    execute(
+        settings,
+        source_db,
+        "DROP VIEW tenant_schema_migrations; ALTER TABLE ledger_copy RENAME TO tenant_schema_migrations; "
+        "CREATE FUNCTION public.stamp() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$; "
+        "CREATE TRIGGER stamp BEFORE INSERT ON projects FOR EACH ROW EXECUTE FUNCTION public.stamp(); "
+        f'ALTER FUNCTION public.stamp() OWNER TO "{owner}"',
+    )
+    export = tmp_path / "t.tenant"
+    await run(
+        temporal_env.client,
+        task_queue,
+        ExportTenantWorkflow.run,
+        ExportTenantInput(tenant_id=source_id, output=str(export)),
+    )
+    new_id = f"ev-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(WorkflowFailureError) as refused:
+        await run(
+            temporal_env.client,
+            task_queue,
+            ImportTenantWorkflow.run,
+            ImportTenantInput(source=str(export), tenant_id=new_id),
+        )
+    message = failure_message(refused.value)
+    assert failure_type(refused.value) == "ExportRejected" and "has triggers" in message, message
+    failed = await catalog.get_tenant(new_id)
+    assert failed is not None and failed.status == "failed"
+    assert not query(settings, "postgres", f"SELECT 1 FROM pg_database WHERE datname LIKE '%{new_id}%'")
+
+
+async def test_export_and_clone_are_refused_up_front_with_tenant_keys(temporal_env, settings, task_queue, catalog):
+    source_id, _ = await provisioned(temporal_env.client, task_queue, settings, "tky")
+    queue = f"tq-k-{uuid.uuid4().hex[:8]}"
+    import pyrage
+
+    keys_on = {"tenant_keys": True, "age_recipients": [str(pyrage.x25519.Identity.generate().to_public())]}
+    async with build_worker(temporal_env.client, settings.model_copy(update=keys_on), queue):
+        for workflow_run, arg in (
+            (ExportTenantWorkflow.run, ExportTenantInput(tenant_id=source_id, output="/tmp/never.tenant")),
+            (CloneTenantWorkflow.run, CloneTenantInput(tenant_id=source_id, new_tenant_id=f"k-{uuid.uuid4().hex[:6]}")),
+        ):
+            with pytest.raises(WorkflowFailureError) as refused:
+                await run(temporal_env.client, queue, workflow_run, arg)
+            message = failure_message(refused.value)
+            assert failure_type(refused.value) == "ExportRejected" and "TENANTS_TENANT_KEYS" in message, message
+    assert open_storage(settings).list_backups(source_id) == []
+
+
+async def test_an_unknown_server_is_refused_before_anything_starts(temporal_env, settings, task_queue, tmp_path):
+    env = cli_environment(temporal_env, settings, task_queue)
+    for command in (
+        ["import", str(tmp_path / "none.tenant"), "--id", f"sv-{uuid.uuid4().hex[:6]}", "--server", "nope"],
+        ["clone", "someone", "--id", f"sv-{uuid.uuid4().hex[:6]}", "--server", "nope"],
+    ):
+        done = await tenants(env, *command)
+        assert done.returncode == 2 and "no server named 'nope'" in one_error(done.stderr), done.stderr

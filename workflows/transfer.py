@@ -9,7 +9,10 @@ restored through the scratch-verify-swap path (child RestoreTenantWorkflow) → 
 tenant schema → TenantImported.
 
 CloneTenantWorkflow: both in one run, with no file: a backup of the source → a new tenant → the archive as its
-backup → restored into scratch → masked (optional SQL, as the new tenant's role) → verified → swapped in.
+backup → restored into scratch → masked (optional SQL, as the new tenant's role) → verified → swapped in; when masked,
+a backup of the masked database is taken and the staged archive (the source's unmasked data) deleted, so the clone
+keeps no unmasked copy. Export and clone are refused up front with TENANTS_TENANT_KEYS (no other tenant could read the
+archive); an import's restored database is checked for code that would run as the admin before it is migrated.
 
 A failure after the new tenant was provisioned deprovisions it (child run: database, role and credentials of it
 go), deletes the backup this run staged and records the tenant `failed`, so the id may be used again.
@@ -169,6 +172,9 @@ class ExportTenantWorkflow(ShowsPhase):
     @workflow.run
     async def run(self, req: ExportTenantInput) -> ExportTenantResult:
         validate_export_input(req)
+        if workflow.patched("transfer-refuses-tenant-keys"):
+            self._phase = "checking the tenant can be exported"
+            await steps.check_transferable(TenantRequest(tenant_id=req.tenant_id))
         self._phase = "looking up tenant"
         tenant = await steps.get_tenant(TenantRequest(tenant_id=req.tenant_id))
         # 1. The backup (the only lock held), 2. the file written from it.
@@ -229,13 +235,15 @@ class ImportTenantWorkflow(ShowsPhase):
             ),
             "import",
         )
-        staged = backup_name(new.tenant_id, facts.manifest.started_at, facts.manifest.compression)
+        staged: str | None = None
         imported_from = {
             "tenant": exported.id,
             "installation": f"{document.source.namespace}/{document.source.catalog_database}",
             "backup": document.backup_name,
         }
         try:
+            # Named inside: a name that cannot be made still undoes the new tenant.
+            staged = backup_name(new.tenant_id, facts.manifest.started_at, facts.manifest.compression)
             # 3. The archive as the new tenant's backup, 4. restored (scratch, verify, swap), 5. migrated.
             self._phase = "staging the archive"
             manifest = await steps.stage_import(
@@ -257,6 +265,12 @@ class ImportTenantWorkflow(ShowsPhase):
                 search_attributes=tenant_attributes(new.tenant_id),
                 static_summary=f"Restore of tenant {new.tenant_id} from its import",
             )
+            if workflow.patched("import-checks-database"):
+                # The restored database is the archive's: no code of its may run while the admin migrates it.
+                self._phase = "checking the imported database"
+                await steps.check_imported_database(
+                    TenantDatabase(tenant_id=new.tenant_id, database_name=new.database_name, role_name=new.role_name)
+                )
             self._phase = "migrating"
             migration = await steps.migrate_tenant_database(
                 TenantDatabase(tenant_id=new.tenant_id, database_name=new.database_name, role_name=new.role_name)
@@ -303,6 +317,9 @@ class CloneTenantWorkflow(ShowsPhase):
     @workflow.run
     async def run(self, req: CloneTenantInput) -> CloneTenantResult:
         validate_clone_input(req)
+        if workflow.patched("transfer-refuses-tenant-keys"):
+            self._phase = "checking the tenant can be cloned"
+            await steps.check_transferable(TenantRequest(tenant_id=req.tenant_id))
         self._phase = "looking up tenant"
         source = await steps.get_tenant(TenantRequest(tenant_id=req.tenant_id))
         # 1. The source's backup (its lock held for the dump only), 2. the new tenant.
@@ -396,6 +413,15 @@ class CloneTenantWorkflow(ShowsPhase):
                 if swap.set_aside:
                     self._phase = "dropping the provisioned database"
                     await steps.drop_previous_database(names)
+            kept = staged
+            if req.mask_sql is not None and workflow.patched("clone-drops-unmasked-archive"):
+                # The staged archive is the source's UNMASKED data: the clone keeps a backup of its masked database
+                # instead (taken first, so it always has one), and the staged one goes from storage and catalog.
+                self._phase = "backing up the masked clone"
+                masked = await _backup_of(new.tenant_id, req.lock_wait_seconds, "masked")
+                self._phase = "deleting the unmasked archive"
+                await steps.drop_staged_backup(BackupSelection(tenant_id=new.tenant_id, backup_name=staged))
+                kept, staged = masked.backup_name, None
             self._phase = "recording the clone"
             await steps.record_event(
                 TenantEvent(
@@ -415,7 +441,7 @@ class CloneTenantWorkflow(ShowsPhase):
             database_name=new.database_name,
             role_name=new.role_name,
             credentials_file=new.credentials_file,
-            backup_name=staged,
+            backup_name=kept,
             row_counts=counts,
             masked=req.mask_sql is not None,
             mask_seconds=mask_seconds,

@@ -1,8 +1,9 @@
 """Export files on disk or in S3: a tar written and read as a stream (nothing holds a whole archive in memory).
 Blocking: the activities call these in a thread.
 
-Written like backups: locally under a hidden partial name (0600), fsynced and renamed, never over an existing
-file; in S3 as a multipart upload completed at the end and aborted on any error.
+Written like backups: locally under a hidden partial name of the attempt's own (0600, created exclusively),
+fsynced and renamed, never over an existing file; in S3 as a multipart upload completed at the end and aborted on
+any error.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import os
+import secrets
 import tarfile
 import threading
 import time
@@ -25,7 +27,7 @@ from activities.infra.storage import FILE_MODE, Sink, _MultipartUpload
 from tenancy.errors import InvalidInput
 from tenancy.naming import partial_name
 from tenancy.settings import Settings
-from tenancy.transfer import DATABASE_DIR, MAX_DOCUMENT_BYTES, SUMS, TENANT_JSON, sums_text
+from tenancy.transfer import DATABASE_DIR, MAX_DOCUMENT_BYTES, SUMS, SUMS_SIG, TENANT_JSON, sums_text
 
 CHUNK = 1 << 20
 
@@ -68,8 +70,10 @@ def open_output(settings: Settings, location: str) -> Iterator[Sink]:
         raise InvalidInput(f"folder {final.parent} does not exist on the worker's host")
     if final.exists():
         raise InvalidInput(f"{final} exists: not overwritten")
-    temp = final.parent / partial_name(final.name)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    # A name of this attempt's own, created new and never through a link: a symlink planted at a predictable
+    # name cannot redirect the write, and two exports to one path never share a temp file.
+    temp = final.parent / partial_name(f"{final.name}.{secrets.token_hex(8)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -183,9 +187,11 @@ def write_export(
     archive: BinaryIO,
     archive_size: int,
     progress: Progress,
+    sign: Callable[[bytes], bytes] | None = None,
 ) -> Written:
     """The tar, as a stream: tenant.json, the manifest, the archive (read from `archive`, `archive_size` bytes),
-    SHA256SUMS of those three last. Returns the whole file's size and sha256, and the members' checksums."""
+    SHA256SUMS of those three, and SHA256SUMS.sig (`sign(SHA256SUMS)`) when `sign` is given. Returns the whole
+    file's size and sha256, and the members' checksums."""
     out = _Hashing(sink, Progress())
     sums: dict[str, str] = {}
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
@@ -199,6 +205,9 @@ def write_export(
         sums[archive_name] = reader.hasher.hexdigest()
         listing = sums_text(sums).encode()
         tar.addfile(_info(SUMS, len(listing)), io.BytesIO(listing))
+        if sign is not None:
+            signature = sign(listing)
+            tar.addfile(_info(SUMS_SIG, len(signature)), io.BytesIO(signature))
     return Written(size=out.size, sha256=out.hasher.hexdigest(), sums=sums)
 
 
@@ -215,7 +224,7 @@ class ExportContents:
 
 
 def _is_document(name: str) -> bool:
-    return name in (TENANT_JSON, SUMS) or (name.startswith(f"{DATABASE_DIR}/") and name.endswith(".json"))
+    return name in (TENANT_JSON, SUMS, SUMS_SIG) or (name.startswith(f"{DATABASE_DIR}/") and name.endswith(".json"))
 
 
 def read_export(
