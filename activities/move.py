@@ -21,7 +21,7 @@ from activities.infra.catalog import Catalog
 from activities.infra.copy import copy_database
 from activities.infra.credentials import credentials_path, read_credentials, write_credentials
 from activities.infra.marks import database_mark, mark_database, role_mark
-from activities.infra.pg import connect, find_client_tools
+from activities.infra.pg import connect, find_client_tools, one_row
 from activities.infra.restore_login import (
     create_restore_login,
     drop_restore_login_of_run,
@@ -29,6 +29,7 @@ from activities.infra.restore_login import (
     restorer_mark,
 )
 from activities.infra.servers import ServerUrls, server_major_version
+from activities.provisioning import _tenant_bytes as tenant_bytes
 from activities.provisioning import server_loads
 from tenancy.contracts.move import MOVE_ID_PREFIX
 from tenancy.errors import (
@@ -65,7 +66,7 @@ from tenancy.messages.progress import HeartbeatDetails
 from tenancy.messages.tenants import TenantRequest
 from tenancy.naming import is_previous_database_name
 from tenancy.restore_roles import owner_role_names, restore_login_name
-from tenancy.servers import choose_server, move_dump_major, move_target_problem
+from tenancy.servers import ServerLoad, choose_server, move_dump_major, move_target_problem
 from tenancy.settings import Settings
 
 
@@ -125,6 +126,7 @@ class MoveActivities:
                 fallback = None  # the newer pg_dump alone, as required
         async with await connect(source_url, autocommit=True) as source:
             state = await moving.database_state(source, plan.database_name)
+            prepared = await moving.prepared_transactions(source, plan.database_name)
         if state is None:
             raise fail(TENANT_DATABASE_MISSING, f"database {plan.database_name!r} is not on server {plan.source!r}")
         if not state[0]:
@@ -132,6 +134,14 @@ class MoveActivities:
                 MOVE_REFUSED,
                 f"database {plan.database_name!r} on {plan.source!r} does not allow connections: nothing can copy it",
             )
+        if prepared:
+            # They outlive the freeze's terminations and would make the source's rename (set aside) fail.
+            raise fail(
+                MOVE_REFUSED,
+                f"database {plan.database_name!r} on {plan.source!r} has {prepared} prepared transaction(s): commit "
+                "or roll them back (pg_prepared_xacts) first; nothing was changed",
+            )
+        await self._check_capacity(plan.target, server, target_url)
         async with await connect(target_url, autocommit=True) as target:
             for name in (plan.database_name, plan.rehearsal_name, plan.final_name):
                 if await moving.database_exists(target, name):
@@ -162,6 +172,25 @@ class MoveActivities:
             source_allows_connections=state[0],
             source_connection_limit=state[1],
         )
+
+    async def _check_capacity(self, name: str, server: dict, url: str) -> None:
+        """A target at its limits (max_tenants, max_size_mb) takes no more tenants, a moved one included."""
+        max_mb = server["max_size_mb"]
+        load = ServerLoad(
+            name=name,
+            status=server["status"],
+            max_tenants=server["max_tenants"],
+            max_size_bytes=max_mb * 1024 * 1024 if max_mb else None,
+            tenants=await self._live_tenants(name),
+            size_bytes=await tenant_bytes(self.settings, url) if max_mb else 0,
+        )
+        if load.full:
+            limits = f"{load.tenants} of {load.max_tenants or 'unlimited'} tenants" + (
+                f", {load.size_bytes // (1024 * 1024)} of {max_mb} MB" if max_mb else ""
+            )
+            raise fail(
+                MOVE_REFUSED, f"server {name!r} is full ({limits}): it takes no more tenants; nothing was changed"
+            )
 
     @activity.defn
     async def prepare_target(self, plan: MovePlan) -> list[str]:
@@ -363,8 +392,9 @@ class MoveActivities:
                 raise fail(TENANT_DATABASE_MISSING, f"database {req.database_name!r} is not on server {req.server!r}")
             terminated = await moving.freeze(conn, req.database_name)
             frozen_at = datetime.now(UTC)
+            on_server = (await one_row(await conn.execute("SELECT clock_timestamp()")))[0]
         self._log(req.tenant_id).info("database frozen", server=req.server, terminated=terminated)
-        return FreezeResult(terminated_sessions=terminated, frozen_at=frozen_at)
+        return FreezeResult(terminated_sessions=terminated, frozen_at=frozen_at, source_frozen_at=on_server)
 
     @activity.defn
     async def switch_to_target(self, req: SwitchRequest) -> Switched:
@@ -381,6 +411,21 @@ class MoveActivities:
                 return Switched(opened_at=datetime.now(UTC))
             if current != plan.source:
                 raise fail(MOVE_REFUSED, f"tenant {plan.tenant_id!r} is on server {current!r} now: not switched")
+            if req.frozen_at is not None:
+                # Superusers are not held by CONNECTION LIMIT 0: a session of theirs since the freeze may have
+                # written what the copy lacks. Not switched: the move is undone, the tenant stays on its source.
+                late = await moving.sessions_since(source, plan.database_name, req.frozen_at)
+                for _ in range(10):  # the move's own sessions (pg_dump, the check) may take a moment to end
+                    if not late:
+                        break
+                    await asyncio.sleep(0.1)
+                    late = await moving.sessions_since(source, plan.database_name, req.frozen_at)
+                if late:
+                    raise fail(
+                        MOVE_FAILED,
+                        f"{late} session(s) of database {plan.database_name!r} on {plan.source!r} began during the "
+                        "freeze (superusers are not held by it; writes may be missing from the copy): not switched",
+                    )
             if await moving.database_exists(target, plan.final_name):
                 if await moving.database_exists(target, plan.database_name):
                     raise fail(MOVE_REFUSED, f"database {plan.database_name!r} appeared on {plan.target!r}: left alone")
@@ -408,7 +453,7 @@ class MoveActivities:
                 return False
             saved = read_credentials(folder, tenant_id)
             write_credentials(
-                folder, tenant_id, saved["role"], saved["password"], saved["database"], self.urls.url(server)
+                folder, tenant_id, saved["role"], saved["password"], saved["database"], self.urls.url(server), server
             )
             return True
 
@@ -473,23 +518,34 @@ class MoveActivities:
         plan, info = req.plan, calling_run()
         if await self.catalog.tenant_server(plan.tenant_id) == plan.target:
             return "switched: the tenant is on the target"
-        target_url = self.urls.url(plan.target)
         async with Heartbeater():
-            async with await connect(target_url, autocommit=True) as target:
-                await moving.drop_marked_database(
-                    target, plan.database_name, plan.tenant_id, info.workflow_id, "tenant"
-                )
-                for name in (plan.final_name, plan.rehearsal_name):
-                    await moving.drop_marked_database(target, name, plan.tenant_id, info.workflow_id, "scratch")
-            for name in (plan.final_name, plan.rehearsal_name):
-                await drop_restore_login_of_run(target_url, restore_login_name(name), plan.tenant_id, info.workflow_id)
-            for role in [*owner_role_names(plan.database_name), *([plan.role_name] if plan.role_name else [])]:
-                await moving.drop_role_of_run(target_url, role, plan.tenant_id, info.workflow_id)
+            # The source first: the tenant is reachable again whatever state the target is in (a target that went
+            # down is the usual reason a copy fails).
             async with await connect(self.urls.url(plan.source), autocommit=True) as source:
                 if await moving.database_exists(source, plan.database_name):
                     await moving.unfreeze(source, plan.database_name, req.allows_connections, req.connection_limit)
+            try:
+                await self._clear_target(plan, info)
+            except Exception as exc:
+                # Left to the sweeper: every copy and role of this run there carries its mark.
+                self._log(plan.tenant_id).warning(
+                    "target not cleared: left to the sweeper", target=plan.target, error=str(exc).strip()[:300]
+                )
+                return "unchanged: the tenant is on its source (the target was not cleared: sweep it)"
         self._log(plan.tenant_id).warning("unfinished move undone", target=plan.target)
         return "unchanged: the tenant is on its source"
+
+    async def _clear_target(self, plan: MovePlan, info: CallingRun) -> None:
+        """What this run made on the target dropped: its copies, its loads' login roles, the tenant's roles."""
+        target_url = self.urls.url(plan.target)
+        async with await connect(target_url, autocommit=True) as target:
+            await moving.drop_marked_database(target, plan.database_name, plan.tenant_id, info.workflow_id, "tenant")
+            for name in (plan.final_name, plan.rehearsal_name):
+                await moving.drop_marked_database(target, name, plan.tenant_id, info.workflow_id, "scratch")
+        for name in (plan.final_name, plan.rehearsal_name):
+            await drop_restore_login_of_run(target_url, restore_login_name(name), plan.tenant_id, info.workflow_id)
+        for role in [*owner_role_names(plan.database_name), *([plan.role_name] if plan.role_name else [])]:
+            await moving.drop_role_of_run(target_url, role, plan.tenant_id, info.workflow_id)
 
     @activity.defn
     async def find_kept_source(self, req: TenantRequest) -> KeptSource:
@@ -569,6 +625,21 @@ class MoveActivities:
         kept, info = req.kept, calling_run()
         if await self.catalog.tenant_server(req.tenant_id) == kept.server:
             return "switched: the tenant is back on its source"
+        # The tenant's current database first: it is reachable again whatever state the kept side is in.
+        async with await connect(self.urls.url(kept.current_server), autocommit=True) as current:
+            if await moving.database_exists(current, kept.database_name):
+                await moving.unfreeze(current, kept.database_name, True, kept.connection_limit)
+        try:
+            await self._set_kept_aside_again(req, info)
+        except Exception as exc:
+            self._log(req.tenant_id).warning(
+                "kept database not set aside again", server=kept.server, error=str(exc).strip()[:300]
+            )
+            return f"unchanged: the tenant stays where it was (server {kept.server!r} not reached: its copy is as left)"
+        return "unchanged: the tenant stays where it was"
+
+    async def _set_kept_aside_again(self, req: MoveBackRequest, info: CallingRun) -> None:
+        kept = req.kept
         async with await connect(self.urls.url(kept.server), autocommit=True) as source:
             mark = await database_mark(source, kept.database_name)
             if (
@@ -589,10 +660,6 @@ class MoveActivities:
                 await mark_database(source, kept.name, previous)
             if kept.role_name:
                 await moving.retire_login(source, kept.role_name, req.tenant_id)
-        async with await connect(self.urls.url(kept.current_server), autocommit=True) as current:
-            if await moving.database_exists(current, kept.database_name):
-                await moving.unfreeze(current, kept.database_name, True, kept.connection_limit)
-        return "unchanged: the tenant stays where it was"
 
     # A whole server moved (workflows/move_fleet.py).
 

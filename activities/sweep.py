@@ -29,6 +29,7 @@ from activities.infra.restore_login import drop_restore_login
 from activities.infra.servers import ServerUrls
 from activities.infra.storage import open_storage
 from tenancy.audit import SWEEP_REMOVE
+from tenancy.contracts.move import MOVE_ID_PREFIX
 from tenancy.contracts.sweep import SweepInput, SweepItem, SweepReport
 from tenancy.errors import failure_message
 from tenancy.log import activity_logger
@@ -175,7 +176,13 @@ class SweepActivities:
         return judge_database(mark, await self._run_state(mark.workflow_id, mark.run_id, runs), now, stale)
 
     async def _role_verdict(
-        self, row: tuple, now: datetime, stale: timedelta, runs: _RunCache, tenants: dict[str, str | None]
+        self,
+        row: tuple,
+        now: datetime,
+        stale: timedelta,
+        runs: _RunCache,
+        tenants: dict[str, tuple[str, str] | None],
+        server: str | None = None,
     ) -> Verdict | None:
         _, comment, dependencies, owned = row
         mark = parse_mark(comment)
@@ -185,9 +192,18 @@ class SweepActivities:
             return None
         if mark.tenant_id not in tenants:
             tenant = await self.catalog.get_tenant(mark.tenant_id)
-            tenants[mark.tenant_id] = tenant.status if tenant else None
+            tenants[mark.tenant_id] = (tenant.status, tenant.server) if tenant else None
+        found = tenants[mark.tenant_id]
+        # A move's role on a server its tenant is not on (the target of a move that failed and was not cleared).
+        moved_elsewhere = (
+            found is not None
+            and (mark.workflow_id or "").startswith(MOVE_ID_PREFIX)
+            and found[1] != (server or DEFAULT_SERVER)
+        )
         run = await self._run_state(mark.workflow_id, mark.run_id, runs)
-        return judge_role(mark, tenants[mark.tenant_id], dependencies, owned, run, now, stale)
+        return judge_role(
+            mark, found[0] if found else None, dependencies, owned, run, now, stale, moved_elsewhere=moved_elsewhere
+        )
 
     async def _work_verdict(
         self,
@@ -340,10 +356,10 @@ class SweepActivities:
         self, server: str, conn: psycopg.AsyncConnection, now: datetime, stale: timedelta, runs: _RunCache
     ) -> list[SweepItem]:
         items = []
-        tenants: dict[str, str | None] = {}
+        tenants: dict[str, tuple[str, str] | None] = {}
         rows = await (await conn.execute(_ROLES, {"prefix": self.prefix, "name": None})).fetchall()
         for row in rows:
-            verdict = await self._role_verdict(row, now, stale, runs, tenants)
+            verdict = await self._role_verdict(row, now, stale, runs, tenants, server)
             if verdict is not None:
                 items.append(
                     SweepItem(
@@ -439,7 +455,7 @@ class SweepActivities:
             row = await (await conn.execute(_ROLES, {"prefix": self.prefix, "name": item.name})).fetchone()
             if row is None:
                 return Verdict(False, "gone before the sweeper reached it")
-            verdict = await self._role_verdict(row, now, stale, {}, {})
+            verdict = await self._role_verdict(row, now, stale, {}, {}, item.server)
             if verdict is None:
                 return Verdict(False, "on re-check: its tenant is live again: left alone")
             refused = self._recheck(verdict)

@@ -91,13 +91,19 @@ def judge_role(
     run: RunState | None,
     now: datetime,
     stale: timedelta,
+    moved_elsewhere: bool = False,
 ) -> Verdict | None:
-    """A marked role. None: it belongs to a live tenant (not worth listing)."""
+    """A marked role. None: it belongs to a live tenant (not worth listing). `moved_elsewhere`: a move made it on a
+    server the live tenant is not on (a failed move's target, whose undo could not reach it): judged as a gone
+    tenant's, once that move is over."""
     if mark.kind != "role":
         return None
-    if tenant_status is not None and tenant_status not in GONE_TENANT_STATUSES:
+    live = tenant_status is not None and tenant_status not in GONE_TENANT_STATUSES
+    if live and not moved_elsewhere:
         return None
-    whose = f"tenant {mark.tenant_id} is " + (tenant_status if tenant_status else "not in the catalog")
+    whose = f"tenant {mark.tenant_id} is " + (
+        "on another server (a move's role)" if live else tenant_status if tenant_status else "not in the catalog"
+    )
     if owned_databases:
         return Verdict(False, f"{whose}, but the role owns {owned_databases} database(s): left alone")
     if dependencies:

@@ -6,6 +6,7 @@ tenant untouched on its source, `--undo` brings it back, and a worker killed mid
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import signal
 import uuid
@@ -15,15 +16,21 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 from temporalio.client import WorkflowFailureError
+from temporalio.testing import ActivityEnvironment
 
 from activities.infra.catalog import Catalog
 from activities.infra.credentials import read_credentials
 from activities.infra.servers import server_major_version
+from activities.move import MoveActivities
+from activities.sweep import SweepActivities
 from starter.demo import seed_tenant_data, table_fingerprint
 from tenancy.contracts.move import MoveTenantInput, MoveTenantResult
 from tenancy.contracts.provision import ProvisionTenantInput
+from tenancy.contracts.sweep import SweepInput
 from tenancy.contracts.tenants import Tenant
-from tenancy.errors import failure_type
+from tenancy.errors import failure_message, failure_type
+from tenancy.messages.move import CopyRequest, FreezeRequest, MovePlan, UnfinishedMove
+from tenancy.naming import previous_database_name, scratch_database_name
 from tenancy.search import tenant_attributes
 from tenancy.settings import Settings
 from tests.cli import cli_environment, tenants
@@ -210,6 +217,7 @@ async def _move_and_undo(temporal_env, multi_queue, multi_settings, second_pg_ur
         assert app.execute("SELECT count(*) FROM happy_items").fetchone() == (100,)
     saved = read_credentials(multi_settings.effective_secrets_dir, tenant.id)
     assert str(saved["port"]) in second_pg_url  # the credentials file names the new server
+    assert saved["server"] == SECOND_SERVER
     # The source: renamed aside, closed, and no way in for the application.
     assert database_state(source_url, tenant.database_name) is None
     assert result.source_kept_as and result.source_kept_until
@@ -241,6 +249,7 @@ async def _move_and_undo(temporal_env, multi_queue, multi_settings, second_pg_ur
         save_history(await temporal_env.client.get_workflow_handle(undo_id).fetch_history(), "UndoMoveWorkflow")
     back = await Catalog(multi_settings).get_tenant(tenant.id)
     assert back is not None and back.server == "default"
+    assert read_credentials(multi_settings.effective_secrets_dir, tenant.id)["server"] == "default"
     assert snapshot(source_url, tenant.database_name) == before
     assert database_state(source_url, tenant.database_name) == (True, -1)
     with as_tenant(multi_settings, tenant, source_url) as app:
@@ -308,6 +317,20 @@ async def test_bad_moves_are_refused_in_one_line_and_a_good_one_reports_its_free
     assert databases_like(multi_settings.effective_database_url, tenant.database_name + "%") == []
     back = await tenants(env, "move", tenant.id, "--undo")
     assert back.returncode != 0 and "no source database kept" in back.stderr
+    # A target at its max_tenants takes no moved tenant either.
+    other = await provision(temporal_env, multi_queue, multi_settings)
+    catalog = Catalog(multi_settings)
+    on_b = next(row["tenants"] for row in await catalog.servers() if row["name"] == SECOND_SERVER)
+    assert on_b >= 1  # the tenant moved there above
+    await catalog.update_server(SECOND_SERVER, max_tenants=on_b)
+    try:
+        full = await tenants(env, "move", other.id, "--to", SECOND_SERVER)
+    finally:
+        await catalog.update_server(SECOND_SERVER, max_tenants=None)
+    assert full.returncode != 0 and f"server {SECOND_SERVER!r} is full ({on_b} of {on_b} tenants)" in full.stderr
+    assert len(full.stderr.strip().splitlines()) <= 3  # progress lines, then the one error line
+    still = await catalog.get_tenant(other.id)
+    assert still is not None and still.server == "default"
 
 
 async def test_worker_killed_mid_copy_the_move_completes_on_a_new_worker(
@@ -366,3 +389,174 @@ async def test_worker_killed_mid_copy_the_move_completes_on_a_new_worker(
     assert databases_like(source_url, tenant.database_name + "%") == []
     with as_tenant(multi_settings, tenant, second_pg_url) as app:
         assert app.execute("SELECT count(*) FROM time_entries").fetchone() == (300_000,)
+
+
+async def wait_for_phase(handle, phase: str) -> None:
+    for _ in range(1200):
+        if (await handle.query("progress"))["phase"] == phase:
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"the move never reached {phase!r}")
+
+
+async def test_undo_with_the_target_down_lets_the_source_in_and_the_sweeper_clears_the_target(
+    temporal_env, multi_queue, multi_settings: Settings, second_pg_url: str
+):
+    source_url = multi_settings.effective_database_url
+    tenant = await provision(temporal_env, multi_queue, multi_settings, prefix="mvd")
+    db = tenant.database_name
+    # A move's run that ended (refused at once): the run the activities below work for, as the sweeper will see.
+    ended = await temporal_env.client.start_workflow(
+        MoveTenantWorkflow.run,
+        MoveTenantInput(tenant_id=tenant.id, target=SECOND_SERVER, source="pg-c"),
+        id=f"move-{tenant.id}-{uuid.uuid4().hex[:6]}",
+        task_queue=multi_queue,
+    )
+    with pytest.raises(WorkflowFailureError):
+        await ended.result()
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, workflow_id=ended.id, workflow_run_id=ended.result_run_id)
+    plan = MovePlan(
+        tenant_id=tenant.id,
+        database_name=db,
+        role_name=tenant.role_name,
+        source="default",
+        target=SECOND_SERVER,
+        rehearsal_name=scratch_database_name(db, "rehearsal0"),
+        final_name=scratch_database_name(db, "final00000"),
+        aside_name=previous_database_name(db, "rehearsal0"),
+    )
+    moves = MoveActivities(multi_settings)
+    check = await env.run(moves.check_move, plan)
+    await env.run(moves.prepare_target, plan)
+    copy = CopyRequest(
+        plan=plan,
+        scratch_name=plan.final_name,
+        # The source's own pg_dump when it has one (the workflow's fallback when the target refuses the newer one's).
+        dump_major=check.fallback_major or check.dump_major,
+        restore_major=check.target_major,
+    )
+    await env.run(moves.copy_to_target, copy)
+    await env.run(moves.freeze_database, FreezeRequest(tenant_id=tenant.id, server="default", database_name=db))
+    assert database_state(source_url, db) == (True, 0)
+
+    # The target goes down before the undo: the source is let in again all the same, exactly as it was.
+    down = multi_settings.model_copy(update={"servers": {SECOND_SERVER: "postgresql://postgres@127.0.0.1:1/postgres"}})
+    said = await env.run(
+        MoveActivities(down).undo_unfinished_move,
+        UnfinishedMove(
+            plan=plan,
+            allows_connections=check.source_allows_connections,
+            connection_limit=check.source_connection_limit,
+        ),
+    )
+    assert "sweep" in said
+    assert database_state(source_url, db) == (True, -1)
+    with as_tenant(multi_settings, tenant, source_url) as app:
+        app.execute("SELECT 1")
+    assert databases_like(second_pg_url, db + "%") == [plan.final_name]  # left there, marked
+    assert tenant.role_name is not None and role_exists(second_pg_url, tenant.role_name)
+
+    # The sweeper removes the dead move's copy, then the roles it held (the next sweep), and nothing of the source.
+    sweeper = SweepActivities(multi_settings, temporal_env.client)
+    for _ in range(2):
+        report = await env.run(sweeper.find_orphans, SweepInput(stale_hours=1))
+        await env.run(sweeper.remove_orphans, report)
+    assert databases_like(second_pg_url, db + "%") == []
+    assert not role_exists(second_pg_url, tenant.role_name)
+    assert not role_exists(second_pg_url, db + "_owner")
+    assert role_exists(source_url, tenant.role_name)
+    with as_tenant(multi_settings, tenant, source_url) as app:
+        app.execute("SELECT 1")
+
+
+async def test_a_cancel_right_after_the_switch_loses_neither_the_event_nor_the_kept_source(
+    temporal_env, multi_queue, multi_settings: Settings, second_pg_url: str
+):
+    source_url = multi_settings.effective_database_url
+    tenant = await provision(temporal_env, multi_queue, multi_settings)
+    handle = await temporal_env.client.start_workflow(
+        MoveTenantWorkflow.run,
+        MoveTenantInput(tenant_id=tenant.id, target=SECOND_SERVER, checks=["SELECT true FROM pg_sleep(1)"]),
+        id=f"move-{tenant.id}-{uuid.uuid4().hex[:6]}",
+        task_queue=multi_queue,
+    )
+    holder = psycopg.connect(source_url)  # a transaction of its own
+    try:
+        await wait_for_phase(handle, "verifying the final copy against the frozen source")
+        # The source database's catalog row held (after the freeze): setting it aside waits for this transaction.
+        holder.execute(
+            psycopg.sql.SQL("ALTER DATABASE {} CONNECTION LIMIT 0").format(psycopg.sql.Identifier(tenant.database_name))
+        )
+        await wait_for_phase(handle, "setting the source database aside")
+        await asyncio.sleep(0.5)
+        await handle.cancel()  # after the switch: too late
+        await asyncio.sleep(1.5)
+    finally:
+        holder.rollback()
+        holder.close()
+    result: MoveTenantResult = await asyncio.wait_for(handle.result(), timeout=60)
+    assert result.target == SECOND_SERVER and result.source_kept_as
+    catalog = Catalog(multi_settings)
+    moved = await catalog.get_tenant(tenant.id)
+    assert moved is not None and moved.server == SECOND_SERVER
+    assert any(e["type"] == "TenantMoved" for e in await catalog.events(tenant.id))  # applications re-route
+    kept = [row["name"] for row in await catalog.kept_databases(tenant.id)]
+    assert result.source_kept_as in kept  # --undo finds it
+    assert database_state(source_url, result.source_kept_as) == (False, 0)
+    assert database_state(source_url, tenant.database_name) is None
+
+
+async def test_a_superuser_session_begun_during_the_freeze_stops_the_switch(
+    temporal_env, multi_queue, multi_settings: Settings, second_pg_url: str
+):
+    source_url = multi_settings.effective_database_url
+    tenant = await provision(temporal_env, multi_queue, multi_settings)
+    handle = await temporal_env.client.start_workflow(
+        MoveTenantWorkflow.run,
+        MoveTenantInput(tenant_id=tenant.id, target=SECOND_SERVER, checks=["SELECT true FROM pg_sleep(2)"]),
+        id=f"move-{tenant.id}-{uuid.uuid4().hex[:6]}",
+        task_queue=multi_queue,
+    )
+    await wait_for_phase(handle, "verifying the final copy against the frozen source")
+    # The admin is a superuser: CONNECTION LIMIT 0 does not hold it, and it could write what the copy lacks.
+    intruder = psycopg.connect(make_conninfo(source_url, dbname=tenant.database_name), autocommit=True)
+    try:
+        intruder.execute("SELECT 1")
+        with pytest.raises(WorkflowFailureError) as failed:
+            await handle.result()
+    finally:
+        intruder.close()
+    assert failure_type(failed.value) == "MoveFailed"
+    still = await Catalog(multi_settings).get_tenant(tenant.id)
+    assert still is not None and still.server == "default"
+    assert database_state(source_url, tenant.database_name) == (True, -1)  # unfrozen
+    with as_tenant(multi_settings, tenant, source_url) as app:
+        app.execute("SELECT 1")
+    assert databases_like(second_pg_url, tenant.database_name + "%") == []
+
+
+async def test_a_source_with_prepared_transactions_is_refused(temporal_env, multi_queue, multi_settings: Settings):
+    source_url = multi_settings.effective_database_url
+    with psycopg.connect(source_url) as conn:
+        if int(conn.execute("SHOW max_prepared_transactions").fetchone()[0]) == 0:  # type: ignore[index]
+            pytest.skip("the source server allows no prepared transactions")
+    tenant = await provision(temporal_env, multi_queue, multi_settings)
+    gid = f"tlt-{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(make_conninfo(source_url, dbname=tenant.database_name), autocommit=True) as conn:
+        conn.execute("BEGIN")
+        conn.execute("CREATE TABLE held (id int)")
+        conn.execute(f"PREPARE TRANSACTION '{gid}'")
+    try:
+        with pytest.raises(WorkflowFailureError) as failed:
+            await temporal_env.client.execute_workflow(
+                MoveTenantWorkflow.run,
+                MoveTenantInput(tenant_id=tenant.id, target=SECOND_SERVER),
+                id=f"move-{tenant.id}-{uuid.uuid4().hex[:6]}",
+                task_queue=multi_queue,
+            )
+        assert failure_type(failed.value) == "MoveRefused"
+        assert "prepared transaction" in failure_message(failed.value)
+    finally:
+        with psycopg.connect(make_conninfo(source_url, dbname=tenant.database_name), autocommit=True) as conn:
+            conn.execute(f"ROLLBACK PREPARED '{gid}'")

@@ -12,7 +12,10 @@ source in again exactly as it was: the tenant stays on its source, untouched.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
@@ -45,6 +48,26 @@ with workflow.unsafe.imports_passed_through():
 
 # The statuses of a tenant whose database is in service: the ones that move.
 MOVABLE = ("active", "inactive", "suspended")
+
+# Runs recorded before: the switch could be cancelled, and the event came after the source was set aside (a failure
+# or cancel there lost it). Since: the switch and what follows it run to the end, the event first.
+RECORDS_RIGHT_AFTER_SWITCH = "move-records-right-after-switch"
+UNDO_RECORDS_RIGHT_AFTER_SWITCH = "move-undo-records-right-after-switch"
+
+T = TypeVar("T")
+
+
+async def _despite_cancel(step: Awaitable[T]) -> T:
+    """Wait for `step` to its end even when the run is cancelled meanwhile (the cancel does not reach it): a switch
+    that may have committed, and what must follow it. A cancel that late is too late: the run goes on to its end."""
+    task = asyncio.ensure_future(step)
+    while True:
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            workflow.logger.warning("cancel requested during or after the switch: too late, finishing")
 
 
 def _check_run_id() -> None:
@@ -86,10 +109,13 @@ def _seconds(start: datetime, end: datetime) -> float:
     return round(max(0.0, (end - start).total_seconds()), 3)
 
 
-async def _keep_or_drop(aside: SetAsideRequest, keep_seconds: int, token: str) -> None:
+async def _keep_or_drop(aside: SetAsideRequest, keep_seconds: int, token: str, until_done: bool = False) -> None:
     """The database left behind: kept `keep_seconds` (then dropped by a durable timer of its own), or dropped now."""
     if not keep_seconds:
-        await steps.drop_set_aside_database(aside)
+        if until_done:
+            await steps.drop_set_aside_database_until_done(aside)
+        else:
+            await steps.drop_set_aside_database(aside)
         return
     await workflow.start_child_workflow(
         DropPreviousDatabaseWorkflow.run,
@@ -197,9 +223,16 @@ class MoveTenantWorkflow(ShowsPhase):
                 )
                 # 6. Switch: the target is the tenant's.
                 self._phase = "switching to the target"
-                switched = await steps.switch_to_target(
-                    SwitchRequest(plan=plan, connection_limit=check.source_connection_limit)
+                switch = SwitchRequest(
+                    plan=plan,
+                    connection_limit=check.source_connection_limit,
+                    frozen_at=frozen.source_frozen_at,  # the source's clock: compared with its sessions' starts
                 )
+                records_first = workflow.patched(RECORDS_RIGHT_AFTER_SWITCH)
+                if records_first:
+                    switched = await _despite_cancel(steps.switch_to_target(switch))
+                else:
+                    switched = await steps.switch_to_target(switch)
             except BaseException:
                 # Failed or cancelled, every activity above stopped: the target cleared of this run's copies and
                 # roles, the source let in as it was.
@@ -227,33 +260,42 @@ class MoveTenantWorkflow(ShowsPhase):
                 keep_until=keep_until,
                 role_name=plan.role_name,
             )
-            self._phase = "setting the source database aside"
-            await steps.set_aside_database(aside)
-            await _keep_or_drop(aside, req.keep_source_seconds, token)
-
             # 8. Recorded, and sent to the webhook so applications re-route.
-            self._phase = "recording the move"
-            event_id = await steps.record_event(
-                TenantEvent(
-                    tenant_id=tenant.id,
-                    type="TenantMoved",
-                    data={
-                        "from": plan.source,
-                        "to": plan.target,
-                        "database": plan.database_name,
-                        "freeze_seconds": self._freeze_seconds,
-                        "terminated_sessions": terminated,
-                        "source_database_kept_as": plan.aside_name if keep_until else None,
-                        "source_database_kept_until": keep_until.isoformat() if keep_until else None,
-                        "dump_major": rehearsal.dump_major,
-                        "restore_major": check.target_major,
-                        "newer_pg_dump_refused": self._fallback,
-                        "tables": len(facts.row_counts),
-                        "rows": sum(facts.row_counts.values()),
-                    },
-                )
+            moved = TenantEvent(
+                tenant_id=tenant.id,
+                type="TenantMoved",
+                data={
+                    "from": plan.source,
+                    "to": plan.target,
+                    "database": plan.database_name,
+                    "freeze_seconds": self._freeze_seconds,
+                    "terminated_sessions": terminated,
+                    "source_database_kept_as": plan.aside_name if keep_until else None,
+                    "source_database_kept_until": keep_until.isoformat() if keep_until else None,
+                    "dump_major": rehearsal.dump_major,
+                    "restore_major": check.target_major,
+                    "newer_pg_dump_refused": self._fallback,
+                    "tables": len(facts.row_counts),
+                    "rows": sum(facts.row_counts.values()),
+                },
             )
-            await announce(event_id)
+            if records_first:
+                # The tenant is on the target: the event (applications re-route), then the source set aside and
+                # recorded for --undo, each retried until done and out of a cancel's reach.
+                async def after_switch() -> None:
+                    self._phase = "recording the move"
+                    await announce(await steps.record_event_until_done(moved))
+                    self._phase = "setting the source database aside"
+                    await steps.set_aside_database_until_done(aside)
+                    await _keep_or_drop(aside, req.keep_source_seconds, token, until_done=True)
+
+                await _despite_cancel(after_switch())
+            else:
+                self._phase = "setting the source database aside"
+                await steps.set_aside_database(aside)
+                await _keep_or_drop(aside, req.keep_source_seconds, token)
+                self._phase = "recording the move"
+                await announce(await steps.record_event(moved))
         self._phase = "done"
         return MoveTenantResult(
             tenant_id=tenant.id,
@@ -302,7 +344,11 @@ class UndoMoveWorkflow(ShowsPhase):
                     FreezeRequest(tenant_id=tenant.id, server=kept.current_server, database_name=kept.database_name)
                 )
                 self._phase = "moving back to the source"
-                switched = await steps.move_back(back)
+                records_first = workflow.patched(UNDO_RECORDS_RIGHT_AFTER_SWITCH)
+                if records_first:
+                    switched = await _despite_cancel(steps.move_back(back))
+                else:
+                    switched = await steps.move_back(back)
             except BaseException:
                 self._phase = "undoing the unfinished undo"
                 await steps.undo_unfinished_move_back(back)
@@ -319,28 +365,37 @@ class UndoMoveWorkflow(ShowsPhase):
                 keep_until=keep_until,
                 role_name=kept.role_name,
             )
-            self._phase = "setting the left database aside"
-            await steps.set_aside_database(aside)
-            await _keep_or_drop(aside, req.keep_seconds, token)
             # 5. Recorded and sent: applications re-route, and learn where the writes since the move are.
-            self._phase = "recording the undo"
-            event_id = await steps.record_event(
-                TenantEvent(
-                    tenant_id=tenant.id,
-                    type="TenantMoveUndone",
-                    data={
-                        "from": kept.current_server,
-                        "to": kept.server,
-                        "undone_move": kept.workflow_id,
-                        "restored_from": kept.name,
-                        "freeze_seconds": freeze_seconds,
-                        "writes_since_move_in": aside_name if keep_until else None,
-                        "writes_since_move_kept_until": keep_until.isoformat() if keep_until else None,
-                        "note": UNDO_NOTE.format(server=kept.current_server, aside=aside_name),
-                    },
-                )
+            undone = TenantEvent(
+                tenant_id=tenant.id,
+                type="TenantMoveUndone",
+                data={
+                    "from": kept.current_server,
+                    "to": kept.server,
+                    "undone_move": kept.workflow_id,
+                    "restored_from": kept.name,
+                    "freeze_seconds": freeze_seconds,
+                    "writes_since_move_in": aside_name if keep_until else None,
+                    "writes_since_move_kept_until": keep_until.isoformat() if keep_until else None,
+                    "note": UNDO_NOTE.format(server=kept.current_server, aside=aside_name),
+                },
             )
-            await announce(event_id)
+            if records_first:
+                # As a move's (MoveTenantWorkflow): the event first, then the left database set aside, to the end.
+                async def after_switch() -> None:
+                    self._phase = "recording the undo"
+                    await announce(await steps.record_event_until_done(undone))
+                    self._phase = "setting the left database aside"
+                    await steps.set_aside_database_until_done(aside)
+                    await _keep_or_drop(aside, req.keep_seconds, token, until_done=True)
+
+                await _despite_cancel(after_switch())
+            else:
+                self._phase = "setting the left database aside"
+                await steps.set_aside_database(aside)
+                await _keep_or_drop(aside, req.keep_seconds, token)
+                self._phase = "recording the undo"
+                await announce(await steps.record_event(undone))
         self._phase = "done"
         return UndoMoveResult(
             tenant_id=tenant.id,

@@ -85,6 +85,20 @@ HEALTH_STEP = HeartbeatPolicy(**STORAGE, heartbeat_timeout=HEARTBEAT_TIMEOUT)
 # The swap of a restore: short, but heartbeating, so a cancellation reaches it and the undo waits for it to stop.
 SWAP = HeartbeatPolicy(**QUICK, heartbeat_timeout=HEARTBEAT_TIMEOUT)
 
+# What follows a committed switch (a move's set aside, its record): it must not be lost, so retried without a
+# maximum (a server's blip outlasts QUICK's ten attempts); a typed non-retryable error still stops it.
+UNTIL_DONE_RETRIES = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=0,
+    non_retryable_error_types=NON_RETRYABLE,
+)
+SWAP_UNTIL_DONE = HeartbeatPolicy(
+    start_to_close_timeout=timedelta(seconds=30), heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=UNTIL_DONE_RETRIES
+)
+SLOW_DDL_UNTIL_DONE = Policy(start_to_close_timeout=timedelta(minutes=10), retry_policy=UNTIL_DONE_RETRIES)
+QUICK_UNTIL_DONE = Policy(start_to_close_timeout=timedelta(seconds=30), retry_policy=UNTIL_DONE_RETRIES)
+
 # Short steps that a compensation may undo (provisioning's role and seed, an adoption's marks): they heartbeat, so a
 # cancellation reaches them.
 QUICK_HEARTBEAT = SWAP

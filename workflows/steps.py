@@ -121,10 +121,13 @@ with workflow.unsafe.imports_passed_through():
         PATIENT,
         QUICK,
         QUICK_HEARTBEAT,
+        QUICK_UNTIL_DONE,
         SLOW_DDL,
         SLOW_DDL_HEARTBEAT,
+        SLOW_DDL_UNTIL_DONE,
         STORAGE,
         SWAP,
+        SWAP_UNTIL_DONE,
         maintenance_task,
     )
 
@@ -566,6 +569,18 @@ async def abandon_import(req: ImportAbandoned) -> None:
     await workflow.execute_activity_method(TransferActivities.abandon_import, req, **QUICK)
 
 
+async def check_transferable(req: TenantRequest) -> None:
+    await workflow.execute_activity_method(TransferActivities.check_transferable, req, **QUICK)
+
+
+async def check_imported_database(db: TenantDatabase) -> None:
+    await workflow.execute_activity_method(TransferActivities.check_imported_database, db, **QUICK)
+
+
+async def drop_staged_backup(req: BackupSelection) -> None:
+    await workflow.execute_activity_method(TransferActivities.drop_staged_backup, req, **QUICK)
+
+
 # Moves between servers (workflows/move_tenant.py). What the undo of an unfinished move may undo is waited for when
 # cancelled: the undo never runs beside the work it undoes.
 
@@ -608,6 +623,21 @@ async def set_aside_database(req: SetAsideRequest) -> bool:
 
 async def drop_set_aside_database(req: SetAsideRequest) -> bool:
     return await workflow.execute_activity_method(MoveActivities.drop_set_aside, req, **SLOW_DDL)
+
+
+# After a committed switch (workflows/move_tenant.py, patched): the same activities, retried until done.
+
+
+async def set_aside_database_until_done(req: SetAsideRequest) -> bool:
+    return await workflow.execute_activity_method(MoveActivities.set_aside, req, **SWAP_UNTIL_DONE)
+
+
+async def drop_set_aside_database_until_done(req: SetAsideRequest) -> bool:
+    return await workflow.execute_activity_method(MoveActivities.drop_set_aside, req, **SLOW_DDL_UNTIL_DONE)
+
+
+async def record_event_until_done(event: TenantEvent) -> int:
+    return await workflow.execute_activity_method(RestoreActivities.record_event, event, **QUICK_UNTIL_DONE)
 
 
 async def undo_unfinished_move(req: UnfinishedMove) -> str:

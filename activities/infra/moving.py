@@ -5,6 +5,7 @@ carries the mark it expects (activities/infra/marks.py)."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -62,7 +63,28 @@ async def freeze(conn: Conn, name: str) -> int:
         if not now:
             break
         await asyncio.sleep(0.05)
-    return ended
+    # A backend past its connection-limit check just before the ALTER may show in pg_stat_activity only later: one
+    # more pass after a pause ends it too.
+    await asyncio.sleep(0.3)
+    return ended + await terminate(conn, name)
+
+
+async def prepared_transactions(conn: Conn, name: str) -> int:
+    """Prepared transactions of database `name`: no terminate ends them, and they hold the database."""
+    row = await one_row(await conn.execute("SELECT count(*) FROM pg_prepared_xacts WHERE database = %s", [name]))
+    return int(row[0])
+
+
+async def sessions_since(conn: Conn, name: str, since: datetime) -> int:
+    """Sessions of database `name` (this one aside) that began after `since`."""
+    row = await one_row(
+        await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
+            "AND backend_start > %s",
+            [name, since],
+        )
+    )
+    return int(row[0])
 
 
 async def unfreeze(conn: Conn, name: str, allows_connections: bool, connection_limit: int) -> None:

@@ -72,11 +72,14 @@ class FreezeRequest(BaseModel):
 class FreezeResult(BaseModel):
     terminated_sessions: int
     frozen_at: datetime  # when new sessions were refused (the worker's clock)
+    source_frozen_at: datetime | None = None  # the same on the source server's clock (the switch's session check)
 
 
 class SwitchRequest(BaseModel):
     plan: MovePlan
     connection_limit: int  # the source's, before the freeze: the target gets it
+    # When the source was frozen: a session of its database begun since (a superuser's) stops the switch.
+    frozen_at: datetime | None = None
 
 
 class Switched(BaseModel):
