@@ -60,9 +60,25 @@ class ServerLoad(BaseModel):
         return max(0.0, min(shares))
 
 
+def relative_free_share(load: ServerLoad, reference_tenants: int | None, reference_bytes: int | None) -> float:
+    """A server's free share for placement: a capacity it sets no limit on is measured against the reference (the
+    largest such limit among the candidates), so a server without limits is not "emptier" than a limited one
+    merely for lacking a limit — 50 tenants on an unlimited server weigh as 50 of the other's 2,000. A capacity no
+    candidate limits is left out."""
+    shares = [1.0]
+    max_tenants = load.max_tenants or reference_tenants
+    if max_tenants:
+        shares.append(1 - load.tenants / max_tenants)
+    max_bytes = load.max_size_bytes or reference_bytes
+    if max_bytes:
+        shares.append(1 - load.size_bytes / max_bytes)
+    return max(0.0, min(shares))
+
+
 def choose_server(loads: list[ServerLoad], requested: str | None = None) -> str:
     """Where a new tenant goes: `requested` when it is open with room, else the open server with the largest free
-    share, then the fewest tenants, then the least data, then by name (so the choice is deterministic).
+    share (relative_free_share), then the fewest tenants, then the least data, then by name (so the choice is
+    deterministic).
 
     Raises InvalidInput naming the reason when nothing can take it."""
     by_name = {load.name: load for load in loads}
@@ -79,8 +95,14 @@ def choose_server(loads: list[ServerLoad], requested: str | None = None) -> str:
     candidates = [load for load in loads if load.status == "open" and not load.full]
     if not candidates:
         raise InvalidInput("no open server has room for a new tenant: add one (`tenants servers add`) or raise a limit")
-    best = min(candidates, key=lambda load: (-load.free_share, load.tenants, load.size_bytes, load.name))
-    return best.name
+    reference_tenants = max((load.max_tenants for load in candidates if load.max_tenants), default=None)
+    reference_bytes = max((load.max_size_bytes for load in candidates if load.max_size_bytes), default=None)
+
+    def rank(load: ServerLoad) -> tuple[float, int, int, str]:
+        free = relative_free_share(load, reference_tenants, reference_bytes)
+        return (-free, load.tenants, load.size_bytes, load.name)
+
+    return min(candidates, key=rank).name
 
 
 def move_target_problem(source_major: int, target_major: int) -> str | None:

@@ -16,6 +16,7 @@ from tenancy.servers import (
     choose_server,
     move_dump_major,
     move_target_problem,
+    relative_free_share,
     validate_server_name,
 )
 
@@ -74,7 +75,26 @@ def test_a_new_tenant_goes_to_the_open_server_with_the_most_room(fleet: list[Ser
         return
     chosen = next(load for load in fleet if load.name == choose_server(fleet))
     assert chosen.status == "open" and not chosen.full
-    assert chosen.free_share == max(load.free_share for load in open_with_room)
+    ref_tenants = max((load.max_tenants for load in open_with_room if load.max_tenants), default=None)
+    ref_bytes = max((load.max_size_bytes for load in open_with_room if load.max_size_bytes), default=None)
+
+    def free(load: ServerLoad) -> float:
+        return relative_free_share(load, ref_tenants, ref_bytes)
+
+    assert free(chosen) == max(free(load) for load in open_with_room)
+
+
+def test_an_unlimited_server_is_weighed_against_the_limited_ones() -> None:
+    """The issue's set-up: `default` without limits holds 50 tenants, pg-b was added with --max-tenants 2000. New
+    tenants go to pg-b until it holds as many, then alternate: the least-loaded server, not the limitless one."""
+    fleet = {"default": ServerLoad(name="default", tenants=50), "pg-b": ServerLoad(name="pg-b", max_tenants=2000)}
+    placed = []
+    for _ in range(110):
+        name = choose_server(list(fleet.values()))
+        placed.append(name)
+        fleet[name] = fleet[name].model_copy(update={"tenants": fleet[name].tenants + 1})
+    assert placed[:50] == ["pg-b"] * 50
+    assert fleet["default"].tenants == fleet["pg-b"].tenants == 80
 
 
 @given(fleets(), st.randoms(use_true_random=False))
