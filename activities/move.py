@@ -390,8 +390,9 @@ class MoveActivities:
         async with Heartbeater(), await connect(self.urls.url(req.server), autocommit=True) as conn:
             if await moving.database_state(conn, req.database_name) is None:
                 raise fail(TENANT_DATABASE_MISSING, f"database {req.database_name!r} is not on server {req.server!r}")
-            terminated = await moving.freeze(conn, req.database_name)
+            # From the CONNECTION LIMIT 0 at freeze()'s start: the freeze a move reports includes ending the sessions.
             frozen_at = datetime.now(UTC)
+            terminated = await moving.freeze(conn, req.database_name)
             on_server = (await one_row(await conn.execute("SELECT clock_timestamp()")))[0]
         self._log(req.tenant_id).info("database frozen", server=req.server, terminated=terminated)
         return FreezeResult(terminated_sessions=terminated, frozen_at=frozen_at, source_frozen_at=on_server)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import statistics
 import subprocess
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from activities.infra.catalog import Catalog  # noqa: E402
-from activities.infra.pg import connect  # noqa: E402
+from activities.infra.pg import connect, one_row  # noqa: E402
 from activities.infra.schema import apply_migrations, migration_files  # noqa: E402
 from activities.infra.temporal import connect_client  # noqa: E402
 from starter.services import EmbeddedPostgres, TemporalDevServer, free_port  # noqa: E402
@@ -48,7 +49,12 @@ class Stack:
         worker_env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTS_")} | self.env | env
         worker_env["TENANTS_TASK_QUEUE"] = queue
         proc = subprocess.Popen([sys.executable, str(ROOT / "worker.py")], env=worker_env, cwd=str(self.work))
-        self.cleanup.append(lambda: (proc.terminate(), proc.wait(timeout=30)))
+
+        def stop() -> None:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+        self.cleanup.append(stop)
         await _wait_for_poller(self.settings.model_copy(update={"task_queue": queue}))
         return proc
 
@@ -92,7 +98,10 @@ async def stack(
         "TENANTS_LOG_LEVEL": "WARNING",
         **(extra_env or {}),
     }
-    settings = Settings(_env_file=None, **{k.removeprefix("TENANTS_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+    fields: dict[str, object] = {k.removeprefix("TENANTS_").lower(): v for k, v in env.items()}
+    if "servers" in fields:
+        fields["servers"] = json.loads(env["TENANTS_SERVERS"])  # JSON in the environment, a dict for Settings(...)
+    settings = Settings(_env_file=None, **fields)  # type: ignore[arg-type]
     await Catalog(settings).migrate()
     worker_env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTS_")} | env
     worker = subprocess.Popen([sys.executable, str(ROOT / "worker.py")], env=worker_env, cwd=str(work))
@@ -134,14 +143,24 @@ async def _wait_for_poller(settings: Settings, timeout: float = 60) -> None:
 async def make_sized_tenant(settings: Settings, tenant_id: str, size_mb: int) -> tuple[str, int]:
     """A tenant whose database holds about `size_mb` MiB of sample rows; returns (database, bytes)."""
     tenant = await Catalog(settings).create_tenant(tenant_id, f"Bench {tenant_id}")
-    target = size_mb * 1024 * 1024
-    batch = 250_000
     async with await connect(settings.effective_database_url, tenant.database_name, autocommit=True) as conn:
         await apply_migrations(conn, migration_files(settings.migrations_dir))
-        await conn.execute("INSERT INTO projects (id, name) SELECT g, 'project ' || g FROM generate_series(1, 500) g")
+    size = await fill_database(settings.effective_database_url, tenant.database_name, size_mb)
+    return tenant.database_name, size
+
+
+async def fill_database(url: str, database_name: str, size_mb: int) -> int:
+    """Sample rows into a tenant database (its schema migrated) until it holds about `size_mb` MiB; its bytes."""
+    target = size_mb * 1024 * 1024
+    batch = 250_000
+    async with await connect(url, database_name, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO projects (id, name) SELECT g, 'project ' || g FROM generate_series(1, 500) g "
+            "ON CONFLICT DO NOTHING"
+        )
         start = 1
         while True:
-            size = (await (await conn.execute("SELECT pg_database_size(current_database())")).fetchone())[0]
+            size = (await one_row(await conn.execute("SELECT pg_database_size(current_database())")))[0]
             if size >= target:
                 break
             # Notes mix repeated words and hex digests: compressible, but not trivially so.
@@ -161,7 +180,7 @@ async def make_sized_tenant(settings: Settings, tenant_id: str, size_mb: int) ->
             )
             start += batch
         await conn.execute("VACUUM ANALYZE")
-    return tenant.database_name, size
+    return size
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, object]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import signal
 import subprocess
 import threading
 from collections import deque
@@ -124,6 +125,8 @@ async def copy_database(
                 dump_stopped = True  # by us: nothing reads its output any more
                 await asyncio.to_thread(kill_group, dump)
             dump_code = await asyncio.to_thread(dump.wait)
+            if restore_code != 0 and dump_code == -signal.SIGPIPE:
+                dump_stopped = True  # by pg_restore's end: it wrote into a pipe nobody reads; pg_restore says why
         else:
             await asyncio.to_thread(shutil.rmtree, work_dir, True)  # a dead attempt's files
             dump = _popen(
