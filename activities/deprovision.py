@@ -179,18 +179,21 @@ class DeprovisionActivities:
         fails the run (retrying here cannot help; configuring it can), one it cannot reach fails the attempt
         (retried: it may be back soon), each naming the server."""
         what = _kept_on(db, server, rows)
+        # A server that never comes back would block this forever: the way out, for the operator who knows it.
+        lost = f"if server {server!r} is gone for good, `tenants servers remove {server} --lost` abandons its copy"
         try:
             url = ServerUrls(self.settings).url(server)
         except ApplicationError as exc:
-            raise fail(SERVER_NOT_CONFIGURED, f"{what}: {exc.message}; nothing was dropped there") from None
+            raise fail(SERVER_NOT_CONFIGURED, f"{what}: {exc.message}; nothing was dropped there; {lost}") from None
         try:
             async with await asyncio.wait_for(connect(url, autocommit=True), _REACH_SECONDS) as conn:
                 await conn.execute("SELECT 1")
         except (psycopg.OperationalError, TimeoutError) as exc:
             said = str(exc).strip().splitlines()[0] if str(exc).strip() else "no answer in time"
+            # Said the same while retried and once the retries are spent (the CLI shows the last attempt's).
             raise ApplicationError(
-                f"{what}, which cannot be reached: {said}; nothing was dropped there, and the tenant is not "
-                "deprovisioned until it is (retried)",
+                f"{what}, which cannot be reached: {said}; nothing was dropped there, and the tenant cannot be "
+                f"deprovisioned until it is reached; {lost}",
                 type=SERVER_UNREACHABLE,
             ) from None
         return url

@@ -391,9 +391,20 @@ class MoveActivities:
             if await moving.database_state(conn, req.database_name) is None:
                 raise fail(TENANT_DATABASE_MISSING, f"database {req.database_name!r} is not on server {req.server!r}")
             # From the CONNECTION LIMIT 0 at freeze()'s start: the freeze a move reports includes ending the sessions.
+            # The source's own clock, read before the limit changes: every session that starts after it (a
+            # superuser's, which the limit does not stop) is seen by the switch's check.
             frozen_at = datetime.now(UTC)
-            terminated = await moving.freeze(conn, req.database_name)
             on_server = (await one_row(await conn.execute("SELECT clock_timestamp()")))[0]
+            terminated = await moving.freeze(conn, req.database_name)
+            # A transaction prepared since the move's check survives every terminate and would stop the rename of
+            # the source after the switch: refused now, while the undo can still let the source in.
+            prepared = await moving.prepared_transactions(conn, req.database_name)
+            if prepared:
+                raise fail(
+                    MOVE_REFUSED,
+                    f"database {req.database_name!r} on {req.server!r} has {prepared} prepared transaction(s) "
+                    "(COMMIT PREPARED or ROLLBACK PREPARED them, then move again): not moved",
+                )
         self._log(req.tenant_id).info("database frozen", server=req.server, terminated=terminated)
         return FreezeResult(terminated_sessions=terminated, frozen_at=frozen_at, source_frozen_at=on_server)
 

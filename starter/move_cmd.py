@@ -124,7 +124,12 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         f"data      {rows} rows in {len(result.row_counts)} tables and {result.sequences} sequences, "
         "equal to the frozen source"
     )
-    if result.source_kept_until is not None:
+    if result.source_left:
+        print(
+            f"source    {result.database_name} left on {result.source} under its own name, closed, not kept for "
+            f"--undo ({result.source_left}): drop it there by hand when it is not needed"
+        )
+    elif result.source_kept_until is not None:
         print(
             f"source    {result.source_kept_as} on {result.source}, closed, kept until "
             f"{result.source_kept_until:%Y-%m-%d %H:%M:%S} UTC (`tenants move {tenant_id} --undo` moves back to it)"
@@ -175,6 +180,11 @@ async def undo(args: argparse.Namespace, settings: Settings, tenant_id: str, kee
         f"{result.set_aside} on {result.left_server} ({kept}"
         + (f", {human_duration(keep)})" if result.set_aside_kept_until else ")")
     )
+    if result.left_database_problem:
+        print(
+            f"NOTE      that database could not be set aside ({result.left_database_problem}): it is still "
+            f"{result.database_name} on {result.left_server}, closed"
+        )
     return 0
 
 

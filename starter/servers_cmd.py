@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -64,6 +65,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
     remove = actions.add_parser("remove", help="forget a server that holds no tenant, and its URL")
     remove.add_argument("name")
+    remove.add_argument(
+        "--lost",
+        action="store_true",
+        help="the server is gone for good: abandon the databases kept there (a move's source) instead of waiting",
+    )
+    remove.add_argument("--yes", action="store_true", help="with --lost: do not ask for confirmation")
     remove.set_defaults(handler=remove_server)
 
 
@@ -325,22 +332,65 @@ async def set_limits(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _held_message(name: str, held: int) -> str:
+    return (
+        f"server {name!r} still holds {held} tenant(s) not deprovisioned: move them away first "
+        "(`tenants move ID --to SERVER`), or deprovision them"
+    )
+
+
+def _confirm_lost(name: str, kept: list[dict[str, Any]]) -> bool:
+    """Whether the user agrees to forget a lost server and abandon what is kept there (`--yes` agrees)."""
+    if not sys.stdin.isatty():
+        raise InvalidInput(f"refusing to remove server {name!r} as lost without confirmation: pass --yes")
+    what = f"; its {len(kept)} kept database(s) are abandoned, not dropped" if kept else ""
+    answer = input(f"Remove server {name!r} as gone for good{what}? [y/N] ")
+    return answer.strip().lower() in {"y", "yes"}
+
+
 async def remove_server(args: argparse.Namespace, settings: Settings) -> int:
     name = validate_server_name(args.name)
     if name == DEFAULT_SERVER:
         raise InvalidInput("server 'default' cannot be removed: it is TENANTS_DATABASE_URL's, and holds the catalog")
     catalog = await _catalog(settings)
     await _known(catalog, name)
-    held = await catalog.remove_server(name)
+    abandoned: list[dict[str, Any]] = []
+    if args.lost:
+        # Live tenants are not abandoned with the server: each needs a move (from a backup) or its own decision.
+        held = next((s["tenants"] for s in await catalog.servers() if s["name"] == name), 0)
+        if held:
+            raise InvalidInput(_held_message(name, held))
+        kept = await catalog.kept_on_server(name)
+        if not args.yes:
+            for row in kept:
+                print(f"kept on {name}: {row['name']} (tenant {row['tenant_id']})")
+            if not _confirm_lost(name, kept):
+                print(f"server {name}: not removed")
+                return 1
+        held, names = await catalog.remove_lost_server(name)
+        # What the transaction ended: a row dropped meanwhile is not abandoned, one recorded meanwhile is.
+        tenant_of = {row["name"]: row["tenant_id"] for row in kept}
+        abandoned = [{"name": n, "tenant_id": tenant_of.get(n, "?")} for n in names]
+    else:
+        held = await catalog.remove_server(name)
     if held:
-        raise InvalidInput(
-            f"server {name!r} still holds {held} tenant(s) not deprovisioned: move them away first "
-            "(`tenants move ID --to SERVER`), or deprovision them"
-        )
+        raise InvalidInput(_held_message(name, held))
     path = settings.effective_servers_file
     kept_url = name in await asyncio.to_thread(read_servers_file, path)
     if kept_url:
         await asyncio.to_thread(write_server_url, path, name, None)
-    await catalog.audit(local_actor(), SERVER_REMOVE, detail={"server": name})
+    detail: dict[str, Any] = {"server": name}
+    if args.lost:
+        detail.update(lost=True, kept_copies_abandoned=[row["name"] for row in abandoned])
+    await catalog.audit(local_actor(), SERVER_REMOVE, detail=detail)
     print(f"server {name}: removed from the catalog" + (f" and from {path}" if kept_url else ""))
+    if abandoned:
+        print(
+            f"abandoned {len(abandoned)} kept database(s): "
+            + ", ".join(f"{row['name']} (tenant {row['tenant_id']})" for row in abandoned)
+        )
+        print(
+            "they may still exist on that machine if it ever comes back: nothing here will drop them, "
+            "drop them there by hand"
+        )
     return 0

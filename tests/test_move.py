@@ -507,6 +507,45 @@ async def test_a_cancel_right_after_the_switch_loses_neither_the_event_nor_the_k
     assert database_state(source_url, tenant.database_name) is None
 
 
+async def test_an_old_server_that_stays_away_after_the_switch_does_not_hold_the_tenant(
+    temporal_env, multi_queue, multi_settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    """After the switch the source is set aside with patience (AFTER_SWITCH_PATIENCE, half an hour; 3 s here). When
+    it cannot be, the run records that the source was left where it is and ends: the tenant, on its new server, is
+    not held by a lock for as long as the old server stays away."""
+    from datetime import timedelta
+
+    from workflows import options
+
+    monkeypatch.setitem(options.SWAP_UNTIL_DONE, "schedule_to_close_timeout", timedelta(seconds=3))
+    source_url = multi_settings.effective_database_url
+    tenant = await provision(temporal_env, multi_queue, multi_settings)
+    handle = await temporal_env.client.start_workflow(
+        MoveTenantWorkflow.run,
+        MoveTenantInput(tenant_id=tenant.id, target=SECOND_SERVER, checks=["SELECT true FROM pg_sleep(1)"]),
+        id=f"move-{tenant.id}-{uuid.uuid4().hex[:6]}",
+        task_queue=multi_queue,
+    )
+    holder = psycopg.connect(source_url)  # holds the source database's catalog row: the set-aside cannot happen
+    try:
+        await wait_for_phase(handle, "verifying the final copy against the frozen source")
+        holder.execute(
+            psycopg.sql.SQL("ALTER DATABASE {} CONNECTION LIMIT 0").format(psycopg.sql.Identifier(tenant.database_name))
+        )
+        result: MoveTenantResult = await asyncio.wait_for(handle.result(), timeout=60)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert result.target == SECOND_SERVER and result.source_left, result
+    catalog = Catalog(multi_settings)
+    moved = await catalog.get_tenant(tenant.id)
+    assert moved is not None and moved.server == SECOND_SERVER
+    assert await catalog.lock_holder(tenant.id) is None  # the tenant is free for its next backup
+    types = [e["type"] for e in await catalog.events(tenant.id)]
+    assert "TenantMoved" in types and "TenantMoveSourceLeft" in types
+    assert database_state(source_url, tenant.database_name) == (True, 0)  # left closed, under its own name
+
+
 async def test_a_superuser_session_begun_during_the_freeze_stops_the_switch(
     temporal_env, multi_queue, multi_settings: Settings, second_pg_url: str
 ):

@@ -231,3 +231,67 @@ async def test_a_drop_timer_of_a_copy_already_ended_does_nothing_even_when_its_s
         PreviousDatabase(tenant_id=tenant_id, database_name=db, previous_name=aside),
     )
     assert dropped is False
+
+
+async def test_a_lost_server_is_removed_with_its_kept_copies_abandoned_and_the_tenant_deprovisions(
+    own, temporal_env, second_pg_url: str
+) -> None:
+    """A server that died for good, with a move's kept source on it: it blocks the tenant's deprovisioning (its
+    message names the way out) and its plain removal; `servers remove NAME --lost --yes` ends the kept row ('server
+    lost'), forgets the server and its URL, audits what was abandoned; the tenant then deprovisions."""
+    from activities.infra.servers import read_servers_file, write_server_url
+    from starter.servers_cmd import SERVER_REMOVE
+
+    mine, env = own
+    catalog = Catalog(mine)
+    name = f"x{uuid.uuid4().hex[:6]}"
+    assert (await tenants(env, "servers", "add", name, second_pg_url)).returncode == 0
+    write_server_url(mine.effective_servers_file, name, "postgresql://postgres@127.0.0.1:1/postgres")  # dead
+    tenant_id = f"sl-{uuid.uuid4().hex[:8]}"
+    tenant = await catalog.create_tenant(tenant_id, f"Tenant {tenant_id}", create_database=False)
+    aside = previous_database_name(tenant.database_name, "lost1")
+    until = datetime.now(UTC) + timedelta(hours=24)
+    await catalog.record_kept_database(aside, tenant_id, tenant.database_name, f"move-{tenant_id}", None, until, name)
+
+    db = TenantDatabase(tenant_id=tenant_id, database_name=tenant.database_name, role_name=tenant.database_name)
+    with pytest.raises(ApplicationError) as blocked:
+        await ActivityEnvironment().run(DeprovisionActivities(mine).check_before_deprovisioning, db)
+    assert "cannot be reached" in blocked.value.message and "(retried)" not in blocked.value.message
+    assert f"`tenants servers remove {name} --lost`" in blocked.value.message
+
+    refused = _one_error_line(await tenants(env, "servers", "remove", name))
+    assert f"server {name!r} still holds 1 kept database(s)" in refused and "--lost" in refused
+    # A live tenant on it is not abandoned, even with --lost; nothing is asked, nothing changes.
+    assert await catalog.switch_tenant_server(tenant_id, "default", name)
+    refused = _one_error_line(await tenants(env, "servers", "remove", name, "--lost", "--yes"))
+    assert f"server {name!r} still holds 1 tenant(s) not deprovisioned" in refused
+    assert await catalog.switch_tenant_server(tenant_id, name, "default")
+    # Not on a terminal, without --yes: refused, not removed.
+    unconfirmed = _one_error_line(await tenants(env, "servers", "remove", name, "--lost"))
+    assert "pass --yes" in unconfirmed
+    assert await catalog.server(name) is not None
+    assert [r["name"] for r in await catalog.kept_databases(tenant_id)] == [aside]
+
+    removed = await tenants(env, "servers", "remove", name, "--lost", "--yes")
+    assert removed.returncode == 0, removed.stderr
+    assert f"server {name}: removed from the catalog and from {mine.effective_servers_file}" in removed.stdout
+    assert f"abandoned 1 kept database(s): {aside} (tenant {tenant_id})" in removed.stdout
+    assert "may still exist on that machine if it ever comes back" in removed.stdout
+    assert await catalog.server(name) is None
+    assert name not in read_servers_file(mine.effective_servers_file)
+    row = await catalog.kept_database(aside)
+    assert row is not None and row["ended_at"] is not None and row["ended_how"] == "server lost"
+    entries = [e for e in await catalog.audit_entries(action_prefix=SERVER_REMOVE) if e["detail"]["server"] == name]
+    assert [e["detail"] for e in entries] == [{"server": name, "lost": True, "kept_copies_abandoned": [aside]}]
+
+    queue = f"tq-{uuid.uuid4().hex[:10]}"
+    async with build_worker(temporal_env.client, mine, queue):
+        done: DeprovisionTenantResult = await temporal_env.client.execute_workflow(
+            DeprovisionTenantWorkflow.run,
+            DeprovisionTenantInput(tenant_id=tenant_id, final_backup=False),
+            id=f"deprovision-{tenant_id}",
+            task_queue=queue,
+        )
+    assert done.leftover_databases == []
+    after = await catalog.get_tenant(tenant_id)
+    assert after is not None and after.status == "deprovisioned"

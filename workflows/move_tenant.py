@@ -70,6 +70,33 @@ async def _despite_cancel(step: Awaitable[T]) -> T:
             workflow.logger.warning("cancel requested during or after the switch: too late, finishing")
 
 
+async def _set_aside_or_leave(aside: SetAsideRequest, keep_seconds: int, token: str, event_type: str) -> str | None:
+    """After a committed switch: the database left on the old server set aside and kept (or dropped). Retried for
+    half an hour (workflows/options.py AFTER_SWITCH_PATIENCE); if its server stays down that long, the database is
+    left where it is, closed, under its own name — recorded and announced, so an operator finds it — and the run
+    ends rather than hold the tenant's lock for as long as that server is down. Returns why, when it was left."""
+    try:
+        await steps.set_aside_database_until_done(aside)
+        await _keep_or_drop(aside, keep_seconds, token, until_done=True)
+    except ActivityError as exc:
+        why = failure_message(exc)
+        workflow.logger.warning("the database left on the old server was not set aside: %s", why)
+        left = TenantEvent(
+            tenant_id=aside.tenant_id,
+            type=event_type,
+            data={
+                "server": aside.server,
+                "database": aside.database_name,
+                "error": why,
+                "note": f"{aside.database_name} stays on {aside.server}, closed (CONNECTION LIMIT 0), under its own "
+                "name: not kept for --undo and not dropped; drop it there by hand when it is not needed",
+            },
+        )
+        await announce(await steps.record_event_until_done(left))
+        return why
+    return None
+
+
 def _check_run_id() -> None:
     """A move's runs are named `move-...`: how the databases it keeps are told from a restore's (MOVE_ID_PREFIX)."""
     run_id = workflow.info().workflow_id
@@ -140,6 +167,7 @@ class MoveTenantWorkflow(ShowsPhase):
         self._target: str | None = None
         self._freeze_seconds: float | None = None
         self._fallback: str | None = None  # why the newer pg_dump was not used, when it was not
+        self._source_left: str | None = None  # why the source could not be set aside, when it could not
 
     @workflow.query
     def progress(self) -> dict[str, str | float | None]:
@@ -286,8 +314,9 @@ class MoveTenantWorkflow(ShowsPhase):
                     self._phase = "recording the move"
                     await announce(await steps.record_event_until_done(moved))
                     self._phase = "setting the source database aside"
-                    await steps.set_aside_database_until_done(aside)
-                    await _keep_or_drop(aside, req.keep_source_seconds, token, until_done=True)
+                    self._source_left = await _set_aside_or_leave(
+                        aside, req.keep_source_seconds, token, "TenantMoveSourceLeft"
+                    )
 
                 await _despite_cancel(after_switch())
             else:
@@ -310,6 +339,7 @@ class MoveTenantWorkflow(ShowsPhase):
             source_kept_until=keep_until,
             dump_major=rehearsal.dump_major,
             newer_pg_dump_refused=self._fallback,
+            source_left=self._source_left,
         )
 
 
@@ -320,6 +350,7 @@ UNDO_NOTE = "writes made on {server} since the move are not in the restored data
 class UndoMoveWorkflow(ShowsPhase):
     def __init__(self) -> None:
         self._phase = "starting"
+        self._left_problem: str | None = None
 
     @workflow.query
     def progress(self) -> dict[str, str]:
@@ -386,8 +417,9 @@ class UndoMoveWorkflow(ShowsPhase):
                     self._phase = "recording the undo"
                     await announce(await steps.record_event_until_done(undone))
                     self._phase = "setting the left database aside"
-                    await steps.set_aside_database_until_done(aside)
-                    await _keep_or_drop(aside, req.keep_seconds, token, until_done=True)
+                    self._left_problem = await _set_aside_or_leave(
+                        aside, req.keep_seconds, token, "TenantMoveUndoLeftDatabase"
+                    )
 
                 await _despite_cancel(after_switch())
             else:
@@ -408,4 +440,5 @@ class UndoMoveWorkflow(ShowsPhase):
             set_aside_kept_until=keep_until,
             terminated_sessions=frozen.terminated_sessions,
             freeze_seconds=freeze_seconds,
+            left_database_problem=self._left_problem,
         )

@@ -93,10 +93,27 @@ UNTIL_DONE_RETRIES = RetryPolicy(
     maximum_attempts=0,
     non_retryable_error_types=NON_RETRYABLE,
 )
-SWAP_UNTIL_DONE = HeartbeatPolicy(
-    start_to_close_timeout=timedelta(seconds=30), heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=UNTIL_DONE_RETRIES
+# Setting aside (or dropping) the database a move left on the old server: retried for half an hour, then given up
+# (the run records that it was left, and ends): the tenant is already on its new server, and the run must not hold
+# the tenant's lock for as long as the old server stays down.
+AFTER_SWITCH_PATIENCE = timedelta(minutes=30)
+
+
+class PatientHeartbeatPolicy(HeartbeatPolicy):
+    schedule_to_close_timeout: timedelta
+
+
+SWAP_UNTIL_DONE = PatientHeartbeatPolicy(
+    start_to_close_timeout=timedelta(seconds=30),
+    heartbeat_timeout=HEARTBEAT_TIMEOUT,
+    retry_policy=UNTIL_DONE_RETRIES,
+    schedule_to_close_timeout=AFTER_SWITCH_PATIENCE,
 )
-SLOW_DDL_UNTIL_DONE = Policy(start_to_close_timeout=timedelta(minutes=10), retry_policy=UNTIL_DONE_RETRIES)
+SLOW_DDL_UNTIL_DONE = PatientPolicy(
+    start_to_close_timeout=timedelta(minutes=10),
+    retry_policy=UNTIL_DONE_RETRIES,
+    schedule_to_close_timeout=AFTER_SWITCH_PATIENCE,
+)
 QUICK_UNTIL_DONE = Policy(start_to_close_timeout=timedelta(seconds=30), retry_policy=UNTIL_DONE_RETRIES)
 
 # Short steps that a compensation may undo (provisioning's role and seed, an adoption's marks): they heartbeat, so a

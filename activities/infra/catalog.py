@@ -986,6 +986,28 @@ class Catalog:
         (0: removed). Refused (InvalidInput) while databases kept there (a move's source, for --keep-source) are
         still recorded, or a move is under way: their drop timer, or `--undo`, needs the server's URL. `just_added`:
         the undo of an add that failed, which nothing can be on yet (a move elsewhere does not stop it)."""
+        held, _ = await self._remove_server(name, just_added=just_added, lost=False)
+        return held
+
+    async def remove_lost_server(self, name: str) -> tuple[int, list[str]]:
+        """Forget a server that is gone for good: as remove_server, but the databases kept there do not stop it,
+        their rows are ended ('server lost') in the same transaction, for nothing can drop them any more (and a
+        deprovisioning or erasure of their tenants must not wait for them). (tenants that stop it, kept databases
+        abandoned); nothing changed when the first is not 0."""
+        return await self._remove_server(name, just_added=False, lost=True)
+
+    async def kept_on_server(self, name: str) -> list[dict[str, Any]]:
+        """The databases kept on a server (not yet dropped or swapped back), soonest to expire first."""
+        async with self._connection() as conn:
+            return await (
+                await conn.execute(
+                    "SELECT * FROM kept_databases WHERE coalesce(server, 'default') = %s AND ended_at IS NULL "
+                    "ORDER BY kept_until NULLS LAST, name",
+                    [name],
+                )
+            ).fetchall()
+
+    async def _remove_server(self, name: str, *, just_added: bool, lost: bool) -> tuple[int, list[str]]:
         async with self._connection() as conn, conn.transaction():
             held = (
                 await one_row(
@@ -995,22 +1017,24 @@ class Catalog:
                 )
             )["n"]
             if held:
-                return held
+                return held, []
             kept = await (
                 await conn.execute(
                     "SELECT name, tenant_id, kept_until FROM kept_databases "
-                    "WHERE coalesce(server, 'default') = %s AND ended_at IS NULL ORDER BY kept_until NULLS LAST, name",
+                    "WHERE coalesce(server, 'default') = %s AND ended_at IS NULL ORDER BY kept_until NULLS LAST, name "
+                    "FOR UPDATE",
                     [name],
                 )
             ).fetchall()
-            if kept:
+            if kept and not lost:
                 tenants = sorted({row["tenant_id"] for row in kept})
                 until = [row["kept_until"] for row in kept if row["kept_until"] is not None]
                 when = f", kept until {max(until):%Y-%m-%d %H:%M} UTC at the latest" if until else ""
                 raise InvalidInput(
                     f"server {name!r} still holds {len(kept)} kept database(s) of tenant(s) {', '.join(tenants[:5])}"
                     f"{' ...' if len(tenants) > 5 else ''}{when}: undo the move (`tenants move ID --undo`), wait "
-                    "until they are dropped, or deprovision the tenant; nothing was removed"
+                    "until they are dropped, or deprovision the tenant; for a server gone for good, "
+                    f"`tenants servers remove {name} --lost`; nothing was removed"
                 )
             moving = await (
                 await conn.execute(
@@ -1024,9 +1048,17 @@ class Catalog:
                     f"a move is under way (tenant(s) {', '.join(row['tenant_id'] for row in moving[:5])}): it may "
                     f"copy to, or keep a database on, server {name!r}; wait for it to end; nothing was removed"
                 )
+            abandoned = [row["name"] for row in kept]
+            if abandoned:
+                # Nothing can drop them now: their rows end here, so the tenants' deprovisioning no longer waits.
+                await conn.execute(
+                    "UPDATE kept_databases SET ended_at = now(), ended_how = 'server lost' "
+                    "WHERE name = ANY(%s) AND ended_at IS NULL",
+                    [abandoned],
+                )
             await conn.execute("UPDATE tenants SET server = 'default' WHERE server = %s", [name])
             await conn.execute("DELETE FROM database_servers WHERE name = %s AND name <> 'default'", [name])
-            return 0
+            return 0, abandoned
 
     async def tenant_server(self, tenant_id: str) -> str | None:
         """The server of a tenant's database (None: no such tenant)."""

@@ -39,16 +39,22 @@ async def database_state(conn: Conn, name: str) -> tuple[bool, int] | None:
     return (bool(row[0]), int(row[1])) if row else None
 
 
-async def terminate(conn: Conn, name: str) -> int:
-    """End every session of database `name` but this one; how many there were."""
+async def terminate_sessions(conn: Conn, name: str) -> tuple[int, int]:
+    """End every session of database `name` but this one: (how many, how many of them were clients' — the rest are
+    the server's own workers, such as autovacuum, which say nothing about the tenant's application)."""
     row = await one_row(
         await conn.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            "SELECT count(pg_terminate_backend(pid)), count(*) FILTER (WHERE backend_type = 'client backend') "
+            "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
             [name],
         )
     )
-    return int(row[0])
+    return int(row[0]), int(row[1])
+
+
+async def terminate(conn: Conn, name: str) -> int:
+    """End every session of database `name` but this one; how many of them were clients' sessions."""
+    return (await terminate_sessions(conn, name))[1]
 
 
 async def freeze(conn: Conn, name: str) -> int:
@@ -58,8 +64,8 @@ async def freeze(conn: Conn, name: str) -> int:
     await conn.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT 0").format(ident(name)))
     ended = 0
     for _ in range(50):  # a session that was starting as the limit changed may appear just after
-        now = await terminate(conn, name)
-        ended += now
+        now, clients = await terminate_sessions(conn, name)
+        ended += clients
         if not now:
             break
         await asyncio.sleep(0.05)
@@ -76,11 +82,12 @@ async def prepared_transactions(conn: Conn, name: str) -> int:
 
 
 async def sessions_since(conn: Conn, name: str, since: datetime) -> int:
-    """Sessions of database `name` (this one aside) that began after `since`."""
+    """Client sessions of database `name` (this one aside) that began after `since` (autovacuum and the server's
+    other workers write nothing of the tenant's)."""
     row = await one_row(
         await conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
-            "AND backend_start > %s",
+            "AND backend_type = 'client backend' AND backend_start > %s",
             [name, since],
         )
     )

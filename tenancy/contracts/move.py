@@ -43,6 +43,9 @@ class MoveTenantResult(BaseModel):
     dump_major: int  # the pg_dump's major version (pg_restore's: the target's)
     # Why the newer pg_dump's archive was refused by the target, when the source's own pg_dump made the copy.
     newer_pg_dump_refused: str | None = None
+    # The source database could not be set aside (or dropped) within half an hour of the switch (its server down):
+    # it stays under its own name, closed, on the source server; the move is done all the same. Why, when so.
+    source_left: str | None = None
 
 
 class UndoMoveInput(BaseModel):
@@ -63,6 +66,8 @@ class UndoMoveResult(BaseModel):
     set_aside_kept_until: datetime | None
     terminated_sessions: int
     freeze_seconds: float
+    # The left database could not be set aside (or dropped) within half an hour: why, when so (as a move's).
+    left_database_problem: str | None = None
 
 
 class MoveAllFromServerInput(FleetOptions):
