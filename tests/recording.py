@@ -3,8 +3,9 @@
 Each file is named `<WorkflowType>-<YYYYMMDD>--<workflow id>.json` (files recorded before that rule keep their
 names, the workflow id): the replay takes the run's workflow id from the
 name (fleet runs name their children after it). Every file's checksum is recorded: SHA256SUMS (frozen, the
-histories before per-file sums) and, for each later history, a `<name>.sha256` beside it, so recording one adds
-files and changes none. A recorded history is never changed or deleted (tests/test_replay.py fails if one is),
+histories before per-file sums), SHA256SUMS-5595325.sha256 (the sums of the files under their earlier names, kept
+beside them) and, for each later history, a `<name>.sha256` beside it, so recording one adds files and changes
+none. A recorded history is never changed or deleted (tests/test_replay.py fails if one is),
 only new ones added, with TENANTS_RECORD_HISTORIES=1 (see docs/operations.md).
 """
 
