@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from tenancy.bounds import JOBS, validate_keep_previous, validate_lock_wait, whole
@@ -273,7 +273,8 @@ class MoveTenantWorkflow(ShowsPhase):
                     )
                 )
                 raise
-            assert frozen_at is not None  # set before the switch, which returned
+            if frozen_at is None:  # set before the switch, which returned: never, unless this code is wrong
+                raise ApplicationError("the move switched without a recorded freeze", non_retryable=True)
             self._freeze_seconds = _seconds(frozen_at, switched.opened_at)
 
             # 7. The source set aside, kept for --undo, then dropped.

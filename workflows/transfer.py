@@ -135,7 +135,8 @@ async def _backup_of(tenant_id: str, lock_wait_seconds: int, why: str) -> Backup
 
 
 async def _provision(new: ProvisionTenantInput, why: str) -> ProvisionTenantResult:
-    assert new.tenant_id is not None
+    if new.tenant_id is None:
+        raise fail(INVALID_INPUT, f"the new tenant's id must be given for an {why}")
     return await workflow.execute_child_workflow(
         ProvisionTenantWorkflow.run,
         new,
