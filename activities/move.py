@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-import psycopg
 from psycopg import sql
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -26,7 +25,9 @@ from activities.infra.restore_login import (
     create_restore_login,
     drop_restore_login_of_run,
     drop_restore_login_quietly,
+    let_owner_create,
     restorer_mark,
+    run_checks_as_owner,
 )
 from activities.infra.servers import ServerUrls, server_major_version
 from activities.provisioning import _tenant_bytes as tenant_bytes
@@ -253,7 +254,7 @@ class MoveActivities:
             restorer_mark(plan.tenant_id, info.workflow_id, info.workflow_run_id),
         )
         try:
-            undo_grants = await moving.let_owner_create(target_url, req.scratch_name, owner.name)
+            undo_grants = await let_owner_create(target_url, req.scratch_name, owner.name)
 
             def table_done() -> None:
                 done["tables"] += 1
@@ -351,21 +352,9 @@ class MoveActivities:
         )
         timeout_ms = self.settings.check_timeout_seconds * 1000
         try:
-            async with await psycopg.AsyncConnection.connect(
-                login.conninfo(target_url, req.scratch_name), autocommit=True
-            ) as conn:
-                await conn.execute(sql.SQL("SET ROLE {}").format(moving.ident(owner)))
-                for check in req.checks:
-                    try:
-                        async with conn.transaction():
-                            await conn.execute("SET TRANSACTION READ ONLY")
-                            await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(timeout_ms))
-                            row = await (await conn.execute(check, prepare=True)).fetchone()
-                    except psycopg.Error as exc:
-                        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                        raise fail(MOVE_VERIFICATION_FAILED, f"check {check!r} failed: {said}") from None
-                    if not row or row[0] is not True:
-                        raise fail(MOVE_VERIFICATION_FAILED, f"check {check!r} did not return true")
+            await run_checks_as_owner(
+                login, target_url, req.scratch_name, owner, req.checks, timeout_ms, MOVE_VERIFICATION_FAILED
+            )
         finally:
             await drop_restore_login_quietly(target_url, login.name, plan.tenant_id)
 

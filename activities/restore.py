@@ -37,10 +37,12 @@ from activities.infra.restore_login import (
     create_restore_login,
     drop_restore_login_of_run,
     drop_restore_login_quietly,
+    let_owner_create,
     restorer_mark,
     role_facts,
+    run_checks_as_owner,
 )
-from activities.infra.schema import grant_tenant_access, harden_public_schema
+from activities.infra.schema import grant_tenant_access
 from activities.infra.servers import ServerUrls, tenant_admin_url
 from activities.infra.storage import FILE_MODE, open_storage
 from activities.infra.subprocesses import kill_group, tail
@@ -342,7 +344,7 @@ class RestoreActivities:
                 req.scratch_name,
                 restorer_mark(req.tenant_id, info.workflow_id, info.workflow_run_id),
             )
-            undo_grants = await self._let_owner_create(admin_url, req.scratch_name, restore_owner.name)
+            undo_grants = await let_owner_create(admin_url, req.scratch_name, restore_owner.name)
             await self._pg_restore(admin_url, tools.pg_restore, archive, req, login, done, log)
             await self._settle_restored(admin_url, req, login, undo_grants, restore_owner.login_role)
             await self._open_to_tenant(admin_url, req, live_owner)
@@ -408,29 +410,6 @@ class RestoreActivities:
             await create_owner_role(admin, choice.name, mark)
             self._log(tenant_id).info("role created for the tenant's restored objects", role=choice.name)
         return choice
-
-    async def _let_owner_create(self, admin_url: str, scratch_name: str, owner: str) -> list[sql.Composed]:
-        """For the restore only: the owner role may create schemas (CREATE on the database) and objects in `public`
-        (which PostgreSQL 15+ lets only the database's owner create in). Returns the REVOKEs that undo what was
-        granted here."""
-        undo: list[sql.Composed] = []
-        role, database = _ident(owner), _ident(scratch_name)
-        async with await connect_to_tenant_db(admin_url, scratch_name, autocommit=True) as conn:
-            await harden_public_schema(conn)  # no other role may create in public (PostgreSQL 14 and older let any)
-            on_database, on_public = await one_row(
-                await conn.execute(
-                    "SELECT has_database_privilege(%s, current_database(), 'CREATE'), "
-                    "(SELECT has_schema_privilege(%s, n.oid, 'CREATE') FROM pg_namespace n WHERE n.nspname = 'public')",
-                    [owner, owner],
-                )
-            )
-            if not on_database:
-                await conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(database, role))
-                undo.append(sql.SQL("REVOKE CREATE ON DATABASE {} FROM {}").format(database, role))
-            if on_public is False:
-                await conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(role))
-                undo.append(sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(role))
-        return undo
 
     async def _settle_restored(
         self,
@@ -589,22 +568,9 @@ class RestoreActivities:
         )
         timeout_ms = self.settings.check_timeout_seconds * 1000
         try:
-            async with await psycopg.AsyncConnection.connect(
-                login.conninfo(admin_url, req.scratch_name), autocommit=True
-            ) as conn:
-                await conn.execute(sql.SQL("SET ROLE {}").format(_ident(owner)))
-                for check in req.checks:
-                    try:
-                        async with conn.transaction():
-                            await conn.execute("SET TRANSACTION READ ONLY")
-                            await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(timeout_ms))
-                            # prepare=True: the extended protocol, which refuses a string of two statements.
-                            row = await (await conn.execute(check, prepare=True)).fetchone()
-                    except psycopg.Error as exc:
-                        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                        raise fail(RESTORE_VERIFICATION_FAILED, f"check {check!r} failed: {message}") from None
-                    if not row or row[0] is not True:
-                        raise fail(RESTORE_VERIFICATION_FAILED, f"check {check!r} did not return true")
+            await run_checks_as_owner(
+                login, admin_url, req.scratch_name, owner, req.checks, timeout_ms, RESTORE_VERIFICATION_FAILED
+            )
         finally:
             await drop_restore_login_quietly(admin_url, login.name, req.tenant_id)
 

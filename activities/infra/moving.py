@@ -15,7 +15,7 @@ from temporalio.exceptions import ApplicationError
 from activities.infra.marks import database_mark, mark_role, role_mark
 from activities.infra.pg import connect, connect_to_tenant_db, count_rows, one_row
 from activities.infra.restore_login import RestoreLogin, create_owner_role, role_facts
-from activities.infra.schema import grant_tenant_access, harden_public_schema
+from activities.infra.schema import grant_tenant_access
 from tenancy.errors import MOVE_FAILED, MOVE_REFUSED, InvalidInput, fail
 from tenancy.marks import Mark
 from tenancy.restore_roles import RestoreOwner, choose_restore_owner, owner_role_names
@@ -159,28 +159,6 @@ async def ensure_owner(target: Conn, tenant_id: str, database_name: str, login_r
     if owner.create:
         await create_owner_role(target, owner.name, mark)
     return owner.create
-
-
-async def let_owner_create(target_url: str, scratch: str, owner: str) -> list[sql.Composed]:
-    """For the load only: the owner role may create schemas and objects in `public`. Returns the REVOKEs."""
-    undo: list[sql.Composed] = []
-    role, database = ident(owner), ident(scratch)
-    async with await connect_to_tenant_db(target_url, scratch, autocommit=True) as conn:
-        await harden_public_schema(conn)
-        on_database, on_public = await one_row(
-            await conn.execute(
-                "SELECT has_database_privilege(%s, current_database(), 'CREATE'), "
-                "(SELECT has_schema_privilege(%s, n.oid, 'CREATE') FROM pg_namespace n WHERE n.nspname = 'public')",
-                [owner, owner],
-            )
-        )
-        if not on_database:
-            await conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(database, role))
-            undo.append(sql.SQL("REVOKE CREATE ON DATABASE {} FROM {}").format(database, role))
-        if on_public is False:
-            await conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(role))
-            undo.append(sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(role))
-    return undo
 
 
 async def settle_copy(

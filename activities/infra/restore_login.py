@@ -16,7 +16,8 @@ from psycopg.conninfo import make_conninfo
 
 from activities.infra.credentials import new_password, scram_sha256_verifier
 from activities.infra.marks import mark_role, role_mark
-from activities.infra.pg import connect, connect_to_tenant_db, libpq_env
+from activities.infra.pg import connect, connect_to_tenant_db, libpq_env, one_row
+from activities.infra.schema import harden_public_schema
 from tenancy.errors import RESTORE_FAILED, fail
 from tenancy.log import activity_logger
 from tenancy.marks import Mark, parse_mark
@@ -171,3 +172,55 @@ async def drop_restore_login_of_run(admin_url: str, name: str, tenant_id: str, w
 
 def restorer_mark(tenant_id: str, workflow_id: str, run_id: str) -> Mark:
     return Mark(kind="restorer", tenant_id=tenant_id, workflow_id=workflow_id, run_id=run_id, at=datetime.now(UTC))
+
+
+async def let_owner_create(admin_url: str, scratch: str, owner: str) -> list[sql.Composed]:
+    """For the load only (a restore's, a move's): the owner role may create schemas (CREATE on the database) and
+    objects in `public` (which PostgreSQL 15+ lets only the database's owner create in). Returns the REVOKEs that
+    undo what was granted here."""
+    undo: list[sql.Composed] = []
+    role, database = sql.Identifier(owner), sql.Identifier(scratch)
+    async with await connect_to_tenant_db(admin_url, scratch, autocommit=True) as conn:
+        await harden_public_schema(conn)  # no other role may create in public (PostgreSQL 14 and older let any)
+        on_database, on_public = await one_row(
+            await conn.execute(
+                "SELECT has_database_privilege(%s, current_database(), 'CREATE'), "
+                "(SELECT has_schema_privilege(%s, n.oid, 'CREATE') FROM pg_namespace n WHERE n.nspname = 'public')",
+                [owner, owner],
+            )
+        )
+        if not on_database:
+            await conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(database, role))
+            undo.append(sql.SQL("REVOKE CREATE ON DATABASE {} FROM {}").format(database, role))
+        if on_public is False:
+            await conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(role))
+            undo.append(sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(role))
+    return undo
+
+
+async def run_checks_as_owner(
+    login: RestoreLogin,
+    admin_url: str,
+    dbname: str,
+    owner: str,
+    checks: list[str],
+    timeout_ms: int,
+    error_type: str,
+) -> None:
+    """Each check (SQL that must return true) on `dbname` as the owner role (SET ROLE from the attempt's login,
+    never the admin), in a READ ONLY transaction with a statement timeout; the first that fails or is not true
+    raises `error_type` naming it."""
+    async with await psycopg.AsyncConnection.connect(login.conninfo(admin_url, dbname), autocommit=True) as conn:
+        await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
+        for check in checks:
+            try:
+                async with conn.transaction():
+                    await conn.execute("SET TRANSACTION READ ONLY")
+                    await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(timeout_ms))
+                    # prepare=True: the extended protocol, which refuses a string of two statements.
+                    row = await (await conn.execute(check, prepare=True)).fetchone()
+            except psycopg.Error as exc:
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise fail(error_type, f"check {check!r} failed: {message}") from None
+            if not row or row[0] is not True:
+                raise fail(error_type, f"check {check!r} did not return true")
